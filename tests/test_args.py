@@ -1,0 +1,41 @@
+import pytest
+
+from utility.args import parse_args, str2bool
+from utility.errors import UserError
+
+
+def test_defaults_and_explicit_flags():
+    args = parse_args("train", ["--model=ResNet18", "--image_shape", "3,32,32"])
+    assert args.model == "ResNet18"
+    assert args.image_shape == (3, 32, 32)
+    assert args.total_iter_num == 30000 and args.num_epochs is None
+    assert args.explicit == {"model", "image_shape"}
+
+
+@pytest.mark.parametrize("text, value", [("True", True), ("false", False), ("1", True), ("no", False)])
+def test_booleans_accept_true_false(text, value):
+    assert str2bool(text) is value
+    assert parse_args("eval", [f"--feat_norm={text}"]).feat_norm is value
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_epochs=2", "--total_iter_num=5"], "not both"),
+    (["--train_batch_size=0"], "--train_batch_size must be positive"),
+    (["--image_shape=3,32"], "C,H,W"),
+    (["--use_gpu=maybe"], "True or False"),
+    (["--no_such_flag=1"], "unrecognized"),
+])
+def test_bad_train_flags_are_user_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_args("train", argv)
+
+
+def test_query_and_gallery_go_together():
+    with pytest.raises(UserError, match="go together"):
+        parse_args("eval", ["--query_list=q.txt"])
+
+
+def test_script_groups_are_separate():
+    with pytest.raises(UserError):
+        parse_args("eval", ["--train_batch_size=8"])
+    assert parse_args("infer", ["--print_features=True"]).print_features

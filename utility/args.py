@@ -1,0 +1,179 @@
+"""The one argument utility that train.py, eval.py and infer.py share.
+
+Every flag is declared here once, in the group of the scripts that read it.
+`parse_args(script)` parses, checks the format of the values and records which
+flags the user typed (`args.explicit`), so that demo defaults never override
+a choice the user made.
+"""
+import argparse
+import sys
+
+from utility.errors import UserError
+
+DEFAULT_DATA_DIR = "data/CUB_200_2011"
+DEFAULT_TRAIN_LIST = "data/CUB200_train.txt"
+DEFAULT_VAL_LIST = "data/CUB200_val.txt"
+
+
+def str2bool(text):
+    """Booleans accept True/False (and the usual spellings), as the original did."""
+    value = str(text).strip().lower()
+    if value in ("true", "t", "yes", "y", "1"):
+        return True
+    if value in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def int_list(text):
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+
+def image_shape(text):
+    shape = int_list(text)
+    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with C = 1 or 3, got {text!r}")
+    return tuple(shape)
+
+
+def _common(p):
+    g = p.add_argument_group("model and data (all scripts)")
+    g.add_argument("--model", default="ResNet50", help="network builder: ResNet18, ResNet34, ResNet50, SE_ResNeXt50_32x4d")
+    g.add_argument("--embedding_size", type=int, default=0, help="project the pooled feature to N dims; 0 keeps the pooled feature")
+    g.add_argument("--image_shape", type=image_shape, default=(3, 224, 224), help="C,H,W of the network input")
+    g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
+    g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")
+    g.add_argument("--val_list", default=DEFAULT_VAL_LIST, help="evaluation list, same format")
+    g.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes (0 decodes in the main process)")
+    g.add_argument("--test_batch_size", type=int, default=50, help="batch size for embedding evaluation images")
+    g.add_argument("--pretrained_model", default=None, help="directory of parameters to load (a checkpoint or pretrained weights)")
+    g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
+    g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
+
+    g = p.add_argument_group("loss (train.py; eval.py for test_loss)")
+    g.add_argument("--loss_name", default="tripletloss", help="tripletloss, quadrupletloss, emlloss, npairsloss, arcmargin or softmax")
+    g.add_argument("--margin", type=float, default=0.1, help="margin of triplet and quadruplet losses")
+    g.add_argument("--samples_each_class", type=int, default=2, help="K: images of each class in a P x K batch")
+    g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="'hard': batch-hard triplets on P x K batches")
+    g.add_argument("--arc_scale", type=float, default=80.0, help="arcmargin: scale s of the cosine logits")
+    g.add_argument("--arc_margin", type=float, default=0.15, help="arcmargin: additive angular margin m (radians)")
+    g.add_argument("--arc_easy_margin", type=str2bool, default=False, help="arcmargin: apply the margin only where cos > 0")
+    g.add_argument("--npairs_reg_lambda", type=float, default=0.01, help="npairsloss: weight of the L2 regulariser on embeddings")
+
+
+def _train(p):
+    g = p.add_argument_group("training (train.py)")
+    g.add_argument("--train_batch_size", type=int, default=80, help="images per iteration, over all devices")
+    g.add_argument("--num_epochs", type=int, default=None, help="train this many passes over the list (instead of --total_iter_num)")
+    g.add_argument("--total_iter_num", type=int, default=None, help="train this many iterations (default 30000)")
+    g.add_argument("--lr", type=float, default=0.01, help="base learning rate")
+    g.add_argument("--lr_strategy", choices=["piecewise_decay", "cosine"], default="piecewise_decay")
+    g.add_argument("--lr_steps", type=int_list, default=[15000, 25000], help="piecewise_decay: iterations where lr is multiplied by 0.1")
+    g.add_argument("--warmup_iter", type=int, default=0, help="linear warm-up from 0 over this many iterations")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=1e-4, help="L2 decay on all parameters")
+    g.add_argument("--alpha", type=float, default=0.0, help="weight of the softmax branch: loss = metric + alpha * softmax")
+    g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the softmax branch")
+    g.add_argument("--color_jitter", type=str2bool, default=False, help="augment: random brightness, contrast, saturation")
+    g.add_argument("--rotate", type=str2bool, default=False, help="augment: small random rotation")
+    g.add_argument("--random_erasing", type=str2bool, default=False, help="augment: erase a random rectangle")
+    g.add_argument("--checkpoint", default=None, help="resume from this checkpoint directory (or its 'latest' pointer)")
+    g.add_argument("--model_save_dir", default="output", help="checkpoints go to MODEL_SAVE_DIR/MODEL/N")
+    g.add_argument("--save_iter_step", type=int, default=1000, help="save every N iterations (with --total_iter_num)")
+    g.add_argument("--test_iter_step", type=int, default=1000, help="evaluate Recall@1 every N iterations (with --total_iter_num)")
+    g.add_argument("--display_iter_step", type=int, default=10, help="print a progress line every N iterations")
+
+
+def _eval(p):
+    g = p.add_argument_group("evaluation (eval.py)")
+    g.add_argument("--recall_k", type=int_list, default=[1, 2, 4, 8], help="K values of Recall@K")
+    g.add_argument("--feat_norm", type=str2bool, default=True, help="L2-normalise embeddings before searching")
+    g.add_argument("--query_list", default=None, help="separate query list (with --gallery_list)")
+    g.add_argument("--gallery_list", default=None, help="separate gallery list (with --query_list)")
+    g.add_argument("--metrics_out", default=None, help="append the metrics as one JSON line to this file")
+    g.add_argument("--visualize", type=int, default=0, help="draw N queries with their top-k results to --visualize_file")
+    g.add_argument("--visualize_file", default="retrieval.png")
+
+
+def _infer(p):
+    g = p.add_argument_group("inference (infer.py)")
+    g.add_argument("--infer_list", default=None, help="list to embed (labels optional); default --val_list")
+    g.add_argument("--output_dir", default="infer_output", help="where features.npy, labels.npy, paths.txt go")
+    g.add_argument("--print_features", type=str2bool, default=False, help="print the original's Test-{i}-feature lines")
+    g.add_argument("--export_model", default=None, help="also save a Paddle inference model (image -> embedding) here")
+    g.add_argument("--inference_model", default=None, help="embed with this exported inference model (Paddle Inference)")
+
+
+def _skip_bad(p):
+    p.add_argument("--skip_bad_images", type=str2bool, default=False,
+                   help="leave out unreadable images (reported) instead of stopping")
+
+
+SCRIPT_GROUPS = {
+    "train": (_common, _train),
+    "eval": (_common, _eval, _skip_bad),
+    "infer": (_common, _infer, _skip_bad),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser(script):
+    parser = _Parser(prog=f"{script}.py", allow_abbrev=False,
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for add_group in SCRIPT_GROUPS[script]:
+        add_group(parser)
+    return parser
+
+
+def explicit_flags(argv):
+    """Names of the flags present on the command line."""
+    return {tok[2:].split("=", 1)[0] for tok in argv if tok.startswith("--")}
+
+
+def parse_args(script, argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(script).parse_args(argv)
+    args.explicit = explicit_flags(argv)
+    _check(script, args)
+    return args
+
+
+def _check(script, args):
+    positive = ["test_batch_size"] + (["train_batch_size", "samples_each_class"] if script == "train" else [])
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    if args.embedding_size < 0:
+        raise UserError(f"--embedding_size must be 0 or more, got {args.embedding_size}")
+    if script == "train":
+        if args.num_epochs is not None and args.total_iter_num is not None:
+            raise UserError("give --num_epochs or --total_iter_num, not both")
+        if args.num_epochs is None and args.total_iter_num is None:
+            args.total_iter_num = 30000
+        for name in ("num_epochs", "total_iter_num", "save_iter_step", "test_iter_step", "display_iter_step"):
+            value = getattr(args, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name} must be positive, got {value}")
+    if script == "eval":
+        if (args.query_list is None) != (args.gallery_list is None):
+            raise UserError("--query_list and --gallery_list go together")
+        if not args.recall_k or min(args.recall_k) <= 0:
+            raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
+
+
+def print_arguments(args):
+    """Print the configuration at start, as the original example did."""
+    print("-----------  Configuration Arguments -----------")
+    for name, value in sorted(vars(args).items()):
+        if name != "explicit":
+            print(f"{name}: {value}")
+    print("------------------------------------------------", flush=True)
