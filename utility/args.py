@@ -34,8 +34,8 @@ def int_list(text):
 
 def image_shape(text):
     shape = int_list(text)
-    if len(shape) != 3 or shape[0] not in (1, 3) or min(shape) <= 0:
-        raise argparse.ArgumentTypeError(f"expected C,H,W with C = 1 or 3, got {text!r}")
+    if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError(f"expected 3,H,W (images are read as RGB), got {text!r}")
     return tuple(shape)
 
 
