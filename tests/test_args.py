@@ -21,7 +21,7 @@ def test_booleans_accept_true_false(text, value):
 @pytest.mark.parametrize("argv, message", [
     (["--num_epochs=2", "--total_iter_num=5"], "not both"),
     (["--train_batch_size=0"], "--train_batch_size must be positive"),
-    (["--image_shape=3,32"], "C,H,W"),
+    (["--image_shape=3,32"], "3,H,W"),
     (["--use_gpu=maybe"], "True or False"),
     (["--no_such_flag=1"], "unrecognized"),
 ])
