@@ -1,0 +1,51 @@
+"""Additive angular margin softmax (ArcFace): a cosine classifier head with its own weight."""
+import math
+
+import paddle
+import paddle.nn.functional as F
+
+from losses.common import l2_normalize
+
+
+def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False):
+    """Mean cross-entropy of the arc-margin logits built from `cosine` [B, C] and `labels` [B].
+
+    The target class logit cos(theta) becomes cos(theta + margin); where theta + margin would
+    pass pi (cos(theta) <= cos(pi - margin)) it becomes cos(theta) - margin * sin(margin), which
+    keeps it decreasing in theta. With `easy_margin` the margin applies only where cos(theta) > 0.
+    All logits are multiplied by `scale`.
+    """
+    sine = paddle.sqrt(paddle.clip(1.0 - paddle.square(cosine), min=1e-12))
+    with_margin = cosine * math.cos(margin) - sine * math.sin(margin)
+    if easy_margin:
+        target_logit = paddle.where(cosine > 0.0, with_margin, cosine)
+    else:
+        fallback = cosine - margin * math.sin(margin)
+        target_logit = paddle.where(cosine > math.cos(math.pi - margin), with_margin, fallback)
+    is_target = F.one_hot(paddle.reshape(labels, [-1]), cosine.shape[-1]).astype("bool")
+    logits = scale * paddle.where(is_target, target_logit, cosine)
+    return F.cross_entropy(logits, paddle.reshape(labels, [-1]))
+
+
+class ArcMarginLoss(paddle.nn.Layer):
+    """ArcFace head: owns a weight [embedding_dim, num_classes] (named `weight_name`).
+
+    Calling it with (embedding [B, D], labels [B]) returns the mean arc-margin loss of the
+    cosines between L2-normalised embeddings and L2-normalised weight columns.
+    """
+
+    def __init__(self, embedding_dim, num_classes, *, margin=0.15, scale=80.0, easy_margin=False,
+                 weight_name="arcmargin_weights"):
+        super().__init__()
+        self.margin, self.scale, self.easy_margin = margin, scale, easy_margin
+        self.weight = self.create_parameter(
+            shape=[embedding_dim, num_classes],
+            attr=paddle.ParamAttr(name=weight_name, initializer=paddle.nn.initializer.XavierUniform()))
+
+    def cosine(self, embedding):
+        """Cosine similarity [B, C] of each embedding with each class weight."""
+        return paddle.matmul(l2_normalize(embedding), F.normalize(self.weight, axis=0))
+
+    def forward(self, embedding, labels):
+        return arcmargin_loss(self.cosine(embedding), labels, margin=self.margin, scale=self.scale,
+                              easy_margin=self.easy_margin)

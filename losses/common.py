@@ -1,0 +1,133 @@
+"""Shared pieces of the metric losses: normalisation, distances, label masks, batch checks.
+
+Every loss finds its positives and negatives from the labels through the masks
+built here, never from where rows sit in the batch. The helpers are plain
+tensor ops, so they run eagerly and inside a static Program alike.
+"""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from utility.errors import UserError
+
+# Stand-in for "no value" in masked max/min; finite so gradients stay finite.
+_FAR = 1e30
+
+
+def l2_normalize(features):
+    """Scale each row of `features` [B, D] to unit Euclidean length."""
+    return F.normalize(features, p=2, axis=1)
+
+
+def squared_distances(features):
+    """Pairwise squared Euclidean distances [B, B] of the rows of `features` [B, D].
+
+    Computed as |a|^2 + |b|^2 - 2 a.b and clipped at 0 against rounding.
+    """
+    squared_norms = paddle.sum(features * features, axis=1, keepdim=True)
+    products = paddle.matmul(features, features, transpose_y=True)
+    distances = squared_norms + squared_norms.t() - 2.0 * products
+    return paddle.clip(distances, min=0.0)
+
+
+def label_masks(labels):
+    """Boolean masks [B, B] (positive, negative) from class ids `labels` [B].
+
+    positive[i, j]: j != i and labels[j] == labels[i]; negative[i, j]: labels differ.
+    Works when the batch size is only known at run time (static graphs).
+    """
+    labels = paddle.reshape(labels, [-1])
+    same = labels.unsqueeze(1) == labels.unsqueeze(0)
+    row_index = paddle.cumsum(paddle.ones_like(labels), axis=0)
+    is_self = row_index.unsqueeze(1) == row_index.unsqueeze(0)
+    return paddle.logical_and(same, paddle.logical_not(is_self)), paddle.logical_not(same)
+
+
+def masked_max(values, mask, axis=None, keepdim=False):
+    """Max of `values` over the entries where `mask` is true (along `axis`, or all)."""
+    return paddle.max(paddle.where(mask, values, paddle.full_like(values, -_FAR)), axis=axis, keepdim=keepdim)
+
+
+def masked_min(values, mask, axis=None, keepdim=False):
+    """Min of `values` over the entries where `mask` is true (along `axis`, or all)."""
+    return paddle.min(paddle.where(mask, values, paddle.full_like(values, _FAR)), axis=axis, keepdim=keepdim)
+
+
+def masked_mean(values, mask, axis):
+    """Mean of `values` over the entries where `mask` is true, along `axis`."""
+    weights = paddle.cast(mask, values.dtype)
+    return paddle.sum(values * weights, axis=axis) / paddle.sum(weights, axis=axis)
+
+
+def check_batch_labels(name, labels, triplet_mining="none"):
+    """Raise UserError if the batch `labels` (numpy, [B]) cannot feed loss `name`.
+
+    Cheap host-side check, meant to run on every training batch before the step:
+    a batch without a positive or a negative would otherwise turn into a silent
+    NaN or a meaningless loss inside the graph.
+      tripletloss (none): rows are (anchor, positive, negative) triplets;
+      tripletloss (hard), emlloss: every row needs another row of its class and a row of another class;
+      quadrupletloss: the batch needs one positive pair and one negative pair;
+      npairsloss: rows are (anchor, positive) pairs; each anchor's class must be among the positives';
+      softmax, arcmargin: any labels.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    if name == "tripletloss" and triplet_mining == "none":
+        _check_triplets(labels)
+    elif name in ("tripletloss", "emlloss"):
+        _check_every_row_has_pair(name, labels)
+    elif name == "quadrupletloss":
+        _check_batch_has_pairs(name, labels)
+    elif name == "npairsloss":
+        _check_npairs(labels)
+
+
+def _check_triplets(labels):
+    if labels.size == 0 or labels.size % 3:
+        raise UserError(f"tripletloss: batch of {labels.size} rows is not a list of "
+                        "(anchor, positive, negative) triplets (size must be a multiple of 3)")
+    anchor, positive, negative = labels[0::3], labels[1::3], labels[2::3]
+    broken = np.flatnonzero((anchor != positive) | (anchor == negative))
+    if broken.size:
+        i = broken[0]
+        raise UserError(f"tripletloss: triplet {i} has labels (anchor {anchor[i]}, positive {positive[i]}, "
+                        f"negative {negative[i]}); the positive must share the anchor's class and "
+                        "the negative must not")
+
+
+def _check_every_row_has_pair(name, labels):
+    classes, counts = np.unique(labels, return_counts=True)
+    lonely = classes[counts < 2]
+    if lonely.size:
+        raise UserError(f"{name}: class {lonely[0]} has a single image in the batch, so its anchor has "
+                        "no positive; use P x K batches with --samples_each_class >= 2")
+    if classes.size < 2:
+        raise UserError(f"{name}: every image in the batch has class {classes[0]}, so no anchor has "
+                        "a negative; the batch needs at least two classes")
+
+
+def _check_batch_has_pairs(name, labels):
+    classes, counts = np.unique(labels, return_counts=True)
+    if not np.any(counts >= 2):
+        raise UserError(f"{name}: no two images in the batch share a class, so there is no positive "
+                        "pair; use P x K batches with --samples_each_class >= 2")
+    if classes.size < 2:
+        raise UserError(f"{name}: every image in the batch has class {classes[0]}, so there is no "
+                        "negative pair; the batch needs at least two classes")
+
+
+def _check_npairs(labels):
+    if labels.size == 0 or labels.size % 2:
+        raise UserError(f"npairsloss: batch of {labels.size} rows is not a list of (anchor, positive) "
+                        "pairs (size must be even)")
+    anchor, positive = labels[0::2], labels[1::2]
+    missing = np.setdiff1d(anchor, positive)
+    if missing.size:
+        raise UserError(f"npairsloss: anchor of class {missing[0]} has no positive of its class in "
+                        "the batch; npairsloss needs P x 2 batches (anchor, positive per class)")
+
+
+def check_eager_labels(name, labels, triplet_mining="none"):
+    """In eager mode, run check_batch_labels on the tensor `labels`; no-op in a static graph."""
+    if paddle.in_dynamic_mode():
+        check_batch_labels(name, labels.numpy(), triplet_mining)
