@@ -1,0 +1,60 @@
+"""Building blocks shared by the backbones, with explicitly named parameters.
+
+Every parameter gets its name from the caller, so the same network has the
+same parameter names in every run, in eager mode and in static programs alike
+(no unique_name counters), and weights can be loaded by name.
+"""
+import math
+
+import paddle
+from paddle import ParamAttr, nn
+
+
+class ConvBN(nn.Layer):
+    """Convolution without bias, then batch norm, then an optional ReLU.
+
+    Parameters: `{conv_name}_weights`, and `{bn_name}_scale`, `_offset`,
+    `_mean`, `_variance` (the last two are the running statistics).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, conv_name, bn_name,
+                 stride=1, groups=1, relu=True):
+        super().__init__()
+        self.conv = nn.Conv2D(
+            in_channels, out_channels, kernel_size, stride=stride,
+            padding=(kernel_size - 1) // 2, groups=groups,
+            weight_attr=ParamAttr(name=f"{conv_name}_weights"), bias_attr=False)
+        # BatchNorm2D names its running mean/variance `{name}_mean` / `{name}_variance`.
+        self.bn = nn.BatchNorm2D(
+            out_channels, name=bn_name,
+            weight_attr=ParamAttr(name=f"{bn_name}_scale"),
+            bias_attr=ParamAttr(name=f"{bn_name}_offset"))
+        self.relu = relu
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return nn.functional.relu(x) if self.relu else x
+
+
+def named_linear(in_features, out_features, name):
+    """Fully connected layer with parameters `{name}_weights` [in, out] and `{name}_offset`.
+
+    Weights start uniform in +-1/sqrt(in_features), as in the classic Paddle models.
+    """
+    bound = 1.0 / math.sqrt(in_features)
+    return nn.Linear(
+        in_features, out_features,
+        weight_attr=ParamAttr(name=f"{name}_weights",
+                              initializer=nn.initializer.Uniform(-bound, bound)),
+        bias_attr=ParamAttr(name=f"{name}_offset"))
+
+
+class GlobalAvgPool(nn.Layer):
+    """Average over the spatial dimensions: [N, C, H, W] -> [N, C], for any H, W."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2D(1)
+
+    def forward(self, x):
+        return paddle.flatten(self.pool(x), start_axis=1)
