@@ -1,0 +1,239 @@
+"""Train and test loaders: samplers + decoding + transforms, in worker processes.
+
+Both yield numpy arrays (float32 images [B, 3, H, W] and int64 ids) and work
+the same with any number of workers, including when Paddle runs static graphs.
+"""
+import sys
+
+import numpy as np
+
+from reader.decode import BadImageError, load_rgb
+from reader.samplers import PKSampler, ShuffleSampler, TripletSampler, class_members
+from reader.transforms import test_transform, train_transform
+from reader.worker_pool import WorkerPool, run_in_process
+from utility.errors import UserError
+
+LAYOUTS = ("triplet", "pk", "shuffle")
+AUGMENTATIONS = ("color_jitter", "rotate", "random_erasing")
+CLASSES_NAMED = 5  # how many classes a note about small classes names
+
+
+def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_each_class, num_workers,
+                      seed, augment=None, world_size=1, rank=0):
+    """A TrainLoader for `image_list` (labelled) on device `rank` of `world_size`.
+
+    layout: "triplet" (anchor, positive, negative triplets), "pk" (P classes x
+    K=samples_each_class images) or "shuffle" (random batches). batch_size is
+    the global batch; this device gets batch_size // world_size images.
+    augment: dict with optional keys color_jitter, rotate, random_erasing.
+    Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
+    """
+    augment = _check_augment(augment)
+    _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed)
+    sampler = _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce=rank == 0)
+    job = TrainBatchJob(image_list, tuple(image_shape), augment)
+    return TrainLoader(sampler, job, batch_size // world_size, rank, num_workers)
+
+
+class TrainLoader:
+    """Epochs of training batches for one device; a context manager that stops its workers."""
+
+    def __init__(self, sampler, job, device_batch, rank, num_workers):
+        self.batches_per_epoch = sampler.batches_per_epoch
+        self.device_batch = device_batch
+        self._sampler = sampler
+        self._job = job
+        self._rank = rank
+        self._reported = set()
+        self._pool = WorkerPool(job, num_workers, device_batch, job.image_shape) if num_workers > 0 else None
+
+    def device_items(self, epoch, batch_no):
+        """(image index, sample seed) pairs of this device's share of one batch."""
+        indices, seeds = self._sampler.batch(epoch, batch_no)
+        share = slice(self._rank * self.device_batch, (self._rank + 1) * self.device_batch)
+        return list(zip(indices[share].tolist(), seeds[share].tolist()))
+
+    def epoch(self, epoch, start_batch=0):
+        """Yield (images float32 [B, 3, H, W], class_ids int64 [B]) for batches start_batch.. of epoch.
+
+        Skipped batches cost nothing: each batch is built from (seed, epoch, batch number).
+        """
+        batches = (self.device_items(epoch, b) for b in range(start_batch, self.batches_per_epoch))
+        if self._pool:
+            runner = self._pool.run(batches)
+        else:
+            runner = run_in_process(self._job, batches, self._job.image_shape)
+        for images, (class_ids, bad_paths) in runner:
+            self._report(bad_paths)
+            yield images, class_ids
+
+    def close(self):
+        """Stop the worker processes."""
+        if self._pool:
+            self._pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def _report(self, bad_paths):
+        for path, reason in bad_paths:
+            if path not in self._reported:
+                self._reported.add(path)
+                print(f"warning: cannot read image {path} ({reason}); "
+                      f"training on another image of its class instead", file=sys.stderr, flush=True)
+
+
+class TrainBatchJob:
+    """Decode and augment one device batch; an unreadable image is replaced by
+    another image of its class, chosen from the sample's own seed."""
+
+    def __init__(self, image_list, image_shape, augment):
+        self.image_list = image_list
+        self.image_shape = image_shape
+        self.augment = augment
+        self.members = class_members(image_list.class_ids, image_list.num_classes)
+
+    def __call__(self, items, out):
+        bad_paths = []
+        for row, (index, seed) in enumerate(items):
+            out[row] = self._load(index, np.random.default_rng(seed), bad_paths)
+        class_ids = self.image_list.class_ids[[index for index, _ in items]]
+        return class_ids, bad_paths
+
+    def _load(self, index, rng, bad_paths):
+        for candidate in self._candidates(index, rng):
+            path = self.image_list.paths[candidate]
+            try:
+                rgb = load_rgb(path)
+            except BadImageError as err:
+                bad_paths.append((path, err.reason))
+                continue
+            return train_transform(rgb, self.image_shape, rng, **self.augment)
+        label = self.image_list.labels[index]
+        raise UserError(f"{self.image_list.source}: no image of label {label} can be read "
+                        f"(first: {bad_paths[0][0]}: {bad_paths[0][1]})")
+
+    def _candidates(self, index, rng):
+        yield index
+        class_images = self.members[self.image_list.class_ids[index]]
+        others = class_images[class_images != index]
+        yield from rng.permutation(others).tolist()
+
+
+def make_test_loader(image_list, *, image_shape, batch_size, num_workers, skip_bad=False):
+    """Yield (images float32 [b, 3, H, W], row_indices int64 [b]) over the whole list in order.
+
+    Batches hold batch_size rows; the last one may be shorter. An unreadable
+    image raises UserError naming it, unless skip_bad: then it is reported
+    once on stderr and its row left out (row_indices says which rows came).
+    """
+    if batch_size <= 0:
+        raise UserError(f"test batch size must be positive, got {batch_size}")
+    job = TestBatchJob(image_list.paths, tuple(image_shape))
+    rows = np.arange(len(image_list.paths), dtype=np.int64)
+    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    return _test_batches(job, batches, batch_size, num_workers, skip_bad)
+
+
+def _test_batches(job, batches, batch_size, num_workers, skip_bad):
+    pool = WorkerPool(job, num_workers, batch_size, job.image_shape) if num_workers > 0 else None
+    runner = pool.run(batches) if pool else run_in_process(job, batches, job.image_shape)
+    try:
+        for (images, (readable, bad_paths)), rows in zip(runner, batches):
+            if bad_paths and not skip_bad:
+                raise UserError(_bad_images_message(bad_paths))
+            for path, reason in bad_paths:
+                print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
+            if readable.any():
+                yield images[readable], rows[readable]
+    finally:
+        runner.close()
+        if pool:
+            pool.close()
+
+
+def _bad_images_message(bad_paths):
+    listed = "; ".join(f"{path} ({reason})" for path, reason in bad_paths)
+    return f"cannot read {len(bad_paths)} image(s): {listed} (--skip_bad_images True leaves them out)"
+
+
+class TestBatchJob:
+    """Decode and centre-crop one batch; unreadable rows are flagged, not raised."""
+
+    def __init__(self, paths, image_shape):
+        self.paths = paths
+        self.image_shape = image_shape
+
+    def __call__(self, rows, out):
+        readable = np.ones(len(rows), dtype=bool)
+        bad_paths = []
+        for i, row in enumerate(rows):
+            try:
+                out[i] = test_transform(load_rgb(self.paths[row]), self.image_shape)
+            except BadImageError as err:
+                readable[i] = False
+                bad_paths.append((err.path, err.reason))
+        return readable, bad_paths
+
+
+def _check_augment(augment):
+    augment = dict(augment or {})
+    unknown = set(augment) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {AUGMENTATIONS}")
+    return {name: bool(augment.get(name, False)) for name in AUGMENTATIONS}
+
+
+def _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    if image_list.class_ids is None:
+        raise UserError(f"{image_list.source}: training needs a label on every line")
+    if seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {seed}")
+    if batch_size <= 0 or batch_size % world_size:
+        raise UserError(f"--train_batch_size {batch_size} must be a positive multiple of the "
+                        f"{world_size} device(s)")
+    device_batch = batch_size // world_size
+    if layout == "pk" and device_batch % samples_each_class:
+        raise UserError(f"--train_batch_size {batch_size} must be a multiple of "
+                        f"--samples_each_class {samples_each_class} on each of the {world_size} device(s) "
+                        f"(each device gets {device_batch} images of whole classes)")
+    if layout == "triplet" and device_batch % 3:
+        raise UserError(f"--train_batch_size {batch_size} must be a multiple of 3 (triplets) "
+                        f"on each of the {world_size} device(s); each device gets {device_batch}")
+
+
+def _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce):
+    num_images = len(image_list.paths)
+    if layout == "shuffle":
+        return ShuffleSampler(num_images, batch_size, seed)
+    members = class_members(image_list.class_ids, image_list.num_classes)
+    if layout == "pk":
+        classes_per_batch = batch_size // samples_each_class
+        if classes_per_batch > len(members):
+            raise UserError(f"{image_list.source}: a batch of {batch_size} = {classes_per_batch} classes x "
+                            f"{samples_each_class} images needs {classes_per_batch} classes, the list has "
+                            f"{len(members)} (lower --train_batch_size or raise --samples_each_class)")
+        if announce:
+            _note_small_classes(image_list, members, samples_each_class)
+        return PKSampler(members, num_images, batch_size, samples_each_class, seed)
+    if len(members) < 2:
+        raise UserError(f"{image_list.source}: triplets need at least 2 classes, the list has {len(members)}")
+    if announce:
+        _note_small_classes(image_list, members, 2)
+    return TripletSampler(members, num_images, batch_size, seed)
+
+
+def _note_small_classes(image_list, members, needed):
+    small = [image_list.classes[c] for c, images in enumerate(members) if len(images) < needed]
+    if small:
+        named = ", ".join(str(label) for label in small[:CLASSES_NAMED])
+        more = ", ..." if len(small) > CLASSES_NAMED else ""
+        print(f"note: {len(small)} of {len(members)} classes have fewer than {needed} images "
+              f"(labels {named}{more}); their images are repeated within a batch", flush=True)

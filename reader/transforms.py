@@ -1,0 +1,144 @@
+"""Image transforms: HxWx3 uint8 RGB in, CHW float32 normalised with ImageNet mean/std out.
+
+All randomness comes from the numpy Generator passed in, so a sample's
+augmentation is reproducible from its seed alone.
+"""
+import math
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+RESIZE_RATIO = 256 / 224        # test: resize to this times the crop, then centre crop
+CROP_AREA = (0.08, 1.0)         # random-resized crop: fraction of the image area
+CROP_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+CROP_ATTEMPTS = 10
+JITTER_STRENGTH = 0.4           # brightness/contrast/saturation factors in [0.6, 1.4]
+MAX_ROTATION_DEGREES = 10.0
+ERASE_PROBABILITY = 0.5
+ERASE_AREA = (0.02, 0.33)       # random erasing (Zhong et al. 2017): fraction of the image area
+ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
+GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+_SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
+_OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+
+
+def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, random_erasing=False):
+    """Random-resized crop to (H, W), random horizontal flip, optional augmentations.
+
+    image_shape is (3, H, W). Returns CHW float32, normalised.
+    """
+    height, width = image_shape[1], image_shape[2]
+    image = random_resized_crop(rgb, height, width, rng)
+    if rng.random() < 0.5:
+        image = cv2.flip(image, 1)
+    if rotate:
+        image = random_rotation(image, rng)
+    if color_jitter:
+        image = jitter_colours(image, rng)
+    chw = normalize(image)
+    if random_erasing:
+        erase_random_rectangle(chw, rng)
+    return chw
+
+
+def test_transform(rgb, image_shape):
+    """Resize so that the crop is 224/256 of the image (short side of a square crop
+    becomes round(H * 256 / 224)), then take the centre (H, W) crop."""
+    height, width = image_shape[1], image_shape[2]
+    src_h, src_w = rgb.shape[:2]
+    scale = RESIZE_RATIO * max(height / src_h, width / src_w)
+    new_h = max(height, round(src_h * scale))
+    new_w = max(width, round(src_w * scale))
+    resized = resize(rgb, new_h, new_w)
+    top = (new_h - height) // 2
+    left = (new_w - width) // 2
+    return normalize(resized[top:top + height, left:left + width])
+
+
+def normalize(image):
+    """HxWx3 RGB (uint8 or float in 0..255) -> contiguous CHW float32, (x/255 - mean) / std."""
+    hwc = image.astype(np.float32) * _SCALE - _OFFSET
+    return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+
+def resize(image, height, width):
+    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
+def random_resized_crop(image, height, width, rng):
+    """Crop a random area fraction and aspect ratio, resized to (height, width).
+
+    The aspect ratio is drawn around the output's own width/height ratio, so
+    non-square outputs are not systematically stretched.
+    """
+    src_h, src_w = image.shape[:2]
+    top, left, crop_h, crop_w = _crop_box(src_h, src_w, width / height, rng)
+    return resize(image[top:top + crop_h, left:left + crop_w], height, width)
+
+
+def _crop_box(src_h, src_w, target_ratio, rng):
+    area = src_h * src_w
+    for _ in range(CROP_ATTEMPTS):
+        crop_area = area * rng.uniform(*CROP_AREA)
+        ratio = target_ratio * math.exp(rng.uniform(*CROP_LOG_RATIO))
+        crop_w = round(math.sqrt(crop_area * ratio))
+        crop_h = round(math.sqrt(crop_area / ratio))
+        if 0 < crop_w <= src_w and 0 < crop_h <= src_h:
+            top = int(rng.integers(0, src_h - crop_h + 1))
+            left = int(rng.integers(0, src_w - crop_w + 1))
+            return top, left, crop_h, crop_w
+    # Fallback: the largest centred crop with the target aspect ratio.
+    crop_w = min(src_w, round(src_h * target_ratio)) or 1
+    crop_h = min(src_h, round(src_w / target_ratio)) or 1
+    return (src_h - crop_h) // 2, (src_w - crop_w) // 2, crop_h, crop_w
+
+
+def random_rotation(image, rng):
+    """Rotate by a uniform angle in +-MAX_ROTATION_DEGREES about the centre; borders mirrored."""
+    angle = rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
+    rows, cols = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), angle, 1.0)
+    return cv2.warpAffine(image, matrix, (cols, rows), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
+def jitter_colours(image, rng):
+    """Brightness, contrast, then saturation, each by a factor in 1 +- JITTER_STRENGTH.
+
+    Returns float32 HxWx3 in 0..255.
+    """
+    low, high = 1.0 - JITTER_STRENGTH, 1.0 + JITTER_STRENGTH
+    brightness, contrast, saturation = rng.uniform(low, high, size=3).astype(np.float32)
+    out = image.astype(np.float32) * brightness
+    np.clip(out, 0, 255, out=out)
+    gray = out @ GRAY_WEIGHTS
+    out = (out - gray.mean()) * contrast + gray.mean()
+    np.clip(out, 0, 255, out=out)
+    gray = (out @ GRAY_WEIGHTS)[:, :, None]
+    out = (out - gray) * saturation + gray
+    np.clip(out, 0, 255, out=out)
+    return out
+
+
+def erase_random_rectangle(chw, rng):
+    """With probability ERASE_PROBABILITY, fill a random rectangle of chw with N(0, 1) noise (in place)."""
+    if rng.random() >= ERASE_PROBABILITY:
+        return
+    _, rows, cols = chw.shape
+    for _ in range(CROP_ATTEMPTS):
+        erase_area = rows * cols * rng.uniform(*ERASE_AREA)
+        ratio = math.exp(rng.uniform(*ERASE_LOG_RATIO))
+        erase_h = round(math.sqrt(erase_area * ratio))
+        erase_w = round(math.sqrt(erase_area / ratio))
+        if 0 < erase_h < rows and 0 < erase_w < cols:
+            top = int(rng.integers(0, rows - erase_h + 1))
+            left = int(rng.integers(0, cols - erase_w + 1))
+            noise = rng.standard_normal((chw.shape[0], erase_h, erase_w), dtype=np.float32)
+            chw[:, top:top + erase_h, left:left + erase_w] = noise
+            return

@@ -1,0 +1,154 @@
+"""Run batch jobs in worker processes that write into shared memory.
+
+A job is a picklable-free callable `job(items, out) -> meta`: it fills
+`out[:len(items)]` (float32) and returns small picklable metadata. Workers are
+forked, so the job and the shared slots are inherited, not pickled; only task
+numbers and metadata travel through queues. Batches come back in submission
+order whatever the worker timing, so results never depend on the worker count.
+
+Workers ignore SIGINT: Ctrl-C interrupts the main process, which then stops
+them. They are daemons, so they also die with the main process.
+"""
+import mmap
+import multiprocessing as mp
+import queue
+import signal
+import traceback
+import weakref
+
+import cv2
+import numpy as np
+
+from utility.errors import UserError
+
+SLOTS_PER_WORKER = 2   # batches each worker may have in flight (prefetch depth)
+POLL_SECONDS = 2.0     # how often a waiting main process checks that workers live
+JOIN_SECONDS = 2.0
+
+
+def run_in_process(job, batches, row_shape):
+    """The num_workers=0 path: the same jobs, run one after another here."""
+    for items in batches:
+        out = np.empty((len(items),) + tuple(row_shape), dtype=np.float32)
+        yield out, job(items, out)
+
+
+class WorkerPool:
+    """A fixed set of forked worker processes running one job on batches."""
+
+    def __init__(self, job, num_workers, max_batch, row_shape):
+        context = mp.get_context("fork")
+        num_slots = num_workers * SLOTS_PER_WORKER
+        slot_shape = (max_batch,) + tuple(row_shape)
+        slot_bytes = int(np.prod(slot_shape)) * 4
+        self._memory = mmap.mmap(-1, num_slots * slot_bytes)  # anonymous and shared with forked children
+        self._slots = [np.frombuffer(self._memory, np.float32, int(np.prod(slot_shape)), i * slot_bytes)
+                       .reshape(slot_shape) for i in range(num_slots)]
+        self._tasks = context.Queue()
+        self._results = context.Queue()
+        self._workers = [context.Process(target=_worker_loop, daemon=True, name=f"reader-worker-{i}",
+                                         args=(job, self._slots, self._tasks, self._results))
+                         for i in range(num_workers)]
+        for worker in self._workers:
+            worker.start()
+        self._free_slots = list(range(num_slots))
+        self._in_flight = 0
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results)
+
+    def run(self, batches):
+        """Yield (images copy [n, *row_shape], meta) for each item list, in order."""
+        self._discard_in_flight()
+        batches = iter(batches)
+        sizes, done = {}, {}
+        next_task = next_result = 0
+        try:
+            while True:
+                while self._free_slots and (items := next(batches, None)) is not None:
+                    slot = self._free_slots.pop()
+                    self._tasks.put((next_task, slot, items))
+                    sizes[next_task] = len(items)
+                    next_task += 1
+                    self._in_flight += 1
+                if next_result == next_task:
+                    return
+                while next_result not in done:
+                    task_no, slot, meta, failure = self._receive()
+                    done[task_no] = (slot, meta, failure)
+                slot, meta, failure = done.pop(next_result)
+                images = self._slots[slot][:sizes.pop(next_result)].copy()
+                self._free_slots.append(slot)
+                next_result += 1
+                if failure is not None:
+                    _raise_worker_failure(failure)
+                yield images, meta
+        except GeneratorExit:
+            self._discard_in_flight()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self):
+        """Stop the workers (idempotent)."""
+        self._finalizer()
+
+    def _receive(self):
+        while True:
+            try:
+                task_no, slot, meta, failure = self._results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                dead = [w for w in self._workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(f"reader worker {dead[0].name} exited unexpectedly "
+                                       f"(exit code {dead[0].exitcode})") from None
+                continue
+            self._in_flight -= 1
+            return task_no, slot, meta, failure
+
+    def _discard_in_flight(self):
+        """Wait for the batches of an abandoned run and free their slots."""
+        while self._in_flight:
+            _, slot, _, _ = self._receive()
+            self._free_slots.append(slot)
+
+
+def _worker_loop(job, slots, tasks, results):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)
+    while (task := tasks.get()) is not None:
+        task_no, slot, items = task
+        try:
+            results.put((task_no, slot, job(items, slots[slot]), None))
+        except Exception as err:  # sent to the main process, which raises it
+            failure = (isinstance(err, UserError), str(err), traceback.format_exc())
+            results.put((task_no, slot, None, failure))
+
+
+def _raise_worker_failure(failure):
+    is_user_error, message, worker_traceback = failure
+    if is_user_error:
+        raise UserError(message)
+    raise RuntimeError(f"reader worker failed:\n{worker_traceback}")
+
+
+def _shutdown(workers, tasks, results):
+    _drop_queued(tasks)
+    for _ in workers:
+        tasks.put(None)
+    for worker in workers:
+        worker.join(JOIN_SECONDS)
+        if worker.is_alive():
+            worker.terminate()
+            worker.join(JOIN_SECONDS)
+    for channel in (tasks, results):
+        channel.cancel_join_thread()
+        channel.close()
+
+
+def _drop_queued(tasks):
+    """Queued batches are of no use once stopping; dropping them lets workers exit at once."""
+    try:
+        while True:
+            tasks.get_nowait()
+    except queue.Empty:
+        pass
