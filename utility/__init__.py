@@ -1,3 +1,11 @@
 """Plumbing shared by train.py, eval.py and infer.py (arguments, errors, checkpoints, metrics)."""
-from utility.args import parse_args, print_arguments
-from utility.errors import UserError, run_cli
+import os
+import warnings
+
+# Paddle's C++ info/warning lines ("New Executor is Running", ...) would drown the progress lines;
+# this must be set before paddle is first imported. Errors still show.
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", message="No ccache found")
+
+from utility.args import parse_args, print_arguments  # noqa: E402
+from utility.errors import UserError, run_cli  # noqa: E402

@@ -1,0 +1,126 @@
+"""Static-graph programs shared by the scripts: device, LR schedule, train and embedding programs.
+
+Paddle 3 builds programs in its new format (PIR), where `clone(for_test=True)` is gone:
+the test program is cloned with an IrMapping right after the network is built, before
+the label input, the losses and the optimizer exist, so it needs only the image.
+"""
+import os
+from dataclasses import dataclass
+
+import paddle
+
+import losses
+import models
+from utility.errors import UserError
+
+IMAGE = "image"
+LABEL = "label"
+
+
+def select_place(use_gpu):
+    """The device to run on: GPU when asked (default: when Paddle was built with CUDA), else CPU."""
+    with_cuda = paddle.is_compiled_with_cuda()
+    if use_gpu is None:
+        use_gpu = with_cuda
+    if not use_gpu:
+        return paddle.CPUPlace()
+    if not with_cuda:
+        raise UserError("--use_gpu=True, but this Paddle was built without CUDA: "
+                        "install paddlepaddle-gpu, or pass --use_gpu=False")
+    return paddle.CUDAPlace(paddle.distributed.ParallelEnv().dev_id)
+
+
+def make_lr_scheduler(args, total_iters):
+    """LR per iteration: piecewise decay (x0.1 at each of --lr_steps) or cosine, after an optional warm-up."""
+    if args.lr_strategy == "piecewise_decay":
+        values = [args.lr * 0.1 ** i for i in range(len(args.lr_steps) + 1)]
+        scheduler = paddle.optimizer.lr.PiecewiseDecay(boundaries=list(args.lr_steps), values=values)
+    else:
+        scheduler = paddle.optimizer.lr.CosineAnnealingDecay(args.lr, T_max=max(1, total_iters - args.warmup_iter))
+    if args.warmup_iter > 0:
+        scheduler = paddle.optimizer.lr.LinearWarmup(scheduler, args.warmup_iter, start_lr=0.0, end_lr=args.lr)
+    return scheduler
+
+
+@dataclass
+class TrainGraph:
+    main: object
+    startup: object
+    test: object                # shares parameters with main; batch norm uses running statistics
+    test_embedding: object      # the embedding value inside `test`
+    fetch: dict                 # name -> value of main: loss_metric, loss_cls, acc1, acc5
+    scheduler: object
+
+
+def build_train_graph(args, num_classes, total_iters, world_size=1):
+    """Network + metric loss + softmax branch + Momentum/L2, as one train program and its test clone."""
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        image = paddle.static.data(IMAGE, [None, *args.image_shape], "float32")
+        embedding, logits = models.build_model(args.model, num_classes, args.embedding_size)(image)
+        mapping = paddle.pir.IrMapping()
+        test = main.clone(mapping)
+        test.set_is_test_attr()
+
+        label = paddle.static.data(LABEL, [None], "int64")
+        loss_cls = losses.softmax_loss(logits, label, args.label_smoothing)
+        metric_loss = _metric_loss(args, embedding.shape[-1], num_classes)
+        if metric_loss is None:
+            loss_metric, objective = paddle.zeros([], "float32"), loss_cls
+        else:
+            loss_metric = metric_loss(embedding, label)
+            objective = loss_metric + args.alpha * loss_cls
+        fetch = {"loss_metric": loss_metric, "loss_cls": loss_cls,
+                 "acc1": paddle.metric.accuracy(logits, label.unsqueeze(1), k=1),
+                 "acc5": paddle.metric.accuracy(logits, label.unsqueeze(1), k=min(5, num_classes))}
+
+        scheduler = make_lr_scheduler(args, total_iters)
+        optimizer = paddle.optimizer.Momentum(scheduler, momentum=args.momentum,
+                                              weight_decay=paddle.regularizer.L2Decay(args.weight_decay))
+        if world_size > 1:
+            _minimize_data_parallel(optimizer, objective, world_size)
+        else:
+            optimizer.minimize(objective)
+    return TrainGraph(main, startup, test, mapping.look_up(embedding), fetch, scheduler)
+
+
+def _metric_loss(args, embedding_dim, num_classes):
+    return losses.build_metric_loss(
+        args.loss_name, embedding_dim=embedding_dim, num_classes=num_classes, margin=args.margin,
+        triplet_mining=args.triplet_mining, arc_scale=args.arc_scale, arc_margin=args.arc_margin,
+        arc_easy_margin=args.arc_easy_margin, npairs_reg_lambda=args.npairs_reg_lambda)
+
+
+def _minimize_data_parallel(optimizer, objective, world_size):
+    """Each device computes its loss on its own share; gradients are averaged over devices."""
+    params_grads = paddle.static.append_backward(objective)
+    averaged = []
+    for param, grad in params_grads:
+        paddle.distributed.all_reduce(grad)
+        averaged.append((param, paddle.scale(grad, 1.0 / world_size)))
+    optimizer.apply_gradients(averaged)
+
+
+@dataclass
+class EmbedGraph:
+    program: object
+    startup: object
+    image: object
+    embedding: object
+
+
+def build_embed_graph(args):
+    """image -> embedding, for eval.py and infer.py (no classifier, batch norm in test mode)."""
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        image = paddle.static.data(IMAGE, [None, *args.image_shape], "float32")
+        embedding, _ = models.build_model(args.model, 0, args.embedding_size)(image)
+    main.set_is_test_attr()
+    return EmbedGraph(main, startup, image, embedding)
+
+
+def distributed_env():
+    """(world_size, rank) under `python -m paddle.distributed.launch`, else (1, 0)."""
+    world_size = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+    return world_size, rank
