@@ -21,11 +21,11 @@ def use_default_dataset_if_needed(args, digits_dir=DIGITS_DIR):
     absent_list = args.train_list
     args.data_dir, args.train_list, args.val_list = prepare_digits(digits_dir)
     print(f"No data set given and {absent_list} is absent: using the offline digits data set "
-          f"in {_as_typed(args.data_dir)} ({SPLIT_DESCRIPTION})", flush=True)
+          f"in {_display_path(args.data_dir)} ({SPLIT_DESCRIPTION})", flush=True)
     return True
 
 
-def _as_typed(path):
+def _display_path(path):
     """path relative to the current directory when it lies below it, else as is."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
