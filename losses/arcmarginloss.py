@@ -4,7 +4,7 @@ import math
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import l2_normalize
+from losses.common import cross_entropy, l2_normalize
 
 
 def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False):
@@ -24,11 +24,11 @@ def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False
         target_logit = paddle.where(cosine > math.cos(math.pi - margin), with_margin, fallback)
     is_target = F.one_hot(paddle.reshape(labels, [-1]), cosine.shape[-1]).astype("bool")
     logits = scale * paddle.where(is_target, target_logit, cosine)
-    return F.cross_entropy(logits, paddle.reshape(labels, [-1]))
+    return cross_entropy(logits, labels)
 
 
 class ArcMarginLoss(paddle.nn.Layer):
-    """ArcFace head: owns a weight [embedding_dim, num_classes] (named `weight_name`).
+    """ArcFace head: owns a weight [embedding_dim, num_classes], named `weight_name` in static Programs.
 
     Calling it with (embedding [B, D], labels [B]) returns the mean arc-margin loss of the
     cosines between L2-normalised embeddings and L2-normalised weight columns.
@@ -38,13 +38,16 @@ class ArcMarginLoss(paddle.nn.Layer):
                  weight_name="arcmargin_weights"):
         super().__init__()
         self.margin, self.scale, self.easy_margin = margin, scale, easy_margin
+        # The fixed name matters in static Programs (checkpoints, sharing with a test Program);
+        # eager mode forbids reusing a name and keys its state_dict by attribute instead.
+        name = None if paddle.in_dynamic_mode() else weight_name
         self.weight = self.create_parameter(
             shape=[embedding_dim, num_classes],
-            attr=paddle.ParamAttr(name=weight_name, initializer=paddle.nn.initializer.XavierUniform()))
+            attr=paddle.ParamAttr(name=name, initializer=paddle.nn.initializer.XavierUniform()))
 
     def cosine(self, embedding):
         """Cosine similarity [B, C] of each embedding with each class weight."""
-        return paddle.matmul(l2_normalize(embedding), F.normalize(self.weight, axis=0))
+        return paddle.matmul(l2_normalize(embedding), l2_normalize(self.weight, axis=0))
 
     def forward(self, embedding, labels):
         return arcmargin_loss(self.cosine(embedding), labels, margin=self.margin, scale=self.scale,

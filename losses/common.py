@@ -14,9 +14,9 @@ from utility.errors import UserError
 _FAR = 1e30
 
 
-def l2_normalize(features):
-    """Scale each row of `features` [B, D] to unit Euclidean length."""
-    return F.normalize(features, p=2, axis=1)
+def l2_normalize(features, axis=1):
+    """Scale `features` to unit Euclidean length along `axis` (rows by default)."""
+    return F.normalize(features, p=2, axis=axis)
 
 
 def squared_distances(features):
@@ -131,3 +131,26 @@ def check_eager_labels(name, labels, triplet_mining="none"):
     """In eager mode, run check_batch_labels on the tensor `labels`; no-op in a static graph."""
     if paddle.in_dynamic_mode():
         check_batch_labels(name, labels.numpy(), triplet_mining)
+
+
+def log_softmax(logits):
+    """Log-probabilities of the rows of `logits` [B, C].
+
+    Written out with logsumexp because F.log_softmax and F.cross_entropy (Paddle 3.3.1, CPU)
+    floor log-probabilities near -64, which hides large losses such as arcmargin's at scale 80.
+    """
+    return logits - paddle.logsumexp(logits, axis=1, keepdim=True)
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean cross-entropy of `logits` [B, C] against class ids `labels` [B].
+
+    With `label_smoothing` e the target is (1 - e) on the true class plus e / C on every class.
+    """
+    log_probabilities = log_softmax(logits)
+    is_target = paddle.cast(F.one_hot(paddle.reshape(labels, [-1]), logits.shape[-1]), logits.dtype)
+    target_term = -paddle.sum(log_probabilities * is_target, axis=1)
+    if label_smoothing:
+        uniform_term = -paddle.mean(log_probabilities, axis=1)
+        target_term = (1.0 - label_smoothing) * target_term + label_smoothing * uniform_term
+    return paddle.mean(target_term)

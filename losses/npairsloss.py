@@ -1,8 +1,7 @@
 """Multi-class N-pair loss on P x 2 batches (one anchor and one positive per class)."""
 import paddle
-import paddle.nn.functional as F
 
-from losses.common import check_eager_labels
+from losses.common import check_eager_labels, log_softmax
 
 
 def npairsloss(features, labels, *, reg_lambda=0.01):
@@ -21,6 +20,6 @@ def npairsloss(features, labels, *, reg_lambda=0.01):
     same_class = pair_labels[:, 0].unsqueeze(1) == pair_labels[:, 1].unsqueeze(0)
     targets = paddle.cast(same_class, logits.dtype)
     targets = targets / paddle.sum(targets, axis=1, keepdim=True)
-    cross_entropy = -paddle.sum(targets * F.log_softmax(logits, axis=1), axis=1)
+    cross_entropy = -paddle.sum(targets * log_softmax(logits), axis=1)
     squared_norms = paddle.sum(paddle.square(anchor), axis=1) + paddle.sum(paddle.square(positive), axis=1)
     return paddle.mean(cross_entropy) + 0.25 * reg_lambda * paddle.mean(squared_norms)

@@ -1,6 +1,5 @@
 """Softmax classification loss for the classifier branch."""
-import paddle
-import paddle.nn.functional as F
+from losses.common import cross_entropy
 
 
 def softmax_loss(logits, labels, label_smoothing=0.0):
@@ -8,4 +7,4 @@ def softmax_loss(logits, labels, label_smoothing=0.0):
 
     With `label_smoothing` e the target is (1 - e) on the true class plus e / C on every class.
     """
-    return F.cross_entropy(logits, paddle.reshape(labels, [-1]), label_smoothing=label_smoothing)
+    return cross_entropy(logits, labels, label_smoothing)
