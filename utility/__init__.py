@@ -5,7 +5,9 @@ import warnings
 # Paddle's C++ info/warning lines ("New Executor is Running", ...) would drown the progress lines;
 # this must be set before paddle is first imported. Errors still show.
 os.environ.setdefault("GLOG_minloglevel", "2")
-warnings.filterwarnings("ignore", message="No ccache found")
+for _noise in ("No ccache found", "When training, we now always track global mean",
+               "Tensor do not have 'place' interface"):
+    warnings.filterwarnings("ignore", message=_noise)
 
 from utility.args import parse_args, print_arguments  # noqa: E402
 from utility.errors import UserError, run_cli  # noqa: E402

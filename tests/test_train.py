@@ -1,0 +1,195 @@
+"""train.py end to end on 32x32 images: every loss, SE-ResNeXt, logs, checkpoints, resume, finetune, errors."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train
+from utility.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRESS = re.compile(r"^Pass (\d+), trainbatch (\d+), lr (\S+), loss_metric (\S+), loss_cls (\S+), "
+                      r"acc1 (\S+), acc5 (\S+), time (\S+) sec, (\S+) img/s, eta \d+:\d\d:\d\d$", re.M)
+END_PASS = re.compile(r"^End pass (\d+), train_loss_metric (\S+), train_loss_cls (\S+), train_acc1 (\S+), "
+                      r"train_acc5 (\S+), test_recall (\S+)$", re.M)
+
+
+def run_train(tiny_dataset, out_dir, *extra, model="ResNet18", loss="tripletloss", batch=12, iters=2):
+    data_dir, train_list, val_list = tiny_dataset
+    argv = [f"--model={model}", f"--loss_name={loss}", f"--data_dir={data_dir}", f"--train_list={train_list}",
+            f"--val_list={val_list}", "--image_shape=3,32,32", f"--train_batch_size={batch}",
+            f"--total_iter_num={iters}", "--num_workers=0", "--display_iter_step=1", "--test_batch_size=16",
+            f"--model_save_dir={out_dir}", *extra]
+    train.main(argv)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("loss, extra", [
+    ("tripletloss", []),
+    ("tripletloss", ["--triplet_mining=hard", "--samples_each_class=3"]),
+    ("quadrupletloss", ["--samples_each_class=3"]),
+    ("emlloss", ["--samples_each_class=2"]),
+    ("npairsloss", []),
+    ("arcmargin", []),
+    ("softmax", ["--label_smoothing=0.1"]),
+])
+def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, loss, extra):
+    run_train(tiny_dataset, str(tmp_path), *extra, "--alpha=0.5", loss=loss)
+    out = capsys.readouterr().out
+    steps = PROGRESS.findall(out)
+    assert [(int(p), int(b)) for p, b, *_ in steps] == [(0, 0), (0, 1)]
+    values = np.array([[float(v) for v in step[2:7]] for step in steps])
+    assert np.isfinite(values).all()
+    if loss == "softmax":
+        assert (values[:, 1] == 0).all()  # no metric loss
+    else:
+        assert (values[:, 1] > 0).any()
+    (end,) = END_PASS.findall(out)
+    assert 0.0 <= float(end[-1]) <= 1.0
+
+    records = read_log(str(tmp_path))
+    per_batch = [r for r in records if "loss_metric" in r]
+    assert len(per_batch) == 2
+    assert {"pass", "iter", "lr", "loss_metric", "loss_cls", "acc1", "acc5", "img_per_s", "reader_s",
+            "step_s"} <= set(per_batch[0])
+    assert [r["iter"] for r in per_batch] == [0, 1]
+    assert [r["test_recall"] for r in records if "test_recall" in r] == [pytest.approx(float(end[-1]), abs=1e-5)]
+
+    saved = os.path.join(str(tmp_path), "ResNet18")
+    assert os.path.realpath(os.path.join(saved, "latest")) == os.path.realpath(os.path.join(saved, "2"))
+    with open(os.path.join(saved, "2", "state.json")) as f:
+        state = json.load(f)
+    assert state["position"] == {"iteration": 2, "pass_id": 0, "batch": 2}
+    assert state["classes"] == list(range(1, 9))
+    assert state["args"]["loss_name"] == loss
+
+
+def test_se_resnext_trains_a_step(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, str(tmp_path), "--samples_each_class=2", model="SE_ResNeXt50_32x4d",
+              loss="emlloss", batch=8, iters=1)
+    out = capsys.readouterr().out
+    assert len(PROGRESS.findall(out)) == 1
+    assert os.path.isdir(os.path.join(str(tmp_path), "SE_ResNeXt50_32x4d", "1"))
+
+
+def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
+    data_dir, train_list, val_list = tiny_dataset
+    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=24", "--num_epochs=2",
+                "--num_workers=0", f"--model_save_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert [int(e[0]) for e in END_PASS.findall(out)] == [0, 1]
+    assert sorted(os.listdir(tmp_path / "ResNet18")) == ["0", "1", "latest"]
+
+
+def _final_parameters(checkpoint_dir):
+    import paddle
+    return paddle.static.load_program_state(os.path.join(checkpoint_dir, "model"))
+
+
+def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
+    # 4 iterations straight (saving at 2), then resume the iteration-2 checkpoint for the last 2.
+    # The LR drops at iteration 3, so the scheduler state must come back too.
+    common = ["--loss_name=quadrupletloss", "--samples_each_class=3", "--lr_steps=3", "--save_iter_step=2",
+              "--test_iter_step=100", "--lr=0.05"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    run_train(tiny_dataset, straight, *common, iters=4)
+    run_train(tiny_dataset, resumed, *common, f"--checkpoint={straight}/ResNet18/2", iters=4)
+    capsys.readouterr()
+
+    first = [r for r in read_log(straight) if "loss_metric" in r]
+    second = [r for r in read_log(resumed) if "loss_metric" in r]
+    assert [r["iter"] for r in second] == [2, 3]
+    assert [r["lr"] for r in second] == [r["lr"] for r in first[2:]] == pytest.approx([0.05, 0.005])
+    for a, b in zip(first[2:], second):
+        assert a["loss_metric"] == pytest.approx(b["loss_metric"], rel=1e-5, abs=1e-6)
+        assert a["loss_cls"] == pytest.approx(b["loss_cls"], rel=1e-5)
+    want = _final_parameters(f"{straight}/ResNet18/4")
+    got = _final_parameters(f"{resumed}/ResNet18/4")
+    for name in ("conv1_weights", "bn_conv1_mean", "res5b_branch2b_weights", "classifier_fc_weights"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+
+def test_finetune_across_losses_and_class_counts(tiny_dataset, tmp_path, capsys):
+    data_dir, train_list, _ = tiny_dataset
+    pretrain = str(tmp_path / "softmax")
+    run_train(tiny_dataset, pretrain, loss="softmax")
+    fewer_classes = tmp_path / "fewer.txt"
+    with open(train_list) as f:
+        fewer_classes.write_text("".join(line for line in f if int(line.split()[1]) <= 4))
+    capsys.readouterr()
+    run_train((data_dir, str(fewer_classes), tiny_dataset[2]), str(tmp_path / "triplet"),
+              f"--pretrained_model={pretrain}/ResNet18/latest", loss="tripletloss")
+    out = capsys.readouterr().out
+    loaded = re.search(r"Loaded (\d+) of (\d+) parameters", out)
+    assert loaded and int(loaded.group(1)) == int(loaded.group(2)) - 2
+    assert re.search(r"Skipped 2 with another shape: classifier_fc_offset \(8,\) -> \(4,\), "
+                     r"classifier_fc_weights \(512, 8\) -> \(512, 4\)", out)
+
+
+def test_resume_on_other_classes_is_refused(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, str(tmp_path / "a"), loss="softmax")
+    data_dir, _, val_list = tiny_dataset
+    with pytest.raises(UserError, match="other classes"):
+        run_train((data_dir, val_list, val_list), str(tmp_path / "b"),
+                  f"--checkpoint={tmp_path}/a/ResNet18", loss="softmax")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model=ResNet51"], "unknown --model ResNet51; known: ResNet18"),
+    (["--loss_name=contrastive"], "unknown --loss_name contrastive"),
+    (["--train_batch_size=10"], "multiple of 3"),
+    (["--loss_name=emlloss", "--train_batch_size=12", "--samples_each_class=5"], "multiple of --samples_each_class 5"),
+    (["--use_gpu=True"], "built without CUDA"),
+    (["--checkpoint=/no/such/dir"], "does not exist"),
+])
+def test_bad_combinations_stop_before_work(tiny_dataset, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        run_train(tiny_dataset, str(tmp_path), *extra)
+    assert not os.path.exists(tmp_path / "log.jsonl")
+
+
+def _script(args, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
+                          cwd=kwargs.pop("cwd", REPO), **kwargs)
+
+
+def test_missing_list_is_one_clean_line(tmp_path):
+    result = _script(["--train_list=/nowhere/train.txt", "--val_list=/nowhere/val.txt"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [l for l in result.stderr.strip().splitlines()
+                                                    if l.startswith("error: ")]
+    assert "/nowhere/train.txt" in result.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path):
+    data_dir, train_list, val_list = tiny_dataset
+    args = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
+            "--image_shape=3,32,32", "--train_batch_size=12", "--total_iter_num=100000", "--num_workers=2",
+            "--display_iter_step=1", f"--model_save_dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("Pass 0, trainbatch 1,"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    saved = re.search(r"Interrupted: saved (\S+); resume with --checkpoint=(\S+)", out)
+    assert saved, out
+    with open(os.path.join(saved.group(1), "state.json")) as f:
+        position = json.load(f)["position"]
+    assert position["iteration"] >= 2
+    assert os.path.realpath(os.path.join(tmp_path, "ResNet18", "latest")) == os.path.realpath(saved.group(1))
+    assert not [name for name in os.listdir(tmp_path / "ResNet18") if name.startswith(".tmp")]
