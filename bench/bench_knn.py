@@ -1,0 +1,141 @@
+"""Time leave-one-out retrieval evaluation: utility.metrics vs faiss vs the original all-pairs code.
+
+    python bench/bench_knn.py                                  # N=10,000 x 2048-d, the three methods
+    python bench/bench_knn.py --n 60000 --per_class 5 --methods ours --nmi   # SOP test size
+
+Each method runs in its own subprocess on the same clustered float32
+embeddings (a fixed seed), so its peak memory beyond the embeddings is
+measured cleanly: peak RSS (ru_maxrss) after the run minus the RSS once the
+embeddings exist. Methods:
+  ours      utility.metrics.evaluate (blockwise exact kNN; Recall@K, MAP@R, R-precision)
+  faiss     faiss.IndexFlatIP exact search for K+1 neighbours, self dropped
+  original  the original example's recall_topk: full N x N distance matrix + argsort
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+KS = (1, 2, 4, 8)
+METHODS = ("ours", "faiss", "original")
+
+
+def recall_topk_original(features, labels, k=1):
+    """The original example's all-pairs Recall@K (N x N float64 distances, full argsort).
+
+    Kept as the reference the new code is measured and tested against.
+    """
+    features = np.asarray(features).reshape(len(features), -1)
+    features = features / np.sqrt(np.sum(features ** 2, axis=1, keepdims=True))
+    squared_norms = np.sum(features ** 2, axis=1, keepdims=True)
+    distances = squared_norms + squared_norms.T - 2 * features @ features.T
+    distances = distances + np.eye(len(features)) * 1e8  # a query is never its own neighbour
+    ranking = np.argsort(distances, axis=1)
+    hits = 0
+    for i in range(len(features)):
+        if any(labels[ranking[i, j]] == labels[i] for j in range(k)):
+            hits += 1
+    return hits / len(features)
+
+
+def clustered_embeddings(n, dim, per_class, seed=0):
+    """Class centres plus noise, float32, written in chunks to keep the peak near N x D x 4 bytes."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) // per_class
+    centres = rng.standard_normal((labels[-1] + 1, dim), dtype=np.float32)
+    features = np.empty((n, dim), np.float32)
+    for start in range(0, n, 4096):
+        rows = labels[start:start + 4096]
+        features[start:start + len(rows)] = centres[rows] + rng.standard_normal((len(rows), dim), dtype=np.float32)
+    return features, labels
+
+
+def run_ours(features, labels):
+    from utility.metrics import evaluate
+    return evaluate(features, labels, ks=KS, with_nmi=False)
+
+
+def run_nmi(features, labels):
+    """NMI timed on its own: k-means with as many clusters as classes."""
+    from utility.metrics import nmi
+    started = time.perf_counter()
+    score = nmi(features / np.linalg.norm(features, axis=1, keepdims=True), labels)
+    return {"nmi": score, "nmi_seconds": time.perf_counter() - started}
+
+
+def run_faiss(features, labels):
+    import faiss
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(unit)
+    _, neighbors = index.search(unit, max(KS) + 1)
+    is_self = neighbors == np.arange(len(unit))[:, None]
+    is_self[~is_self.any(axis=1), -1] = True  # self not returned (duplicates): drop the last
+    others = neighbors[~is_self].reshape(len(unit), max(KS))
+    hits = labels[others] == labels[:, None]
+    return {f"recall@{k}": float(hits[:, :k].any(axis=1).mean()) for k in KS}
+
+
+def run_original(features, labels):
+    return {f"recall@{k}": recall_topk_original(features, labels, k) for k in KS}
+
+
+def current_rss_mib():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(args):
+    """Run one method and print one JSON line: seconds, peak MiB beyond the embeddings, metrics.
+
+    seconds cover the retrieval metrics; NMI (--nmi) is timed separately as nmi_seconds.
+    """
+    import faiss  # noqa: F401  loaded before the baseline: library pages are not the method's memory
+    import sklearn.metrics  # noqa: F401
+    features, labels = clustered_embeddings(args.n, args.dim, args.per_class)
+    baseline = current_rss_mib()
+    run = {"ours": run_ours, "faiss": run_faiss, "original": run_original}[args.child]
+    started = time.perf_counter()
+    metrics = run(features, labels)
+    seconds = time.perf_counter() - started
+    if args.nmi and args.child == "ours":
+        metrics.update(run_nmi(features, labels))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_extra_mib": peak - baseline,
+                      "embeddings_mib": features.nbytes / 2**20, "metrics": metrics}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10000, help="number of embeddings")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--per_class", type=int, default=10, help="images per class")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--nmi", action="store_true", help="also time NMI (k-means with N/per_class clusters) for ours")
+    parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    print(f"N={args.n} D={args.dim} {args.per_class} per class, leave-one-out, cpu cores={os.cpu_count()}")
+    print(f"{'method':<10}{'seconds':>9}{'peak MiB':>10}  " + "  ".join(f"R@{k}" for k in KS) + "  other")
+    for method in args.methods.split(","):
+        command = [sys.executable, "-m", "bench.bench_knn", "--child", method, "--n", str(args.n), "--dim", str(args.dim),
+                   "--per_class", str(args.per_class)] + (["--nmi"] if args.nmi else [])
+        output = subprocess.run(command, check=True, capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        metrics = result["metrics"]
+        recalls = "  ".join(f"{metrics[f'recall@{k}']:.3f}" for k in KS)
+        other = {key: round(value, 4) for key, value in metrics.items() if not key.startswith("recall@")}
+        print(f"{method:<10}{result['seconds']:>9.2f}{result['peak_extra_mib']:>10.0f}  {recalls}  {other or ''}")
+
+
+if __name__ == "__main__":
+    main()
