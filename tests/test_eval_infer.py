@@ -1,0 +1,126 @@
+"""eval.py and infer.py on a checkpoint made by train.py: metrics, dumps, export, bad images."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import eval as eval_script
+import infer
+import train
+from utility import metrics
+from utility.errors import UserError
+
+END_TEST = re.compile(r"^End test, test_loss (\S+), test recall (\S+)$", re.M)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """A ResNet18 checkpoint (2 steps, 32x32, 16-d embedding) and the data it was trained on."""
+    data_dir, train_list, val_list = tiny_dataset
+    out = tmp_path_factory.mktemp("trained")
+    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
+                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
+    import paddle
+    paddle.disable_static()
+    return {"checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir, "val_list": val_list}
+
+
+def data_flags(trained, batch=10):
+    # --test_batch_size=10 does not divide the 24 evaluation images: the last batch is partial.
+    return [f"--pretrained_model={trained['checkpoint']}", f"--data_dir={trained['data_dir']}",
+            f"--val_list={trained['val_list']}", "--num_workers=0", f"--test_batch_size={batch}"]
+
+
+def run_infer(trained, out_dir, *extra):
+    infer.main(data_flags(trained) + [f"--output_dir={out_dir}", *extra])
+    return (np.load(os.path.join(out_dir, "features.npy")), np.load(os.path.join(out_dir, "labels.npy")),
+            open(os.path.join(out_dir, "paths.txt")).read().splitlines())
+
+
+def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
+    metrics_file = tmp_path / "m.jsonl"
+    eval_script.main(data_flags(trained) + [f"--metrics_out={metrics_file}"])
+    out = capsys.readouterr().out
+    assert "From the checkpoint's training run: --model=ResNet18 --embedding_size=16 --image_shape=(3, 32, 32)" in out
+    (loss, recall), = END_TEST.findall(out)
+    assert float(loss) >= 0
+    record = json.loads(metrics_file.read_text())
+    assert record["num_queries"] == 24
+    assert record["recall@1"] == pytest.approx(float(recall), abs=1e-5)
+    for k in (1, 2, 4, 8):
+        assert re.search(rf"^Recall@{k}: {record[f'recall@{k}']:.4f}$", out, re.M)
+    assert 0 <= record["map@r"] <= 1 and 0 <= record["nmi"] <= 1
+    assert record["recall@1"] <= record["recall@2"] <= record["recall@4"] <= record["recall@8"]
+
+
+def test_infer_features_reproduce_eval_recall(trained, tmp_path, capsys):
+    features, labels, paths = run_infer(trained, str(tmp_path / "dump"))
+    eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    record = json.loads((tmp_path / "m.jsonl").read_text())
+    assert features.shape == (24, 16) and features.dtype == np.float32
+    with open(trained["val_list"]) as f:
+        listed = [line.split() for line in f]
+    assert [os.path.relpath(p, trained["data_dir"]) for p in paths] == [path for path, _ in listed]
+    assert labels.tolist() == [int(label) for _, label in listed]
+    assert metrics.evaluate(features, labels, ks=(1,), with_nmi=False)["recall@1"] == pytest.approx(record["recall@1"])
+
+
+def test_exported_model_gives_the_checkpoint_features(trained, tmp_path):
+    exported = str(tmp_path / "exported")
+    want, _, _ = run_infer(trained, str(tmp_path / "a"), f"--export_model={exported}")
+    import paddle
+    paddle.disable_static()
+    infer.main([f"--inference_model={exported}", f"--data_dir={trained['data_dir']}",
+                f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'b'}"])
+    got = np.load(tmp_path / "b" / "features.npy")
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_infer_on_an_unlabelled_list_prints_features(trained, tmp_path, capsys):
+    unlabelled = tmp_path / "paths.txt"
+    with open(trained["val_list"]) as f:
+        unlabelled.write_text("".join(line.split()[0] + "\n" for line in list(f)[:10]))
+    count = len(unlabelled.read_text().splitlines())
+    features, labels, _ = run_infer(trained, str(tmp_path / "dump"), f"--infer_list={unlabelled}",
+                                    "--print_features=True")
+    assert features.shape == (count, 16) and (labels == -1).all()
+    assert len(re.findall(r"^Test-\d+-feature: \[", capsys.readouterr().out, re.M)) == count
+
+
+def test_separate_query_and_gallery_and_the_picture(trained, tmp_path, capsys):
+    with open(trained["val_list"]) as f:
+        lines = f.readlines()
+    (tmp_path / "q.txt").write_text("".join(lines[::6]))
+    (tmp_path / "g.txt").write_text("".join(l for i, l in enumerate(lines) if i % 6))
+    picture = tmp_path / "retrieval.png"
+    eval_script.main(data_flags(trained) + [f"--query_list={tmp_path / 'q.txt'}", f"--gallery_list={tmp_path / 'g.txt'}",
+                                            f"--metrics_out={tmp_path / 'm.jsonl'}", "--visualize=3",
+                                            f"--visualize_file={picture}"])
+    assert json.loads((tmp_path / "m.jsonl").read_text())["num_queries"] == 4
+    with Image.open(picture) as image:
+        assert image.width > image.height > 0
+
+
+def test_a_corrupt_image_stops_eval_unless_skipped(trained, tmp_path, capsys):
+    with open(trained["val_list"]) as f:
+        lines = f.readlines()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad_list = tmp_path / "val.txt"
+    bad_list.write_text(f"{broken} 101\n" + "".join(os.path.join(trained["data_dir"], l) for l in lines))
+    flags = data_flags(trained) + [f"--val_list={bad_list}", "--data_dir=/"]
+    with pytest.raises(UserError, match="broken.png"):
+        eval_script.main(flags)
+    eval_script.main(flags + ["--skip_bad_images=True", f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    assert json.loads((tmp_path / "m.jsonl").read_text())["num_queries"] == 24
+
+
+def test_eval_needs_a_checkpoint_that_fits(trained, tmp_path):
+    with pytest.raises(UserError, match="--pretrained_model"):
+        eval_script.main([f"--val_list={trained['val_list']}", f"--data_dir={trained['data_dir']}"])
+    with pytest.raises(UserError, match="does not fit this network"):
+        eval_script.main(data_flags(trained) + ["--model=ResNet34"])
