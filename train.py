@@ -75,7 +75,7 @@ def main(argv=None):
     elif pretrained_dir:
         checkpoint.load_matching(graph.main, pretrained_dir, log=lambda line: _log(leader, line))
 
-    trainer = Trainer(args, graph, exe, loader, val_list, train_list.classes, total_iters, leader)
+    trainer = Trainer(args, graph, exe, loader, val_list, train_list.classes, total_iters, world_size, rank)
     try:
         trainer.run(start)
     finally:
@@ -124,15 +124,16 @@ def _log(leader, line):
 class Trainer:
     """The training loop: runs steps, prints and logs progress, evaluates, saves checkpoints."""
 
-    def __init__(self, args, graph, exe, loader, val_list, classes, total_iters, leader):
+    def __init__(self, args, graph, exe, loader, val_list, classes, total_iters, world_size, rank):
         self.args, self.graph, self.exe, self.loader = args, graph, exe, loader
-        self.val_list, self.classes, self.total_iters, self.leader = val_list, classes, total_iters, leader
+        self.val_list, self.classes, self.total_iters = val_list, classes, total_iters
+        self.world_size, self.leader = world_size, rank == 0
         self.model_dir = os.path.join(args.model_save_dir, args.model)
         self.by_epochs = args.num_epochs is not None
         self.fetch_names = list(graph.fetch)
         self.since_eval = []          # per-step figures since the last evaluation, for the End pass line
         self.log_file = None
-        if leader:
+        if self.leader:
             os.makedirs(args.model_save_dir, exist_ok=True)
             self.log_file = open(os.path.join(args.model_save_dir, "log.jsonl"), "a")
 
@@ -172,7 +173,7 @@ class Trainer:
             self.graph.scheduler.step()
             stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
             self.since_eval.append(stats)
-            self.window_images += len(labels)
+            self.window_images += len(labels) * self.world_size  # img/s over all devices
             if pos.batch % args.display_iter_step == 0:
                 self._display(pos, lr, stats, step_s, step_start - wait_start)
             pos.iteration += 1

@@ -93,9 +93,11 @@ def _metric_loss(args, embedding_dim, num_classes):
 
 def _minimize_data_parallel(optimizer, objective, world_size):
     """Each device computes its loss on its own share; gradients are averaged over devices."""
-    params_grads = paddle.static.append_backward(objective)
+    params_grads = optimizer.backward(objective)  # (not append_backward: it leaves the LR dtype unset)
     averaged = []
     for param, grad in params_grads:
+        if grad is None:  # batch-norm statistics are parameters without a gradient
+            continue
         paddle.distributed.all_reduce(grad)
         averaged.append((param, paddle.scale(grad, 1.0 / world_size)))
     optimizer.apply_gradients(averaged)
