@@ -108,6 +108,7 @@ class InferenceEmbedder:
         with open(os.path.join(model_dir, EXPORT_INFO)) as f:
             self.info = json.load(f)
         config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+        config.disable_glog_info()
         if use_gpu:
             config.enable_use_gpu(256, 0)
         else:
