@@ -88,6 +88,9 @@ def test_ties_with_cosine_ranking_and_duplicates():
     # Leave-one-out: row 2's own copy is skipped, its duplicates come first by index.
     indices, _ = nearest_neighbors(gallery, gallery, 3, exclude_self=True)
     np.testing.assert_array_equal(indices[2], [0, 5, 1])
+    # With k=1, copies 0 and 2 fill the k + 1 searched before row 5 itself appears.
+    indices, _ = nearest_neighbors(gallery, gallery, 1, exclude_self=True)
+    np.testing.assert_array_equal(indices[:, 0], [2, 4, 0, 0, 1, 0])
 
 
 def test_neighbors_reject_k_beyond_the_gallery():
