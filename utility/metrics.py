@@ -127,9 +127,10 @@ def r_precision(neighbor_labels, query_labels, relevant_counts):
 def nmi(features, labels, seed=0):
     """Normalised mutual information between the labels and a k-means clustering.
 
-    k-means (faiss, 25 iterations) runs with as many clusters as there are
-    labels on the features as given (normalise them first if wanted); the
-    score is sklearn's normalized_mutual_info_score (arithmetic mean).
+    k-means (faiss, at most 25 iterations, seeded) runs with as many clusters
+    as there are labels on the features as given (normalise them first if
+    wanted); the score is sklearn's normalized_mutual_info_score (arithmetic
+    mean normalisation). Raises ValueError with fewer than 2 classes.
     """
     # sklearn.metrics takes ~0.7 s to import: only pay for it when NMI is asked for.
     from sklearn.metrics import normalized_mutual_info_score
