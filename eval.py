@@ -35,8 +35,10 @@ def main(argv=None):
 
     from utility import metrics
 
+    if len(np.unique(gallery_labels)) < 2:
+        raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
     results = metrics.evaluate(gallery, gallery_labels, ks=args.recall_k, feat_norm=args.feat_norm,
-                               query=query[:2] if separate else None)
+                               query=query[:2] if separate else None, with_nmi=args.nmi)
     results["test_loss"] = test_loss(args, gallery, gallery_labels)
     report(args, results)
     if args.visualize > 0:
@@ -92,8 +94,10 @@ def report(args, results):
     print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
     for k in args.recall_k:
         print(f"Recall@{k}: {results[f'recall@{k}']:.4f}")
-    print(f"MAP@R: {results['map@r']:.4f}")
-    print(f"NMI: {results['nmi']:.4f}", flush=True)
+    print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
+          f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their class)")
+    if "nmi" in results:
+        print(f"NMI: {results['nmi']:.4f}")
     if args.metrics_out:
         record = {"checkpoint": args.pretrained_model, "model": args.model, **results}
         with open(args.metrics_out, "a") as f:
@@ -105,7 +109,7 @@ def _visualize(args, gallery, gallery_labels, gallery_paths, query):
     from utility import metrics
     from utility.visualize import draw_retrieval
 
-    top_k = max(args.recall_k)
+    top_k = min(max(args.recall_k), len(gallery) - (query is None))
     if query is None:
         chosen = np.random.default_rng(args.seed).choice(len(gallery), min(args.visualize, len(gallery)), replace=False)
         q_feat, q_labels, q_paths = gallery[chosen], gallery_labels[chosen], [gallery_paths[i] for i in chosen]

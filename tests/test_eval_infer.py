@@ -124,3 +124,15 @@ def test_eval_needs_a_checkpoint_that_fits(trained, tmp_path):
         eval_script.main([f"--val_list={trained['val_list']}", f"--data_dir={trained['data_dir']}"])
     with pytest.raises(UserError, match="does not fit this network"):
         eval_script.main(data_flags(trained) + ["--model=ResNet34"])
+
+
+def test_one_class_is_a_clear_error_and_nmi_can_be_skipped(trained, tmp_path, capsys):
+    with open(trained["val_list"]) as f:
+        lines = f.readlines()
+    one_class = tmp_path / "one.txt"
+    one_class.write_text("".join(l for l in lines if l.split()[1] == "101"))
+    with pytest.raises(UserError, match="single class"):
+        eval_script.main(data_flags(trained) + [f"--val_list={one_class}"])
+    eval_script.main(data_flags(trained) + ["--nmi=False", f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    assert "nmi" not in json.loads((tmp_path / "m.jsonl").read_text())
+    assert "NMI:" not in capsys.readouterr().out

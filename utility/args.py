@@ -91,6 +91,7 @@ def _eval(p):
     g = p.add_argument_group("evaluation (eval.py)")
     g.add_argument("--recall_k", type=int_list, default=[1, 2, 4, 8], help="K values of Recall@K")
     g.add_argument("--feat_norm", type=str2bool, default=True, help="L2-normalise embeddings before searching")
+    g.add_argument("--nmi", type=str2bool, default=True, help="also compute NMI (k-means; minutes at 60k images)")
     g.add_argument("--query_list", default=None, help="separate query list (with --gallery_list)")
     g.add_argument("--gallery_list", default=None, help="separate gallery list (with --query_list)")
     g.add_argument("--metrics_out", default=None, help="append the metrics as one JSON line to this file")
