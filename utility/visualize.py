@@ -25,7 +25,7 @@ def draw_retrieval(query_paths, query_labels, neighbor_paths, neighbor_labels, o
 
     The query is framed blue, a neighbour green when its label is the query's
     and red otherwise; each label is written under its image (neighbours as
-    "#rank label"). An image that cannot be read is drawn as a grey square
+    "#rank, label L"). An image that cannot be read is drawn as a grey square
     marked "unreadable" rather than stopping the evaluation that asked for it.
 
     Returns:
@@ -42,12 +42,12 @@ def draw_retrieval(query_paths, query_labels, neighbor_paths, neighbor_labels, o
     font = ImageFont.load_default(size=11)
     for row, (path, label) in enumerate(zip(query_paths, query_labels)):
         top = MARGIN + row * (cell_height + MARGIN)
-        _draw_cell(canvas, font, path, str(label), QUERY_COLOR, (MARGIN, top), thumb)
+        _draw_cell(canvas, font, path, f"query, label {label}", QUERY_COLOR, (MARGIN, top), thumb)
         ranked = zip(neighbor_paths[row], neighbor_labels[row])
         for rank, (neighbor_path, neighbor_label) in enumerate(ranked, start=1):
             left = cell_left(rank, thumb)
             color = MATCH_COLOR if neighbor_label == label else MISMATCH_COLOR
-            _draw_cell(canvas, font, neighbor_path, f"#{rank} {neighbor_label}", color, (left, top), thumb)
+            _draw_cell(canvas, font, neighbor_path, f"#{rank}, label {neighbor_label}", color, (left, top), thumb)
     canvas.save(out_png)
     return canvas.size
 
