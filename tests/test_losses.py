@@ -1,5 +1,4 @@
 """Losses against independent numpy implementations of their formulas, eagerly and in a static Program."""
-import contextlib
 import math
 
 import numpy as np
@@ -11,6 +10,7 @@ from losses import (LOSS_NAMES, arcmargin_loss, batch_hard_tripletloss, build_me
                     check_batch_labels, emlloss, npairsloss, quadrupletloss, sampling, softmax_loss,
                     tripletloss)
 from utility.errors import UserError
+from paddle_modes import static_mode
 
 SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4)]  # (P classes, K per class, D)
 
@@ -398,14 +398,6 @@ def test_sampling_layouts():
 
 # ---------------------------------------------------------------- static Program (PIR)
 
-@contextlib.contextmanager
-def static_mode():
-    """Static mode for the block only: it is global state and must not leak into other tests."""
-    paddle.enable_static()
-    try:
-        yield
-    finally:
-        paddle.disable_static()
 
 
 STATIC_CASES = [

@@ -1,5 +1,3 @@
-import contextlib
-
 import numpy as np
 import paddle
 import pytest
@@ -8,6 +6,7 @@ from paddle.utils import unique_name
 from models import MODELS, build_model
 from models.se_resnext import SqueezeExcitation
 from utility.errors import UserError
+from paddle_modes import static_mode
 
 FEATURE_DIMS = {"ResNet18": 512, "ResNet34": 512, "ResNet50": 2048, "SE_ResNeXt50_32x4d": 2048}
 
@@ -39,13 +38,6 @@ def images(batch=2, size=32, seed=0):
     return np.random.default_rng(seed).random((batch, 3, size, size), dtype=np.float32)
 
 
-@contextlib.contextmanager
-def static_mode():
-    paddle.enable_static()
-    try:
-        yield
-    finally:
-        paddle.disable_static()
 
 
 def build_static(name, num_classes=0, embedding_size=0):
