@@ -5,6 +5,13 @@ import numpy as np
 JPEG_MAGIC = b"\xff\xd8"
 WHITE = 255.0
 
+# Decoding failures are reported by the reader with the file's path; OpenCV's own
+# warnings about broken files would only repeat them without saying which file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_FATAL)
+# One OpenCV thread per process: the reader's parallelism is its worker processes,
+# and forked workers must not inherit a running OpenCV thread pool (it deadlocks them).
+cv2.setNumThreads(1)
+
 
 class BadImageError(Exception):
     """An image file that cannot be read or decoded."""

@@ -19,7 +19,6 @@ MAX_ROTATION_DEGREES = 10.0
 ERASE_PROBABILITY = 0.5
 ERASE_AREA = (0.02, 0.33)       # random erasing (Zhong et al. 2017): fraction of the image area
 ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
-GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
@@ -117,10 +116,10 @@ def jitter_colours(image, rng):
     brightness, contrast, saturation = rng.uniform(low, high, size=3).astype(np.float32)
     out = image.astype(np.float32) * brightness
     np.clip(out, 0, 255, out=out)
-    gray = out @ GRAY_WEIGHTS
-    out = (out - gray.mean()) * contrast + gray.mean()
+    mean_gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).mean()
+    out = (out - mean_gray) * contrast + mean_gray
     np.clip(out, 0, 255, out=out)
-    gray = (out @ GRAY_WEIGHTS)[:, :, None]
+    gray = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[:, :, None]
     out = (out - gray) * saturation + gray
     np.clip(out, 0, 255, out=out)
     return out

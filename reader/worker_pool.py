@@ -1,22 +1,27 @@
 """Run batch jobs in worker processes that write into shared memory.
 
-A job is a picklable-free callable `job(items, out) -> meta`: it fills
-`out[:len(items)]` (float32) and returns small picklable metadata. Workers are
-forked, so the job and the shared slots are inherited, not pickled; only task
-numbers and metadata travel through queues. Batches come back in submission
-order whatever the worker timing, so results never depend on the worker count.
+A job is a callable `job(items, out) -> meta`: it fills `out[:len(items)]`
+(float32) and returns small picklable metadata. Workers inherit the job and the
+shared batch slots when they are forked; only item lists and metadata travel
+through queues. Batches come back in
+submission order whatever the worker timing, so results never depend on the
+worker count.
+
+Workers are forked, so starting them costs nothing and the main script is not
+imported again. OpenCV is kept single-threaded in every process (see
+reader.decode): a worker forked from a process whose OpenCV thread pool had
+run was seen to hang on its first OpenCV call that touched the pool.
 
 Workers ignore SIGINT: Ctrl-C interrupts the main process, which then stops
-them. They are daemons, so they also die with the main process.
+them. They are daemons, and they also exit on their own when the main process
+is gone.
 """
-import mmap
 import multiprocessing as mp
 import queue
 import signal
 import traceback
 import weakref
 
-import cv2
 import numpy as np
 
 from utility.errors import UserError
@@ -34,20 +39,18 @@ def run_in_process(job, batches, row_shape):
 
 
 class WorkerPool:
-    """A fixed set of forked worker processes running one job on batches."""
+    """A fixed set of worker processes running one job on batches."""
 
     def __init__(self, job, num_workers, max_batch, row_shape):
         context = mp.get_context("fork")
         num_slots = num_workers * SLOTS_PER_WORKER
-        slot_shape = (max_batch,) + tuple(row_shape)
-        slot_bytes = int(np.prod(slot_shape)) * 4
-        self._memory = mmap.mmap(-1, num_slots * slot_bytes)  # anonymous and shared with forked children
-        self._slots = [np.frombuffer(self._memory, np.float32, int(np.prod(slot_shape)), i * slot_bytes)
-                       .reshape(slot_shape) for i in range(num_slots)]
+        self._slot_shape = (max_batch,) + tuple(row_shape)
+        self._memory = [context.RawArray("f", int(np.prod(self._slot_shape))) for _ in range(num_slots)]
+        self._slots = [_as_array(memory, self._slot_shape) for memory in self._memory]
         self._tasks = context.Queue()
         self._results = context.Queue()
         self._workers = [context.Process(target=_worker_loop, daemon=True, name=f"reader-worker-{i}",
-                                         args=(job, self._slots, self._tasks, self._results))
+                                         args=(job, self._memory, self._slot_shape, self._tasks, self._results))
                          for i in range(num_workers)]
         for worker in self._workers:
             worker.start()
@@ -112,16 +115,30 @@ class WorkerPool:
             self._free_slots.append(slot)
 
 
-def _worker_loop(job, slots, tasks, results):
+def _as_array(memory, shape):
+    return np.frombuffer(memory, dtype=np.float32).reshape(shape)
+
+
+def _worker_loop(job, memory, slot_shape, tasks, results):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
-    while (task := tasks.get()) is not None:
+    slots = [_as_array(block, slot_shape) for block in memory]
+    while (task := _next_task(tasks)) is not None:
         task_no, slot, items = task
         try:
             results.put((task_no, slot, job(items, slots[slot]), None))
         except Exception as err:  # sent to the main process, which raises it
             failure = (isinstance(err, UserError), str(err), traceback.format_exc())
             results.put((task_no, slot, None, failure))
+
+
+def _next_task(tasks):
+    """The next task, or None when told to stop or when the main process has died."""
+    while True:
+        try:
+            return tasks.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if not mp.parent_process().is_alive():
+                return None
 
 
 def _raise_worker_failure(failure):

@@ -1,0 +1,90 @@
+"""load_rgb: every image mode becomes HxWx3 uint8 RGB; unreadable files raise BadImageError.
+
+References come from Pillow, an independent decoder.
+"""
+import numpy as np
+import pytest
+from PIL import Image
+
+from reader import BadImageError, load_rgb
+
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+
+
+def _save(tmp_path, image, name, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return str(path)
+
+
+def _check_rgb(array, height=12, width=16):
+    assert array.dtype == np.uint8 and array.shape == (height, width, 3)
+
+
+@pytest.mark.parametrize("mode, name", [("RGB", "a.png"), ("L", "a.png"), ("1", "a.png"), ("P", "a.png"),
+                                        ("RGB", "a.bmp"), ("P", "a.gif"), ("RGB", "a.tif")])
+def test_lossless_modes_match_pillow(tmp_path, mode, name):
+    image = Image.fromarray(RGB).convert(mode)
+    path = _save(tmp_path, image, name)
+    rgb = load_rgb(path)
+    _check_rgb(rgb)
+    assert np.array_equal(rgb, np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_rgb_jpeg_close_to_pillow(tmp_path):
+    path = _save(tmp_path, Image.fromarray(RGB), "a.jpg", quality=95)
+    rgb = load_rgb(path)
+    _check_rgb(rgb)
+    assert np.abs(rgb.astype(int) - np.asarray(Image.open(path).convert("RGB"), dtype=int)).max() <= 3
+
+
+def test_cmyk_and_gray_jpeg(tmp_path):
+    for mode in ("CMYK", "L"):
+        path = _save(tmp_path, Image.fromarray(RGB).convert(mode), f"{mode}.jpg", quality=95)
+        rgb = load_rgb(path)
+        _check_rgb(rgb)
+        reference = np.asarray(Image.open(path).convert("RGB"), dtype=int)
+        assert np.abs(rgb.astype(int) - reference).mean() < 3
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    alpha = RNG.integers(0, 256, (12, 16, 1), dtype=np.uint8)
+    alpha[0, 0] = 0
+    alpha[0, 1] = 255
+    path = _save(tmp_path, Image.fromarray(np.concatenate([RGB, alpha], axis=2), "RGBA"), "a.png")
+    rgb = load_rgb(path)
+    _check_rgb(rgb)
+    white = Image.new("RGBA", (16, 12), (255, 255, 255, 255))
+    reference = np.asarray(Image.alpha_composite(white, Image.open(path)).convert("RGB"), dtype=int)
+    assert np.abs(rgb.astype(int) - reference).max() <= 1
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == RGB[0, 1].tolist()
+
+
+def test_gray_with_alpha(tmp_path):
+    path = _save(tmp_path, Image.fromarray(RGB).convert("LA"), "a.png")
+    _check_rgb(load_rgb(path))
+
+
+def test_16_bit_gray_keeps_high_byte(tmp_path):
+    values = RNG.integers(0, 65536, (12, 16)).astype(np.uint16)
+    path = _save(tmp_path, Image.fromarray(values), "a.png")
+    assert Image.open(path).mode.startswith("I")
+    rgb = load_rgb(path)
+    _check_rgb(rgb)
+    expected = (values >> 8).astype(np.uint8)
+    assert all(np.array_equal(rgb[:, :, c], expected) for c in range(3))
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\xff\xd8\xff\xe0garbage", b"\x89PNG\r\n\x1a\n"])
+def test_corrupt_files_raise(tmp_path, content):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(BadImageError) as info:
+        load_rgb(str(path))
+    assert info.value.path == str(path) and str(path) in str(info.value)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(BadImageError, match="cannot read image"):
+        load_rgb(str(tmp_path / "none.png"))
