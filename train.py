@@ -90,7 +90,11 @@ def apply_demo_settings(args):
         args.total_iter_num = None
     if chosen:
         print("Demo settings for the digits data set (type a flag to override): "
-              + ", ".join(f"--{name}={value}" for name, value in chosen.items()), flush=True)
+              + " ".join(f"--{name}={_as_flag(value)}" for name, value in chosen.items()), flush=True)
+
+
+def _as_flag(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _check_names(args):
@@ -241,7 +245,7 @@ class Trainer:
         if not self.leader:
             return None
         state = {"position": vars(pos).copy(), "scheduler": self.graph.scheduler.state_dict(),
-                 "classes": self.classes.tolist(), "model": self.args.model,
+                 "classes": self.classes.tolist(),
                  "args": {k: v for k, v in vars(self.args).items() if k != "explicit"}}
         path = checkpoint.save_checkpoint(self.graph.main, self.model_dir, name, state)
         print(f"Saved checkpoint {path}", flush=True)
