@@ -157,7 +157,7 @@ def _test_batches(job, batches, batch_size, num_workers, skip_bad):
 
 def _bad_images_message(bad_paths):
     listed = "; ".join(f"{path} ({reason})" for path, reason in bad_paths)
-    return f"cannot read {len(bad_paths)} image(s): {listed} (--skip_bad_images True leaves them out)"
+    return f"cannot read {len(bad_paths)} image(s): {listed} (eval.py and infer.py: --skip_bad_images True leaves them out)"
 
 
 class TestBatchJob:

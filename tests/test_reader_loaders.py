@@ -116,6 +116,14 @@ def test_test_loader_covers_the_list_in_order(dataset, num_workers):
     assert not mp.active_children()
 
 
+def test_abandoned_test_loader_stops_its_workers(dataset):
+    batches = make_test_loader(dataset, image_shape=SHAPE, batch_size=2, num_workers=2)
+    next(batches)
+    assert len(mp.active_children()) == 2
+    batches.close()
+    assert not mp.active_children()
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_test_loader_bad_images(dataset, num_workers, capfd):
     for row in (3, 12):
