@@ -63,9 +63,12 @@ class TrainLoader:
             runner = self._pool.run(batches)
         else:
             runner = run_in_process(self._job, batches, self._job.image_shape)
-        for images, (class_ids, bad_paths) in runner:
-            self._report(bad_paths)
-            yield images, class_ids
+        try:
+            for images, (class_ids, bad_paths) in runner:
+                self._report(bad_paths)
+                yield images, class_ids
+        finally:
+            runner.close()  # an epoch left early: wait for its batches in flight
 
     def close(self):
         """Stop the worker processes."""
@@ -157,7 +160,8 @@ def _test_batches(job, batches, batch_size, num_workers, skip_bad):
 
 def _bad_images_message(bad_paths):
     listed = "; ".join(f"{path} ({reason})" for path, reason in bad_paths)
-    return f"cannot read {len(bad_paths)} image(s): {listed} (eval.py and infer.py: --skip_bad_images True leaves them out)"
+    return (f"cannot read {len(bad_paths)} image(s): {listed} "
+            f"(eval.py and infer.py: --skip_bad_images True leaves them out)")
 
 
 class TestBatchJob:
@@ -200,6 +204,8 @@ def _check_train_args(image_list, batch_size, layout, samples_each_class, world_
         raise UserError(f"--train_batch_size {batch_size} must be a positive multiple of the "
                         f"{world_size} device(s)")
     device_batch = batch_size // world_size
+    if layout == "pk" and samples_each_class <= 0:
+        raise UserError(f"--samples_each_class must be positive, got {samples_each_class}")
     if layout == "pk" and device_batch % samples_each_class:
         raise UserError(f"--train_batch_size {batch_size} must be a multiple of "
                         f"--samples_each_class {samples_each_class} on each of the {world_size} device(s) "

@@ -16,6 +16,8 @@ Workers ignore SIGINT: Ctrl-C interrupts the main process, which then stops
 them. They are daemons, and they also exit on their own when the main process
 is gone.
 """
+import collections
+import itertools
 import multiprocessing as mp
 import queue
 import signal
@@ -55,6 +57,7 @@ class WorkerPool:
         for worker in self._workers:
             worker.start()
         self._free_slots = list(range(num_slots))
+        self._task_numbers = itertools.count()
         self._in_flight = 0
         self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._tasks, self._results)
 
@@ -62,27 +65,21 @@ class WorkerPool:
         """Yield (images copy [n, *row_shape], meta) for each item list, in order."""
         self._discard_in_flight()
         batches = iter(batches)
-        sizes, done = {}, {}
-        next_task = next_result = 0
+        submitted = collections.deque()  # (task number, batch size) in submission order
+        finished = {}                    # task number -> (slot, meta, failure), received out of order
         try:
-            while True:
-                while self._free_slots and (items := next(batches, None)) is not None:
-                    slot = self._free_slots.pop()
-                    self._tasks.put((next_task, slot, items))
-                    sizes[next_task] = len(items)
-                    next_task += 1
-                    self._in_flight += 1
-                if next_result == next_task:
-                    return
-                while next_result not in done:
-                    task_no, slot, meta, failure = self._receive()
-                    done[task_no] = (slot, meta, failure)
-                slot, meta, failure = done.pop(next_result)
-                images = self._slots[slot][:sizes.pop(next_result)].copy()
+            self._submit(batches, submitted)
+            while submitted:
+                task_no, size = submitted.popleft()
+                while task_no not in finished:
+                    received_no, *outcome = self._receive()
+                    finished[received_no] = outcome
+                slot, meta, failure = finished.pop(task_no)
+                images = self._slots[slot][:size].copy()
                 self._free_slots.append(slot)
-                next_result += 1
                 if failure is not None:
                     _raise_worker_failure(failure)
+                self._submit(batches, submitted)  # keep workers busy while the caller uses this batch
                 yield images, meta
         except GeneratorExit:
             self._discard_in_flight()
@@ -90,6 +87,14 @@ class WorkerPool:
         except BaseException:
             self.close()
             raise
+
+    def _submit(self, batches, submitted):
+        """Hand out batches while there are free slots."""
+        while self._free_slots and (items := next(batches, None)) is not None:
+            task_no = next(self._task_numbers)
+            self._tasks.put((task_no, self._free_slots.pop(), items))
+            submitted.append((task_no, len(items)))
+            self._in_flight += 1
 
     def close(self):
         """Stop the workers (idempotent)."""
