@@ -12,7 +12,8 @@ from utility.errors import UserError
 def test_labels_classes_and_paths(tmp_path):
     for name in ("a.png", "b b.png", "c.png", "d.png"):
         write_image(tmp_path / "img" / name)
-    list_path = write_list(tmp_path / "l.txt", ["img/a.png 7", "", "img/b b.png -3", "  ", "img/c.png 7", "img/d.png 100"])
+    lines = ["img/a.png 7", "", "img/b b.png -3", "  ", "img/c.png 7", "img/d.png 100"]
+    list_path = write_list(tmp_path / "l.txt", lines)
     image_list = read_image_list(list_path, str(tmp_path))
     assert image_list.paths == [os.path.join(str(tmp_path), "img", n) for n in ("a.png", "b b.png", "c.png", "d.png")]
     assert image_list.labels.tolist() == [7, -3, 7, 100]
