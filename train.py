@@ -238,7 +238,8 @@ class Trainer:
             (out,) = self.exe.run(self.graph.test, feed={IMAGE: images}, fetch_list=[self.graph.test_embedding])
             return out
 
-        features, rows = embed_list(run_batch, self.val_list, self.args, show_progress=False)
+        # An unreadable validation image is reported and left out: it must not end a long run.
+        features, rows = embed_list(run_batch, self.val_list, self.args, skip_bad=True, show_progress=False)
         return metrics.evaluate(features, self.val_list.labels[rows], ks=(1,), with_nmi=False)["recall@1"]
 
     def _save(self, pos, name):

@@ -23,6 +23,7 @@ def test_booleans_accept_true_false(text, value):
     (["--train_batch_size=0"], "--train_batch_size must be positive"),
     (["--image_shape=3,32"], "3,H,W"),
     (["--use_gpu=maybe"], "True or False"),
+    (["--seed=-1"], "--seed must be 0 or more"),
     (["--no_such_flag=1"], "unrecognized"),
 ])
 def test_bad_train_flags_are_user_errors(argv, message):

@@ -151,6 +151,8 @@ def _check(script, args):
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
     if args.embedding_size < 0:
