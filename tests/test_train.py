@@ -34,7 +34,7 @@ def read_log(out_dir):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("loss, extra", [
+LOSS_CASES = [
     ("tripletloss", []),
     ("tripletloss", ["--triplet_mining=hard", "--samples_each_class=3"]),
     ("quadrupletloss", ["--samples_each_class=3"]),
@@ -42,7 +42,10 @@ def read_log(out_dir):
     ("npairsloss", []),
     ("arcmargin", []),
     ("softmax", ["--label_smoothing=0.1"]),
-])
+]
+
+
+@pytest.mark.parametrize("loss, extra", LOSS_CASES)
 def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, loss, extra):
     run_train(tiny_dataset, str(tmp_path), *extra, "--alpha=0.5", loss=loss)
     out = capsys.readouterr().out
@@ -74,12 +77,13 @@ def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, loss, e
     assert state["args"]["loss_name"] == loss
 
 
-def test_se_resnext_trains_a_step(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, str(tmp_path), "--samples_each_class=2", model="SE_ResNeXt50_32x4d",
-              loss="emlloss", batch=8, iters=1)
-    out = capsys.readouterr().out
-    assert len(PROGRESS.findall(out)) == 1
-    assert os.path.isdir(os.path.join(str(tmp_path), "SE_ResNeXt50_32x4d", "1"))
+@pytest.mark.parametrize("loss, extra", LOSS_CASES)
+def test_se_resnext_trains_with_each_loss(tiny_dataset, tmp_path, capsys, loss, extra):
+    run_train(tiny_dataset, str(tmp_path), *extra, "--alpha=0.5", model="SE_ResNeXt50_32x4d", loss=loss, batch=6)
+    steps = PROGRESS.findall(capsys.readouterr().out)
+    assert len(steps) == 2
+    assert np.isfinite([[float(v) for v in step[2:7]] for step in steps]).all()
+    assert os.path.isdir(os.path.join(str(tmp_path), "SE_ResNeXt50_32x4d", "2"))
 
 
 def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
