@@ -1,5 +1,6 @@
 """utility.metrics against hand-computed cases and brute-force references."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -219,3 +220,15 @@ def test_evaluate_reports_nmi():
     result = evaluate(features, labels)
     assert result["nmi"] == pytest.approx(1.0)
     assert result["recall@1"] == 1.0 and result["map@r"] == 1.0
+
+
+def test_huge_embeddings_normalise_without_overflow():
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((40, 16)).astype(np.float32)
+    labels = np.repeat(np.arange(8), 5)
+    features[features.shape[0] // 2:] *= 1e25  # squares of these overflow float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = evaluate(features, labels, ks=(1, 2), with_nmi=False)
+    scaled = features / np.abs(features).max(axis=1, keepdims=True)
+    assert huge == evaluate(scaled, labels, ks=(1, 2), with_nmi=False)

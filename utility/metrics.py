@@ -305,10 +305,13 @@ def _check_labels(features, labels, name):
         raise ValueError(f"{name}: {len(features)} rows but labels of shape {labels.shape}")
 
 
-def _norms(x):
-    # A zero embedding stays zero instead of dividing by zero.
-    return np.maximum(np.linalg.norm(x, axis=1), 1e-12)
-
-
 def _l2_normalized(x):
-    return x / _norms(x)[:, None]
+    """Rows scaled to unit length (a zero row stays zero).
+
+    Each row is first divided by its largest magnitude, so that squaring cannot overflow float32
+    even for huge embeddings; the row maxima and einsum avoid any temporary of x's full size.
+    """
+    peak = np.maximum(x.max(axis=1), -x.min(axis=1))
+    out = x / np.maximum(peak, np.finfo(np.float32).tiny)[:, None]
+    out /= np.maximum(np.sqrt(np.einsum("ij,ij->i", out, out)), 1e-12)[:, None]
+    return out
