@@ -11,7 +11,7 @@ import numpy as np
 
 import data
 import reader
-from utility import checkpoint, parse_args, print_arguments, run_cli
+from utility import checkpoint, metrics, parse_args, print_arguments, run_cli
 from utility.embedder import CheckpointEmbedder, adopt_checkpoint_settings, embed_list
 from utility.errors import UserError
 
@@ -29,14 +29,12 @@ def main(argv=None):
 
     gallery_list = reader.read_image_list(args.gallery_list if separate else args.val_list, args.data_dir)
     query_list = reader.read_image_list(args.query_list, args.data_dir) if separate else None
+    if gallery_list.num_classes < 2:
+        raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
     embedder = CheckpointEmbedder(args, directory)
     gallery, gallery_labels, gallery_paths = _embed(embedder, gallery_list, args)
     query = _embed(embedder, query_list, args) if separate else None
 
-    from utility import metrics
-
-    if len(np.unique(gallery_labels)) < 2:
-        raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
     results = metrics.evaluate(gallery, gallery_labels, ks=args.recall_k, feat_norm=args.feat_norm,
                                query=query[:2] if separate else None, with_nmi=args.nmi)
     results["test_loss"] = test_loss(args, gallery, gallery_labels)
@@ -106,7 +104,6 @@ def report(args, results):
 
 
 def _visualize(args, gallery, gallery_labels, gallery_paths, query):
-    from utility import metrics
     from utility.visualize import draw_retrieval
 
     top_k = min(max(args.recall_k), len(gallery) - (query is None))

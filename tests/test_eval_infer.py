@@ -45,7 +45,7 @@ def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
     metrics_file = tmp_path / "m.jsonl"
     eval_script.main(data_flags(trained) + [f"--metrics_out={metrics_file}"])
     out = capsys.readouterr().out
-    assert "From the checkpoint's training run: --model=ResNet18 --embedding_size=16 --image_shape=(3, 32, 32)" in out
+    assert "From the checkpoint's training run: --model=ResNet18 --embedding_size=16 --image_shape=3,32,32" in out
     (loss, recall), = END_TEST.findall(out)
     assert float(loss) >= 0
     record = json.loads(metrics_file.read_text())

@@ -13,13 +13,15 @@ from utility import checkpoint
 from utility.errors import UserError
 from utility.progress import Progress
 
-SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape")
+# The network's shape, and the loss (for eval.py's test_loss), unless the user types them.
+SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape",
+                            "loss_name", "margin", "samples_each_class", "triplet_mining")
 EXPORT_PREFIX = "inference"
 EXPORT_INFO = "preprocess.json"
 
 
 def adopt_checkpoint_settings(args, directory):
-    """Take --model, --embedding_size, --image_shape from the checkpoint's training run unless typed."""
+    """Take SETTINGS_FROM_CHECKPOINT from the checkpoint's training run unless typed."""
     state = checkpoint.read_state(directory) if directory else None
     if not state:
         return
@@ -29,7 +31,7 @@ def adopt_checkpoint_settings(args, directory):
         value = tuple(value) if name == "image_shape" else value
         if name not in args.explicit and getattr(args, name) != value:
             setattr(args, name, value)
-            adopted.append(f"--{name}={value}")
+            adopted.append(f"--{name}={','.join(map(str, value)) if name == 'image_shape' else value}")
     if adopted:
         print(f"From the checkpoint's training run: {' '.join(adopted)}", flush=True)
 
