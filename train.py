@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import data
 import reader
 from utility import checkpoint, parse_args, print_arguments, run_cli
+from utility.args import as_flag
 from utility.errors import UserError
 from utility.progress import format_duration
 
@@ -90,11 +91,7 @@ def apply_demo_settings(args):
         args.total_iter_num = None
     if chosen:
         print("Demo settings for the digits data set (type a flag to override): "
-              + " ".join(f"--{name}={_as_flag(value)}" for name, value in chosen.items()), flush=True)
-
-
-def _as_flag(value):
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+              + " ".join(f"--{name}={as_flag(value)}" for name, value in chosen.items()), flush=True)
 
 
 def _check_names(args):

@@ -136,3 +136,9 @@ def test_one_class_is_a_clear_error_and_nmi_can_be_skipped(trained, tmp_path, ca
     eval_script.main(data_flags(trained) + ["--nmi=False", f"--metrics_out={tmp_path / 'm.jsonl'}"])
     assert "nmi" not in json.loads((tmp_path / "m.jsonl").read_text())
     assert "NMI:" not in capsys.readouterr().out
+
+
+def test_a_typed_setting_that_differs_from_the_checkpoint_is_pointed_out(trained, capsys):
+    with pytest.raises(UserError, match="does not fit this network"):
+        eval_script.main(data_flags(trained) + ["--embedding_size=8"])
+    assert "Note: the checkpoint was trained with --embedding_size=16, you gave 8" in capsys.readouterr().out

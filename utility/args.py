@@ -173,6 +173,11 @@ def _check(script, args):
             raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
 
 
+def as_flag(value):
+    """A flag value as it is typed: (3, 32, 32) -> 3,32,32."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def print_arguments(args):
     """Print the configuration at start, as the original example did."""
     print("-----------  Configuration Arguments -----------")

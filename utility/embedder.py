@@ -10,6 +10,7 @@ import os
 
 import reader
 from utility import checkpoint
+from utility.args import as_flag
 from utility.errors import UserError
 from utility.progress import Progress
 
@@ -29,9 +30,14 @@ def adopt_checkpoint_settings(args, directory):
     for name in SETTINGS_FROM_CHECKPOINT:
         value = state["args"][name]
         value = tuple(value) if name == "image_shape" else value
-        if name not in args.explicit and getattr(args, name) != value:
+        if getattr(args, name) == value:
+            continue
+        if name in args.explicit:
+            print(f"Note: the checkpoint was trained with --{name}={as_flag(value)}, "
+                  f"you gave {as_flag(getattr(args, name))}", flush=True)
+        else:
             setattr(args, name, value)
-            adopted.append(f"--{name}={','.join(map(str, value)) if name == 'image_shape' else value}")
+            adopted.append(f"--{name}={as_flag(value)}")
     if adopted:
         print(f"From the checkpoint's training run: {' '.join(adopted)}", flush=True)
 
