@@ -4,6 +4,7 @@ Paddle 3 builds programs in its new format (PIR), where `clone(for_test=True)` i
 the test program is cloned with an IrMapping right after the network is built, before
 the label input, the losses and the optimizer exist, so it needs only the image.
 """
+import math
 import os
 from dataclasses import dataclass
 
@@ -27,19 +28,27 @@ def select_place(use_gpu):
     if not with_cuda:
         raise UserError("--use_gpu=True, but this Paddle was built without CUDA: "
                         "install paddlepaddle-gpu, or pass --use_gpu=False")
-    return paddle.CUDAPlace(paddle.distributed.ParallelEnv().dev_id)
+    # paddle.distributed.launch gives each process its GPU in FLAGS_selected_gpus.
+    return paddle.CUDAPlace(int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0]))
 
 
 def make_lr_scheduler(args, total_iters):
-    """LR per iteration: piecewise decay (x0.1 at each of --lr_steps) or cosine, after an optional warm-up."""
+    """LR at each iteration (counted from the start of training): base LR x lr_factor."""
+    return paddle.optimizer.lr.LambdaDecay(args.lr, lambda iteration: lr_factor(args, total_iters, iteration))
+
+
+def lr_factor(args, total_iters, iteration):
+    """Linear warm-up over --warmup_iter, then piecewise decay (x0.1 at each of --lr_steps) or cosine to 0.
+
+    One closed form of the absolute iteration: Paddle's LinearWarmup would shift the piecewise steps
+    by the warm-up, and its CosineAnnealingDecay is recursive and rises again after T_max.
+    """
+    if iteration < args.warmup_iter:
+        return iteration / args.warmup_iter
     if args.lr_strategy == "piecewise_decay":
-        values = [args.lr * 0.1 ** i for i in range(len(args.lr_steps) + 1)]
-        scheduler = paddle.optimizer.lr.PiecewiseDecay(boundaries=list(args.lr_steps), values=values)
-    else:
-        scheduler = paddle.optimizer.lr.CosineAnnealingDecay(args.lr, T_max=max(1, total_iters - args.warmup_iter))
-    if args.warmup_iter > 0:
-        scheduler = paddle.optimizer.lr.LinearWarmup(scheduler, args.warmup_iter, start_lr=0.0, end_lr=args.lr)
-    return scheduler
+        return 0.1 ** sum(iteration >= step for step in args.lr_steps)
+    progress = (iteration - args.warmup_iter) / max(1, total_iters - args.warmup_iter)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @dataclass
