@@ -87,14 +87,36 @@ def read_state(directory):
         return json.load(f)
 
 
-def load_checkpoint_state(directory):
-    """All saved tensors (parameters and optimizer state) of a checkpoint, by name."""
+def load_checkpoint_state(directory, names=()):
+    """All saved tensors (parameters and optimizer state) of a checkpoint, by name.
+
+    A directory without a .pdparams file is read in Paddle 1.x's format of one file per variable
+    (`save_persistables`, and PaddleCV's pretrained ImageNet weights): the files of `names`.
+    """
     import paddle
 
     prefix = _params_prefix(directory)
-    if prefix is None:
-        raise UserError(f"{directory} holds no parameters (expected {PREFIX}.pdparams)")
-    return paddle.static.load_program_state(prefix)
+    if prefix is not None:
+        return paddle.static.load_program_state(prefix)
+    state = _per_variable_files(directory, names)
+    if not state:
+        raise UserError(f"{directory} holds no parameters (expected {PREFIX}.pdparams, "
+                        "or one file per parameter named like conv1_weights)")
+    return state
+
+
+def _per_variable_files(directory, names):
+    import numpy as np
+    from paddle.base import core
+
+    state = {}
+    for name in names:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            tensor = core.DenseTensor()
+            core.load_dense_tensor(tensor, path)
+            state[name] = np.array(tensor)
+    return state
 
 
 def program_parameters(program):
@@ -106,7 +128,7 @@ def restore(program, directory):
     """Load parameters and optimizer state of a checkpoint into `program`, to resume training."""
     import paddle
 
-    state = load_checkpoint_state(directory)
+    state = load_checkpoint_state(directory, program_parameters(program))
     _require_parameters(program, state, directory)
     paddle.static.set_program_state(program, state)
 
@@ -115,7 +137,7 @@ def load_all_parameters(program, directory):
     """Load every parameter of `program` from a checkpoint (eval, infer); extra tensors are ignored."""
     import paddle
 
-    state = load_checkpoint_state(directory)
+    state = load_checkpoint_state(directory, program_parameters(program))
     _require_parameters(program, state, directory)
     paddle.static.set_program_state(program, {name: state[name] for name in program_parameters(program)})
 
@@ -139,8 +161,8 @@ def load_matching(program, directory, log=print):
     """
     import paddle
 
-    state = load_checkpoint_state(directory)
     expected = program_parameters(program)
+    state = load_checkpoint_state(directory, expected)
     kept, other_shape = {}, []
     for name, shape in expected.items():
         if name in state:
