@@ -128,8 +128,7 @@ def restore(program, directory):
     """Load parameters and optimizer state of a checkpoint into `program`, to resume training."""
     import paddle
 
-    state = load_checkpoint_state(directory, program_parameters(program))
-    _require_parameters(program, state, directory)
+    _, state = _fitting_state(program, directory)
     paddle.static.set_program_state(program, state)
 
 
@@ -137,13 +136,14 @@ def load_all_parameters(program, directory):
     """Load every parameter of `program` from a checkpoint (eval, infer); extra tensors are ignored."""
     import paddle
 
-    state = load_checkpoint_state(directory, program_parameters(program))
-    _require_parameters(program, state, directory)
-    paddle.static.set_program_state(program, {name: state[name] for name in program_parameters(program)})
+    expected, state = _fitting_state(program, directory)
+    paddle.static.set_program_state(program, {name: state[name] for name in expected})
 
 
-def _require_parameters(program, state, directory):
+def _fitting_state(program, directory):
+    """(the program's {name: shape}, the checkpoint's tensors), after checking that every parameter fits."""
     expected = program_parameters(program)
+    state = load_checkpoint_state(directory, expected)
     missing = sorted(set(expected) - set(state))
     wrong = sorted(f"{n} {tuple(state[n].shape)} -> {expected[n]}" for n in expected
                    if n in state and tuple(state[n].shape) != expected[n])
@@ -152,6 +152,7 @@ def _require_parameters(program, state, directory):
                    ([f"other shape: {_few(wrong)}"] if wrong else [])
         raise UserError(f"{directory} does not fit this network ({'; '.join(problems)}); "
                         "check --model, --embedding_size and the training list")
+    return expected, state
 
 
 def load_matching(program, directory, log=print):
