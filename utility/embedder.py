@@ -79,8 +79,6 @@ class CheckpointEmbedder:
         self.graph = programs.build_embed_graph(args)
         self.exe = paddle.static.Executor(place)
         self.exe.run(self.graph.startup)
-        if directory is None:
-            raise UserError("give the trained parameters with --pretrained_model=DIR (a checkpoint directory)")
         checkpoint.load_all_parameters(self.graph.program, directory)
 
     def __call__(self, images):
@@ -106,7 +104,7 @@ class CheckpointEmbedder:
 class InferenceEmbedder:
     """An exported inference model run by a Paddle Inference predictor."""
 
-    def __init__(self, model_dir, use_gpu, threads=None):
+    def __init__(self, model_dir, use_gpu):
         import paddle.inference as inference
 
         prefix = os.path.join(model_dir, EXPORT_PREFIX)
@@ -121,7 +119,7 @@ class InferenceEmbedder:
             config.enable_use_gpu(256, 0)
         else:
             config.disable_gpu()
-            config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
+            config.set_cpu_math_library_num_threads(os.cpu_count() or 1)
         self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
