@@ -11,8 +11,10 @@ import numpy as np
 
 import data
 import reader
-from utility import checkpoint, metrics, parse_args, print_arguments, run_cli
-from utility.embedder import CheckpointEmbedder, adopt_checkpoint_settings, embed_list
+from engine import checkpoint
+from evaluation import metrics
+from utility import parse_args, print_arguments, run_cli
+from engine.embedder import CheckpointEmbedder, adopt_checkpoint_settings, embed_list
 from utility.errors import UserError
 
 
@@ -104,7 +106,7 @@ def report(args, results):
 
 
 def _visualize(args, gallery, gallery_labels, gallery_paths, query):
-    from utility.visualize import draw_retrieval
+    from evaluation.visualize import draw_retrieval
 
     top_k = min(max(args.recall_k), len(gallery) - (query is None))
     if query is None:

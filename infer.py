@@ -13,8 +13,9 @@ import numpy as np
 
 import data
 import reader
-from utility import checkpoint, parse_args, print_arguments, run_cli
-from utility.embedder import CheckpointEmbedder, InferenceEmbedder, adopt_checkpoint_settings, embed_list
+from engine import checkpoint
+from utility import parse_args, print_arguments, run_cli
+from engine.embedder import CheckpointEmbedder, InferenceEmbedder, adopt_checkpoint_settings, embed_list
 from utility.errors import UserError
 
 NO_LABEL = -1

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import data
 import reader
-from utility import checkpoint, parse_args, print_arguments, run_cli
+from engine import checkpoint
+from utility import parse_args, print_arguments, run_cli
 from utility.args import as_flag
 from utility.errors import UserError
 from utility.progress import format_duration
@@ -39,7 +40,7 @@ def main(argv=None):
 
     import paddle
     import losses
-    from utility import programs
+    from engine import programs
 
     world_size, rank = programs.distributed_env()
     leader = rank == 0
@@ -154,7 +155,7 @@ class Trainer:
 
     def _run_pass(self, pos, stop):
         import losses
-        from utility.programs import IMAGE, LABEL
+        from engine.programs import IMAGE, LABEL
 
         args = self.args
         batches = iter(self.loader.epoch(pos.pass_id, start_batch=pos.batch))
@@ -227,9 +228,9 @@ class Trainer:
         self.window_start, self.window_images = time.time(), 0  # keep evaluation time out of img/s
 
     def _test_recall(self):
-        from utility import metrics
-        from utility.embedder import embed_list
-        from utility.programs import IMAGE
+        from evaluation import metrics
+        from engine.embedder import embed_list
+        from engine.programs import IMAGE
 
         def run_batch(images):
             (out,) = self.exe.run(self.graph.test, feed={IMAGE: images}, fetch_list=[self.graph.test_embedding])

@@ -37,14 +37,14 @@ def main():
 
     import paddle
 
-    from utility.embedder import CheckpointEmbedder, InferenceEmbedder
+    from engine.embedder import CheckpointEmbedder, InferenceEmbedder
 
     args = parse_args("infer", [f"--model={bench.model}", "--image_shape=" + ",".join(map(str, bench.image_shape)),
                                 "--use_gpu=False"])
     with tempfile.TemporaryDirectory() as tmp:
         paddle.enable_static()
         paddle.seed(0)
-        from utility.programs import build_embed_graph
+        from engine.programs import build_embed_graph
         graph = build_embed_graph(args)
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(graph.startup)

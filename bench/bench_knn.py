@@ -1,4 +1,4 @@
-"""Time leave-one-out retrieval evaluation: utility.metrics vs faiss vs the original all-pairs code.
+"""Time leave-one-out retrieval evaluation: evaluation.metrics vs faiss vs the original all-pairs code.
 
     python bench/bench_knn.py                                  # N=10,000 x 2048-d, the three methods
     python bench/bench_knn.py --n 60000 --per_class 5 --methods ours --nmi   # SOP test size
@@ -7,7 +7,7 @@ Each method runs in its own subprocess on the same clustered float32
 embeddings (a fixed seed), so its peak memory beyond the embeddings is
 measured cleanly: peak RSS (ru_maxrss) after the run minus the RSS once the
 embeddings exist. Methods:
-  ours      utility.metrics.evaluate: faiss.knn per block of queries (Recall@K, MAP@R, R-precision)
+  ours      evaluation.metrics.evaluate: faiss.knn per block of queries (Recall@K, MAP@R, R-precision)
   faiss     faiss.IndexFlatIP exact search for K+1 neighbours, self dropped (Recall@K only)
   numpy     the alternative that lost: blocks of 256 queries, matmul + np.partition top-k
   original  the original example's recall_topk: full N x N distance matrix + argsort
@@ -60,13 +60,13 @@ def clustered_embeddings(n, dim, per_class, noise, seed=0):
 
 
 def run_ours(features, labels):
-    from utility.metrics import evaluate
+    from evaluation.metrics import evaluate
     return evaluate(features, labels, ks=KS, with_nmi=False)
 
 
 def run_nmi(features, labels):
     """NMI timed on its own: k-means with as many clusters as classes."""
-    from utility.metrics import nmi
+    from evaluation.metrics import nmi
     started = time.perf_counter()
     score = nmi(features / np.linalg.norm(features, axis=1, keepdims=True), labels)
     return {"nmi": score, "nmi_seconds": time.perf_counter() - started}

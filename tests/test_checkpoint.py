@@ -6,7 +6,8 @@ import paddle
 import pytest
 from paddle.base import core
 
-from utility import checkpoint, parse_args, programs
+from engine import checkpoint, programs
+from utility import parse_args
 from utility.errors import UserError
 
 

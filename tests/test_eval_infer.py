@@ -10,7 +10,7 @@ from PIL import Image
 import eval as eval_script
 import infer
 import train
-from utility import metrics
+from evaluation import metrics
 from utility.errors import UserError
 
 END_TEST = re.compile(r"^End test, test_loss (\S+), test recall (\S+)$", re.M)

@@ -1,4 +1,4 @@
-"""utility.metrics against hand-computed cases and brute-force references."""
+"""evaluation.metrics against hand-computed cases and brute-force references."""
 import math
 import warnings
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.bench_knn import recall_topk_original
-from utility.metrics import evaluate, map_at_r, nearest_neighbors, nmi, r_precision, recall_at_k
+from evaluation.metrics import evaluate, map_at_r, nearest_neighbors, nmi, r_precision, recall_at_k
 
 
 def brute_force_neighbors(query, gallery, exclude_self, feat_norm):

@@ -2,7 +2,8 @@
 import paddle
 import pytest
 
-from utility import parse_args, programs
+from engine import programs
+from utility import parse_args
 from utility.errors import UserError
 
 

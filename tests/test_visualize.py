@@ -1,7 +1,7 @@
-"""utility.visualize: layout and frame colours of the retrieval picture."""
+"""evaluation.visualize: layout and frame colours of the retrieval picture."""
 from PIL import Image
 
-from utility.visualize import (BORDER, MARGIN, MATCH_COLOR, MISMATCH_COLOR, QUERY_COLOR, QUERY_GAP,
+from evaluation.visualize import (BORDER, MARGIN, MATCH_COLOR, MISMATCH_COLOR, QUERY_COLOR, QUERY_GAP,
                                TEXT_HEIGHT, cell_left, draw_retrieval)
 
 THUMB = 40

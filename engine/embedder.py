@@ -9,7 +9,7 @@ import json
 import os
 
 import reader
-from utility import checkpoint
+from engine import checkpoint
 from utility.args import as_flag
 from utility.errors import UserError
 from utility.progress import Progress
@@ -72,7 +72,7 @@ class CheckpointEmbedder:
     def __init__(self, args, directory):
         import paddle
 
-        from utility import programs
+        from engine import programs
 
         place = programs.select_place(args.use_gpu)
         paddle.enable_static()
@@ -82,7 +82,7 @@ class CheckpointEmbedder:
         checkpoint.load_all_parameters(self.graph.program, directory)
 
     def __call__(self, images):
-        from utility.programs import IMAGE
+        from engine.programs import IMAGE
 
         (out,) = self.exe.run(self.graph.program, feed={IMAGE: images}, fetch_list=[self.graph.embedding])
         return out

@@ -1,0 +1,1 @@
+"""Retrieval evaluation without Paddle: metrics on embeddings and the retrieval picture."""
