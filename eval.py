@@ -58,12 +58,11 @@ def test_loss(args, features, labels):
     """
     import losses
 
-    if args.loss_name in ("softmax", "arcmargin"):
+    spec = losses.get(args.loss_name)
+    if spec.classifies:
         return float("nan")
-    layout, k = losses.sampling(args.loss_name, args.triplet_mining, args.samples_each_class)
-    loss_fn = losses.build_metric_loss(args.loss_name, embedding_dim=features.shape[1], num_classes=0,
-                                       margin=args.margin, triplet_mining=args.triplet_mining,
-                                       npairs_reg_lambda=args.npairs_reg_lambda)
+    layout, k = spec.layout, spec.samples_each_class(args.samples_each_class)
+    loss_fn = spec.build(args, features.shape[1], 0)
     values = [_loss_value(loss_fn, features[rows], labels[rows])
               for rows in _loss_batches(labels, layout, k, args.test_batch_size, args.seed)]
     return float(np.mean(values))

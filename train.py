@@ -48,7 +48,8 @@ def main(argv=None):
         print_arguments(args)
     train_list = reader.read_image_list(args.train_list, args.data_dir)
     val_list = reader.read_image_list(args.val_list, args.data_dir)
-    layout, k = losses.sampling(args.loss_name, args.triplet_mining, args.samples_each_class)
+    spec = losses.get(args.loss_name)
+    layout, k = spec.layout, spec.samples_each_class(args.samples_each_class)
     resume_dir = checkpoint.resolve(args.checkpoint)
     resume_state = _resume_state(resume_dir, train_list) if resume_dir else None
     pretrained_dir = checkpoint.resolve(args.pretrained_model)
@@ -101,8 +102,7 @@ def _check_names(args):
 
     if args.model not in models.MODELS:
         raise UserError(f"unknown --model {args.model}; known: {', '.join(models.MODELS)}")
-    if args.loss_name not in losses.LOSS_NAMES:
-        raise UserError(f"unknown --loss_name {args.loss_name}; known: {', '.join(losses.LOSS_NAMES)}")
+    losses.get(args.loss_name)
     if args.checkpoint and args.pretrained_model:
         raise UserError("give --checkpoint (resume) or --pretrained_model (finetune), not both")
 
@@ -166,7 +166,9 @@ class Trainer:
             if batch is None:
                 break
             images, labels = batch
-            losses.check_batch_labels(args.loss_name, labels, args.triplet_mining)
+            check_batch = losses.get(args.loss_name).check_batch
+            if check_batch:
+                check_batch(labels)
             step_start = time.time()
             values = self.exe.run(self.graph.main, feed={IMAGE: images, LABEL: labels},
                                   fetch_list=list(self.graph.fetch.values()))

@@ -94,10 +94,7 @@ def build_train_graph(args, num_classes, total_iters, world_size=1):
 
 
 def _metric_loss(args, embedding_dim, num_classes):
-    return losses.build_metric_loss(
-        args.loss_name, embedding_dim=embedding_dim, num_classes=num_classes, margin=args.margin,
-        triplet_mining=args.triplet_mining, arc_scale=args.arc_scale, arc_margin=args.arc_margin,
-        arc_easy_margin=args.arc_easy_margin, npairs_reg_lambda=args.npairs_reg_lambda)
+    return losses.get(args.loss_name).build(args, embedding_dim, num_classes)
 
 
 def _minimize_data_parallel(optimizer, objective, world_size):

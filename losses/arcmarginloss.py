@@ -5,6 +5,7 @@ import paddle
 import paddle.nn.functional as F
 
 from losses.common import cross_entropy, l2_normalize
+from losses.registry import LossSpec
 
 
 def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False):
@@ -52,3 +53,11 @@ class ArcMarginLoss(paddle.nn.Layer):
     def forward(self, embedding, labels):
         return arcmargin_loss(self.cosine(embedding), labels, margin=self.margin, scale=self.scale,
                               easy_margin=self.easy_margin)
+
+
+SPEC = LossSpec(
+    name="arcmargin", layout="shuffle", classifies=True,
+    build=lambda options, embedding_dim, num_classes: ArcMarginLoss(
+        embedding_dim, num_classes, margin=options.arc_margin, scale=options.arc_scale,
+        easy_margin=options.arc_easy_margin),
+    summary="additive angular margin (ArcFace) on a cosine classifier of its own")

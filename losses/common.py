@@ -59,43 +59,9 @@ def masked_mean(values, mask, axis):
     return paddle.sum(values * weights, axis=axis) / paddle.sum(weights, axis=axis)
 
 
-def check_batch_labels(name, labels, triplet_mining="none"):
-    """Raise UserError if the batch `labels` (numpy, [B]) cannot feed loss `name`.
-
-    Cheap host-side check, meant to run on every training batch before the step:
-    a batch without a positive or a negative would otherwise turn into a silent
-    NaN or a meaningless loss inside the graph.
-      tripletloss (none): rows are (anchor, positive, negative) triplets;
-      tripletloss (hard), emlloss: every row needs another row of its class and a row of another class;
-      quadrupletloss: the batch needs one positive pair and one negative pair;
-      npairsloss: rows are (anchor, positive) pairs; each anchor's class must be among the positives';
-      softmax, arcmargin: any labels.
-    """
+def require_positive_and_negative_per_row(name, labels):
+    """Batch check of the losses that need, for every anchor, a positive and a negative in the batch."""
     labels = np.asarray(labels).reshape(-1)
-    if name == "tripletloss" and triplet_mining == "none":
-        _check_triplets(labels)
-    elif name in ("tripletloss", "emlloss"):
-        _check_every_row_has_pair(name, labels)
-    elif name == "quadrupletloss":
-        _check_batch_has_pairs(name, labels)
-    elif name == "npairsloss":
-        _check_npairs(labels)
-
-
-def _check_triplets(labels):
-    if labels.size == 0 or labels.size % 3:
-        raise UserError(f"tripletloss: batch of {labels.size} rows is not a list of "
-                        "(anchor, positive, negative) triplets (size must be a multiple of 3)")
-    anchor, positive, negative = labels[0::3], labels[1::3], labels[2::3]
-    broken = np.flatnonzero((anchor != positive) | (anchor == negative))
-    if broken.size:
-        i = broken[0]
-        raise UserError(f"tripletloss: triplet {i} has labels (anchor {anchor[i]}, positive {positive[i]}, "
-                        f"negative {negative[i]}); the positive must share the anchor's class and "
-                        "the negative must not")
-
-
-def _check_every_row_has_pair(name, labels):
     classes, counts = np.unique(labels, return_counts=True)
     lonely = classes[counts < 2]
     if lonely.size:
@@ -106,7 +72,9 @@ def _check_every_row_has_pair(name, labels):
                         "a negative; the batch needs at least two classes")
 
 
-def _check_batch_has_pairs(name, labels):
+def require_positive_and_negative_pair(name, labels):
+    """Batch check of the losses that need one positive pair and one negative pair in the whole batch."""
+    labels = np.asarray(labels).reshape(-1)
     classes, counts = np.unique(labels, return_counts=True)
     if not np.any(counts >= 2):
         raise UserError(f"{name}: no two images in the batch share a class, so there is no positive "
@@ -116,21 +84,10 @@ def _check_batch_has_pairs(name, labels):
                         "negative pair; the batch needs at least two classes")
 
 
-def _check_npairs(labels):
-    if labels.size == 0 or labels.size % 2:
-        raise UserError(f"npairsloss: batch of {labels.size} rows is not a list of (anchor, positive) "
-                        "pairs (size must be even)")
-    anchor, positive = labels[0::2], labels[1::2]
-    missing = np.setdiff1d(anchor, positive)
-    if missing.size:
-        raise UserError(f"npairsloss: anchor of class {missing[0]} has no positive of its class in "
-                        "the batch; npairsloss needs P x 2 batches (anchor, positive per class)")
-
-
-def check_eager_labels(name, labels, triplet_mining="none"):
-    """In eager mode, run check_batch_labels on the tensor `labels`; no-op in a static graph."""
+def check_eager(check_batch, labels):
+    """In eager mode, run the host-side `check_batch` on the tensor `labels`; no-op in a static graph."""
     if paddle.in_dynamic_mode():
-        check_batch_labels(name, labels.numpy(), triplet_mining)
+        check_batch(labels.numpy())
 
 
 def log_softmax(logits):

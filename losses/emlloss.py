@@ -3,8 +3,9 @@ import math
 
 import paddle
 
-from losses.common import (check_eager_labels, label_masks, masked_max, masked_mean, masked_min,
-                           squared_distances)
+from losses.common import (check_eager, label_masks, masked_max, masked_mean, masked_min,
+                           require_positive_and_negative_per_row, squared_distances)
+from losses.registry import LossSpec
 
 BETA = 100000.0
 THRESHOLD = 20.0
@@ -35,7 +36,7 @@ def emlloss(features, labels):
     theta = mean(exp(P - max P)) * mean(exp(min N - N)), bias = max P - min N,
     loss = surrogate(theta, bias) with BETA = 1e5 and the overflow-safe continuation above 20.
     """
-    check_eager_labels("emlloss", labels)
+    check_eager(check_batch, labels)
     distances = squared_distances(features)
     positive, negative = label_masks(labels)
     positive_max = masked_max(distances, positive, axis=1, keepdim=True)
@@ -46,3 +47,13 @@ def emlloss(features, labels):
     theta = masked_mean(positive_terms, positive, axis=1) * masked_mean(negative_terms, negative, axis=1)
     bias = paddle.squeeze(positive_max - negative_min, axis=1)
     return paddle.mean(_surrogate_stable(theta, bias))
+
+
+def check_batch(labels):
+    require_positive_and_negative_per_row("emlloss", labels)
+
+
+SPEC = LossSpec(
+    name="emlloss", layout="pk", check_batch=check_batch,
+    build=lambda options, embedding_dim, num_classes: emlloss,
+    summary="energy-based surrogate of the hardest positive vs. negative distances, per anchor")

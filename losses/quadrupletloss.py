@@ -1,8 +1,11 @@
 """Quadruplet loss: the hardest positive pair against the hardest negative pair of the batch."""
+from functools import partial
+
 import paddle.nn.functional as F
 
-from losses.common import (check_eager_labels, l2_normalize, label_masks, masked_max, masked_min,
-                           squared_distances)
+from losses.common import (check_eager, l2_normalize, label_masks, masked_max, masked_min,
+                           require_positive_and_negative_pair, squared_distances)
+from losses.registry import LossSpec
 
 
 def quadrupletloss(features, labels, *, margin=0.1):
@@ -11,7 +14,17 @@ def quadrupletloss(features, labels, *, margin=0.1):
     Squared Euclidean distances of the L2-normalised `features` [B, D]; pairs are positive
     when their `labels` [B] agree. Returns a scalar (the batch has one term).
     """
-    check_eager_labels("quadrupletloss", labels)
+    check_eager(check_batch, labels)
     distances = squared_distances(l2_normalize(features))
     positive, negative = label_masks(labels)
     return F.relu(masked_max(distances, positive) - masked_min(distances, negative) + margin)
+
+
+def check_batch(labels):
+    require_positive_and_negative_pair("quadrupletloss", labels)
+
+
+SPEC = LossSpec(
+    name="quadrupletloss", layout="pk", check_batch=check_batch,
+    build=lambda options, embedding_dim, num_classes: partial(quadrupletloss, margin=options.margin),
+    summary="hardest positive pair against hardest negative pair of the batch")

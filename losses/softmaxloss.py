@@ -1,5 +1,6 @@
 """Softmax classification loss for the classifier branch."""
 from losses.common import cross_entropy
+from losses.registry import LossSpec
 
 
 def softmax_loss(logits, labels, label_smoothing=0.0):
@@ -8,3 +9,9 @@ def softmax_loss(logits, labels, label_smoothing=0.0):
     With `label_smoothing` e the target is (1 - e) on the true class plus e / C on every class.
     """
     return cross_entropy(logits, labels, label_smoothing)
+
+
+SPEC = LossSpec(
+    name="softmax", layout="shuffle", classifies=True,
+    build=lambda options, embedding_dim, num_classes: None,
+    summary="the classifier branch alone (cross-entropy, optional label smoothing)")

@@ -1,9 +1,14 @@
 """Triplet loss: random (anchor, positive, negative) triplets or batch-hard mining on P x K batches."""
+from functools import partial
+
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import (check_eager_labels, l2_normalize, label_masks, masked_max, masked_min,
-                           squared_distances)
+from losses.common import (check_eager, l2_normalize, label_masks, masked_max, masked_min,
+                           require_positive_and_negative_per_row, squared_distances)
+from losses.registry import LossSpec
+from utility.errors import UserError
 
 
 def tripletloss(features, labels=None, *, margin=0.1):
@@ -13,7 +18,7 @@ def tripletloss(features, labels=None, *, margin=0.1):
     `labels` [3T] are only used to check the triplets in eager mode (the rows fix the roles).
     """
     if labels is not None:
-        check_eager_labels("tripletloss", labels)
+        check_eager(check_triplets, labels)
     triplets = paddle.reshape(l2_normalize(features), [-1, 3, features.shape[-1]])
     anchor, positive, negative = triplets[:, 0], triplets[:, 1], triplets[:, 2]
     anchor_positive = paddle.sum(paddle.square(anchor - positive), axis=1)
@@ -27,9 +32,39 @@ def batch_hard_tripletloss(features, labels, *, margin=0.1):
     Squared distances of the L2-normalised `features` [B, D]; positives and negatives
     come from `labels` [B]; the loss is the mean over anchors of relu(d_ap - d_an + margin).
     """
-    check_eager_labels("tripletloss", labels, triplet_mining="hard")
+    check_eager(check_batch_hard, labels)
     distances = squared_distances(l2_normalize(features))
     positive, negative = label_masks(labels)
     hardest_positive = masked_max(distances, positive, axis=1)
     hardest_negative = masked_min(distances, negative, axis=1)
     return paddle.mean(F.relu(hardest_positive - hardest_negative + margin))
+
+
+def check_triplets(labels):
+    """Rows must be (anchor, positive, negative) triplets by label."""
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size == 0 or labels.size % 3:
+        raise UserError(f"tripletloss: batch of {labels.size} rows is not a list of "
+                        "(anchor, positive, negative) triplets (size must be a multiple of 3)")
+    anchor, positive, negative = labels[0::3], labels[1::3], labels[2::3]
+    broken = np.flatnonzero((anchor != positive) | (anchor == negative))
+    if broken.size:
+        i = broken[0]
+        raise UserError(f"tripletloss: triplet {i} has labels (anchor {anchor[i]}, positive {positive[i]}, "
+                        f"negative {negative[i]}); the positive must share the anchor's class and "
+                        "the negative must not")
+
+
+def check_batch_hard(labels):
+    require_positive_and_negative_per_row("batchhardtripletloss", labels)
+
+
+SPEC = LossSpec(
+    name="tripletloss", layout="triplet", check_batch=check_triplets,
+    build=lambda options, embedding_dim, num_classes: partial(tripletloss, margin=options.margin),
+    summary="random (anchor, positive, negative) triplets: relu(d_ap - d_an + margin)")
+
+BATCH_HARD_SPEC = LossSpec(
+    name="batchhardtripletloss", layout="pk", check_batch=check_batch_hard,
+    build=lambda options, embedding_dim, num_classes: partial(batch_hard_tripletloss, margin=options.margin),
+    summary="batch-hard triplets on P x K batches: farthest positive, nearest negative per anchor")

@@ -40,3 +40,10 @@ def test_script_groups_are_separate():
     with pytest.raises(UserError):
         parse_args("eval", ["--train_batch_size=8"])
     assert parse_args("infer", ["--print_features=True"]).print_features
+
+
+def test_old_triplet_mining_flag_names_the_batch_hard_loss():
+    args = parse_args("train", ["--triplet_mining=hard"])
+    assert (args.loss_name, args.triplet_mining) == ("batchhardtripletloss", "none")
+    with pytest.raises(UserError, match="tripletloss only"):
+        parse_args("train", ["--loss_name=emlloss", "--triplet_mining=hard"])

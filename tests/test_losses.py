@@ -6,9 +6,13 @@ import paddle
 import pytest
 
 import losses
-from losses import (LOSS_NAMES, arcmargin_loss, batch_hard_tripletloss, build_metric_loss,
-                    check_batch_labels, emlloss, npairsloss, quadrupletloss, sampling, softmax_loss,
-                    tripletloss)
+from losses.arcmarginloss import arcmargin_loss
+from losses.emlloss import emlloss
+from losses.npairsloss import npairsloss
+from losses.quadrupletloss import quadrupletloss
+from losses.softmaxloss import softmax_loss
+from losses.tripletloss import batch_hard_tripletloss, tripletloss
+from utility.args import defaults
 from utility.errors import UserError
 from paddle_modes import static_mode
 
@@ -223,7 +227,7 @@ def test_arcmargin_fallback_branch_is_exercised():
 
 def test_arcmargin_layer_matches_reference():
     paddle.seed(1)
-    head = build_metric_loss("arcmargin", embedding_dim=6, num_classes=4, arc_margin=0.3, arc_scale=16.0)
+    head = build("arcmargin", embedding_dim=6, num_classes=4, arc_margin=0.3, arc_scale=16.0)
     assert isinstance(head, paddle.nn.Layer)
     assert head.weight.shape == [6, 4]
     rng = np.random.default_rng(2)
@@ -337,16 +341,17 @@ def test_bad_batch_raises_eagerly(loss_fn, labels, message):
         loss_fn(features, paddle.to_tensor(np.array(labels)))
 
 
-def test_check_batch_labels_on_host():
-    check_batch_labels("emlloss", np.array([1, 2, 1, 2]))
-    check_batch_labels("quadrupletloss", np.array([1, 1, 2, 3]))  # one positive pair is enough
-    check_batch_labels("tripletloss", np.array([1, 1, 2]))
-    check_batch_labels("softmax", np.array([1, 2, 3]))
-    check_batch_labels("arcmargin", np.array([7]))
+def test_batch_checks_on_host():
+    losses.get("emlloss").check_batch(np.array([1, 2, 1, 2]))
+    losses.get("quadrupletloss").check_batch(np.array([1, 1, 2, 3]))  # one positive pair is enough
+    losses.get("tripletloss").check_batch(np.array([1, 1, 2]))
+    assert losses.get("softmax").check_batch is None and losses.get("arcmargin").check_batch is None
     with pytest.raises(UserError, match="no positive"):
-        check_batch_labels("tripletloss", np.array([1, 2, 3]), triplet_mining="hard")
+        losses.get("batchhardtripletloss").check_batch(np.array([1, 2, 3]))
     with pytest.raises(UserError, match="emlloss: class 3"):
-        check_batch_labels("emlloss", np.array([1, 1, 3]))
+        losses.get("emlloss").check_batch(np.array([1, 1, 3]))
+    with pytest.raises(UserError, match="P x 2 batches"):
+        losses.get("npairsloss").check_batch(np.array([1, 1, 2, 3]))
 
 
 def test_emlloss_is_finite_for_large_distances():
@@ -365,35 +370,37 @@ def test_emlloss_is_finite_for_large_distances():
 
 # ---------------------------------------------------------------- registry and batch layout
 
+def build(name, embedding_dim=4, num_classes=3, **flags):
+    return losses.get(name).build(defaults("train", **flags), embedding_dim, num_classes)
+
+
 def test_registry_builds_every_name():
-    for name in LOSS_NAMES:
-        loss = build_metric_loss(name, embedding_dim=4, num_classes=3)
+    for name, spec in losses.LOSSES.items():
+        assert spec.name == name
+        loss = build(name)
         assert (loss is None) == (name == "softmax")
-    with pytest.raises(UserError, match="tripletloss, quadrupletloss"):
-        build_metric_loss("contrastive", embedding_dim=4, num_classes=3)
-    with pytest.raises(UserError, match="tripletloss only"):
-        build_metric_loss("emlloss", embedding_dim=4, num_classes=3, triplet_mining="hard")
+        assert spec.classifies == (name in ("softmax", "arcmargin"))
+    with pytest.raises(UserError, match="tripletloss, batchhardtripletloss"):
+        losses.get("contrastive")
 
 
 def test_registry_passes_the_flags_on():
     rng = np.random.default_rng(10)
     features, labels = rng.normal(size=(8, 4)), pk_labels(4, 2)
-    hard = build_metric_loss("tripletloss", embedding_dim=4, num_classes=4, triplet_mining="hard", margin=0.7)
+    hard = build("batchhardtripletloss", num_classes=4, margin=0.7)
     assert value(hard(tensor(features), paddle.to_tensor(labels))) == pytest.approx(np_batch_hard(features, labels, 0.7))
-    npairs = build_metric_loss("npairsloss", embedding_dim=4, num_classes=4, npairs_reg_lambda=0.3)
+    npairs = build("npairsloss", num_classes=4, npairs_reg_lambda=0.3)
     assert value(npairs(tensor(features), paddle.to_tensor(labels))) == pytest.approx(np_npairs(features, labels, 0.3))
 
 
-def test_sampling_layouts():
-    assert sampling("tripletloss", "none", 4) == ("triplet", 1)
-    assert sampling("tripletloss", "hard", 4) == ("pk", 4)
-    assert sampling("quadrupletloss", "none", 3) == ("pk", 3)
-    assert sampling("emlloss", "none", 2) == ("pk", 2)
-    assert sampling("npairsloss", "none", 5) == ("pk", 2)
-    assert sampling("softmax", "none", 4) == ("shuffle", 1)
-    assert sampling("arcmargin", "none", 4) == ("shuffle", 1)
+def test_batch_layouts():
+    layouts = {name: (spec.layout, spec.samples_each_class(4)) for name, spec in losses.LOSSES.items()}
+    assert layouts == {"tripletloss": ("triplet", 1), "batchhardtripletloss": ("pk", 4),
+                       "quadrupletloss": ("pk", 4), "emlloss": ("pk", 4), "npairsloss": ("pk", 2),
+                       "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1)}
+    assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
-        sampling("emlloss", "none", 1)
+        losses.get("emlloss").samples_each_class(1)
 
 
 # ---------------------------------------------------------------- static Program (PIR)
@@ -401,17 +408,17 @@ def test_sampling_layouts():
 
 
 STATIC_CASES = [
-    ("tripletloss", "none", np.array([0, 0, 1, 2, 2, 1, 3, 3, 0]), lambda e, y: np_triplet(e, 0.1)),
-    ("tripletloss", "hard", np.array([2, 0, 1, 0, 2, 1, 0, 1]), lambda e, y: np_batch_hard(e, y, 0.1)),
-    ("quadrupletloss", "none", pk_labels(2, 4), lambda e, y: np_quadruplet(e, y, 0.1)),
-    ("emlloss", "none", np.array([3, 1, 3, 1, 2, 2]), np_eml),
-    ("npairsloss", "none", pk_labels(4, 2), lambda e, y: np_npairs(e, y, 0.01)),
-    ("arcmargin", "none", np.array([0, 2, 1, 1, 0, 2]), None),
+    ("tripletloss", np.array([0, 0, 1, 2, 2, 1, 3, 3, 0]), lambda e, y: np_triplet(e, 0.1)),
+    ("batchhardtripletloss", np.array([2, 0, 1, 0, 2, 1, 0, 1]), lambda e, y: np_batch_hard(e, y, 0.1)),
+    ("quadrupletloss", pk_labels(2, 4), lambda e, y: np_quadruplet(e, y, 0.1)),
+    ("emlloss", np.array([3, 1, 3, 1, 2, 2]), np_eml),
+    ("npairsloss", pk_labels(4, 2), lambda e, y: np_npairs(e, y, 0.01)),
+    ("arcmargin", np.array([0, 2, 1, 1, 0, 2]), None),
 ]
 
 
-@pytest.mark.parametrize("name,mining,labels,reference", STATIC_CASES, ids=[c[0] + "-" + c[1] for c in STATIC_CASES])
-def test_static_program_trains_one_step(name, mining, labels, reference):
+@pytest.mark.parametrize("name,labels,reference", STATIC_CASES, ids=[c[0] for c in STATIC_CASES])
+def test_static_program_trains_one_step(name, labels, reference):
     inputs = np.random.default_rng(11).normal(size=(len(labels), 5)).astype("float32")
     with static_mode():
         main, startup = paddle.static.Program(), paddle.static.Program()
@@ -419,12 +426,13 @@ def test_static_program_trains_one_step(name, mining, labels, reference):
             x = paddle.static.data("x", [None, 5], "float32")  # batch size known only at run time
             y = paddle.static.data("y", [None], "int64")
             embedding = paddle.nn.Linear(5, 4)(x)
-            loss = build_metric_loss(name, embedding_dim=4, num_classes=3, triplet_mining=mining)(embedding, y)
+            loss = build(name)(embedding, y)
             paddle.optimizer.SGD(learning_rate=0.5).minimize(loss)
         parameters = [p.name for p in main.global_block().all_parameters()]
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(startup)
-        check_batch_labels(name, labels, mining)
+        if losses.get(name).check_batch:
+            losses.get(name).check_batch(labels)
         feed = {"x": inputs, "y": labels}
         first, emb = exe.run(main, feed=feed, fetch_list=[loss, embedding])
         second, = exe.run(main, feed=feed, fetch_list=[loss])
@@ -448,10 +456,3 @@ def test_softmax_loss_in_static_program():
             loss = softmax_loss(x, y, label_smoothing=0.1)
         out, = paddle.static.Executor(paddle.CPUPlace()).run(main, feed={"x": logits, "y": labels}, fetch_list=[loss])
     assert out.item() == pytest.approx(np_softmax_loss(logits.astype(float), labels, 0.1), rel=1e-5)
-
-
-def test_package_exports_the_interface():
-    for name in ("LOSS_NAMES", "build_metric_loss", "sampling", "softmax_loss", "check_batch_labels",
-                 "tripletloss", "batch_hard_tripletloss", "quadrupletloss", "emlloss", "npairsloss",
-                 "arcmargin_loss"):
-        assert hasattr(losses, name)

@@ -36,7 +36,7 @@ def read_log(out_dir):
 
 LOSS_CASES = [
     ("tripletloss", []),
-    ("tripletloss", ["--triplet_mining=hard", "--samples_each_class=3"]),
+    ("batchhardtripletloss", ["--samples_each_class=3"]),
     ("quadrupletloss", ["--samples_each_class=3"]),
     ("emlloss", ["--samples_each_class=2"]),
     ("npairsloss", []),

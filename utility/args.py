@@ -54,10 +54,10 @@ def _common(p):
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
 
     g = p.add_argument_group("loss (train.py; eval.py for test_loss)")
-    g.add_argument("--loss_name", default="tripletloss", help="tripletloss, quadrupletloss, emlloss, npairsloss, arcmargin or softmax")
+    g.add_argument("--loss_name", default="tripletloss", help="a loss of losses.LOSSES: tripletloss, batchhardtripletloss, quadrupletloss, emlloss, npairsloss, arcmargin, softmax, ...")
     g.add_argument("--margin", type=float, default=0.1, help="margin of triplet and quadruplet losses")
     g.add_argument("--samples_each_class", type=int, default=2, help="K: images of each class in a P x K batch")
-    g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="'hard': batch-hard triplets on P x K batches")
+    g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="kept for old command lines: 'hard' with tripletloss means --loss_name=batchhardtripletloss")
     g.add_argument("--arc_scale", type=float, default=80.0, help="arcmargin: scale s of the cosine logits")
     g.add_argument("--arc_margin", type=float, default=0.15, help="arcmargin: additive angular margin m (radians)")
     g.add_argument("--arc_easy_margin", type=str2bool, default=False, help="arcmargin: apply the margin only where cos > 0")
@@ -133,6 +133,13 @@ def build_parser(script):
     return parser
 
 
+def defaults(script="train", **overrides):
+    """Every flag of `script` at its default value, with `overrides`: options for code and tests."""
+    args = build_parser(script).parse_args([])
+    vars(args).update(overrides)
+    return args
+
+
 def explicit_flags(argv):
     """Names of the flags present on the command line."""
     return {tok[2:].split("=", 1)[0] for tok in argv if tok.startswith("--")}
@@ -151,6 +158,10 @@ def _check(script, args):
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.triplet_mining == "hard":
+        if args.loss_name != "tripletloss":
+            raise UserError(f"--triplet_mining=hard applies to tripletloss only, not {args.loss_name}")
+        args.loss_name, args.triplet_mining = "batchhardtripletloss", "none"
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more, got {args.seed}")
     if args.num_workers < 0:

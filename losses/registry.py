@@ -1,0 +1,50 @@
+"""What the toolkit needs to know about a loss, in one record per loss.
+
+Each loss file declares its `LossSpec`; `losses/__init__.py` lists them in `LOSSES`.
+Nothing else switches on loss names: the reader asks the spec for the batch layout,
+the trainer for the host-side batch check, the programs for whether to build the classifier.
+"""
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from utility.errors import UserError
+
+LAYOUTS = ("triplet", "pk", "shuffle")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss, as the rest of the toolkit sees it.
+
+    name:        the --loss_name value.
+    build:       build(options, embedding_dim, num_classes) -> callable(embedding, labels) -> scalar,
+                 or None when the loss is the classifier branch alone (softmax). `options` is any
+                 object carrying the loss flags as attributes (the resolved configuration).
+    layout:      the batch the reader draws: "triplet" (consecutive anchor, positive, negative rows),
+                 "pk" (P classes x K images) or "shuffle" (any batch).
+    check_batch: check_batch(labels: numpy [B]) raises UserError when the batch cannot feed the loss;
+                 None when any batch can.
+    classifies:  the loss needs the softmax classifier over the training classes (its logits).
+    fixed_k:     images per class in a "pk" batch whatever --samples_each_class says (npairs: 2).
+    summary:     one line for --help and the README's loss table.
+    """
+    name: str
+    build: Callable
+    layout: str
+    check_batch: Optional[Callable] = None
+    classifies: bool = False
+    fixed_k: Optional[int] = None
+    summary: str = ""
+
+    def __post_init__(self):
+        assert self.layout in LAYOUTS, self.layout
+
+    def samples_each_class(self, requested):
+        """K of a P x K batch for this loss (1 for the other layouts); UserError for K < 2."""
+        if self.layout != "pk":
+            return 1
+        k = self.fixed_k or requested
+        if k < 2:
+            raise UserError(f"{self.name} needs P x K batches with --samples_each_class >= 2 "
+                            f"(got {k}): every anchor needs a positive")
+        return k
