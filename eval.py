@@ -9,48 +9,47 @@ import json
 
 import numpy as np
 
-import data
 import reader
-from engine import checkpoint
 from evaluation import metrics
-from utility import parse_args, print_arguments, run_cli
-from engine.embedder import CheckpointEmbedder, adopt_checkpoint_settings, embed_list
+from utility import print_arguments, run_cli
+from utility.config import check_model_and_loss, resolve
 from utility.errors import UserError
 
 
 def main(argv=None):
-    args = parse_args("eval", argv)
-    directory = checkpoint.resolve(args.pretrained_model)
-    if directory is None:
-        raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)")
-    adopt_checkpoint_settings(args, directory)
-    separate = args.query_list is not None
-    if not separate:
-        data.use_default_dataset_if_needed(args)
-    print_arguments(args)
-
-    gallery_list = reader.read_image_list(args.gallery_list if separate else args.val_list, args.data_dir)
-    query_list = reader.read_image_list(args.query_list, args.data_dir) if separate else None
+    config = resolve("eval", argv)
+    check_model_and_loss(config)
+    print_arguments(config)
+    separate = config.query_list is not None
+    gallery_list = reader.read_image_list(config.gallery_list if separate else config.val_list, config.data_dir)
+    query_list = reader.read_image_list(config.query_list, config.data_dir) if separate else None
     if gallery_list.num_classes < 2:
         raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
-    embedder = CheckpointEmbedder(args, directory)
-    gallery, gallery_labels, gallery_paths = _embed(embedder, gallery_list, args)
-    query = _embed(embedder, query_list, args) if separate else None
 
-    results = metrics.evaluate(gallery, gallery_labels, ks=args.recall_k, feat_norm=args.feat_norm,
-                               query=query[:2] if separate else None, with_nmi=args.nmi)
-    results["test_loss"] = test_loss(args, gallery, gallery_labels)
-    report(args, results)
-    if args.visualize > 0:
-        _visualize(args, gallery, gallery_labels, gallery_paths, query)
+    from engine.embedder import checkpoint_embedder
+
+    embedder = checkpoint_embedder(config)
+    gallery, gallery_labels, gallery_paths = _embed(embedder, gallery_list, config)
+    query = _embed(embedder, query_list, config) if separate else None
+
+    results = metrics.evaluate(gallery, gallery_labels, ks=config.recall_k, feat_norm=config.feat_norm,
+                               query=query[:2] if separate else None, with_nmi=config.nmi)
+    results["test_loss"] = test_loss(config, gallery, gallery_labels)
+    report(config, results)
+    if config.visualize > 0:
+        _visualize(config, gallery, gallery_labels, gallery_paths, query)
 
 
-def _embed(embedder, image_list, args):
-    features, rows = embed_list(embedder, image_list, args, skip_bad=args.skip_bad_images)
+def _embed(embedder, image_list, config):
+    from engine.embedder import embed_list
+
+    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
+                           num_workers=config.num_workers, skip_bad=config.skip_bad_images) as loader:
+        features, rows = embed_list(embedder, loader)
     return features, image_list.labels[rows], [image_list.paths[i] for i in rows]
 
 
-def test_loss(args, features, labels):
+def test_loss(config, features, labels):
     """The metric loss of --loss_name averaged over evaluation batches laid out as in training.
 
     This is the original example's test_loss. Losses that classify into the training classes
@@ -58,28 +57,21 @@ def test_loss(args, features, labels):
     """
     import losses
 
-    spec = losses.get(args.loss_name)
+    spec = losses.get(config.loss_name)
     if spec.classifies:
         return float("nan")
-    layout, k = spec.layout, spec.samples_each_class(args.samples_each_class)
-    loss_fn = spec.build(args, features.shape[1], 0)
+    k = spec.samples_each_class(config.samples_each_class)
+    loss_fn = spec.build(config, features.shape[1], 0)
     values = [_loss_value(loss_fn, features[rows], labels[rows])
-              for rows in _loss_batches(labels, layout, k, args.test_batch_size, args.seed)]
+              for rows in _loss_batches(labels, spec.layout, k, config.test_batch_size, config.seed)]
     return float(np.mean(values))
 
 
 def _loss_batches(labels, layout, k, batch_size, seed):
     """Row batches of the evaluation set in the layout the loss trains on (triplets or P x K)."""
-    from reader.samplers import PKSampler, TripletSampler, class_members
+    from reader.samplers import batches_of_one_pass
 
-    classes, class_ids = np.unique(labels, return_inverse=True)
-    members = class_members(class_ids, len(classes))
-    if layout == "triplet":
-        sampler = TripletSampler(members, len(labels), max(3, batch_size // 3 * 3), seed)
-    else:
-        classes_per_batch = min(len(classes), max(2, batch_size // k))
-        sampler = PKSampler(members, len(labels), classes_per_batch * k, k, seed)
-    return [sampler.batch(0, b)[0] for b in range(sampler.batches_per_epoch)]
+    return batches_of_one_pass(labels, layout, batch_size, k, seed)
 
 
 def _loss_value(loss_fn, features, labels):
@@ -89,36 +81,36 @@ def _loss_value(loss_fn, features, labels):
         return loss_fn(paddle.to_tensor(features), paddle.to_tensor(labels)).item()
 
 
-def report(args, results):
+def report(config, results):
     print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
-    for k in args.recall_k:
+    for k in config.recall_k:
         print(f"Recall@{k}: {results[f'recall@{k}']:.4f}")
     print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
           f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their class)")
     if "nmi" in results:
         print(f"NMI: {results['nmi']:.4f}")
-    if args.metrics_out:
-        record = {"checkpoint": args.pretrained_model, "model": args.model, **results}
-        with open(args.metrics_out, "a") as f:
+    if config.metrics_out:
+        record = {"checkpoint": config.pretrained_model, "model": config.model, **results}
+        with open(config.metrics_out, "a") as f:
             f.write(json.dumps(record) + "\n")
-        print(f"Wrote the metrics to {args.metrics_out}")
+        print(f"Wrote the metrics to {config.metrics_out}")
 
 
-def _visualize(args, gallery, gallery_labels, gallery_paths, query):
+def _visualize(config, gallery, gallery_labels, gallery_paths, query):
     from evaluation.visualize import draw_retrieval
 
-    top_k = min(max(args.recall_k), len(gallery) - (query is None))
+    top_k = min(max(config.recall_k), len(gallery) - (query is None))
     if query is None:
-        chosen = np.random.default_rng(args.seed).choice(len(gallery), min(args.visualize, len(gallery)), replace=False)
+        chosen = np.random.default_rng(config.seed).choice(len(gallery), min(config.visualize, len(gallery)), replace=False)
         q_feat, q_labels, q_paths = gallery[chosen], gallery_labels[chosen], [gallery_paths[i] for i in chosen]
-        ranked, _ = metrics.nearest_neighbors(q_feat, gallery, top_k + 1, feat_norm=args.feat_norm)
+        ranked, _ = metrics.nearest_neighbors(q_feat, gallery, top_k + 1, feat_norm=config.feat_norm)
         neighbors = np.array([[j for j in row if j != own][:top_k] for row, own in zip(ranked, chosen)])
     else:
-        q_feat, q_labels, q_paths = (part[: args.visualize] for part in query)
-        neighbors, _ = metrics.nearest_neighbors(q_feat, gallery, top_k, feat_norm=args.feat_norm)
+        q_feat, q_labels, q_paths = (part[: config.visualize] for part in query)
+        neighbors, _ = metrics.nearest_neighbors(q_feat, gallery, top_k, feat_norm=config.feat_norm)
     draw_retrieval(q_paths, q_labels, [[gallery_paths[j] for j in row] for row in neighbors],
-                   gallery_labels[neighbors], args.visualize_file)
-    print(f"Wrote {args.visualize_file}: {len(q_paths)} queries with their top {top_k}", flush=True)
+                   gallery_labels[neighbors], config.visualize_file)
+    print(f"Wrote {config.visualize_file}: {len(q_paths)} queries with their top {top_k}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,49 +11,45 @@ import os
 
 import numpy as np
 
-import data
 import reader
-from engine import checkpoint
-from utility import parse_args, print_arguments, run_cli
-from engine.embedder import CheckpointEmbedder, InferenceEmbedder, adopt_checkpoint_settings, embed_list
-from utility.errors import UserError
+from utility import print_arguments, run_cli
+from utility.config import check_model_and_loss, resolve
 
 NO_LABEL = -1
 
 
 def main(argv=None):
-    args = parse_args("infer", argv)
-    embedder = _make_embedder(args)
-    if args.infer_list is None:
-        data.use_default_dataset_if_needed(args)
-        args.infer_list = args.val_list
-    print_arguments(args)
+    config = resolve("infer", argv)
+    check_model_and_loss(config)
+    print_arguments(config)
+    image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False)
 
-    if args.export_model:
-        embedder.export(args.export_model, args)
-    image_list = reader.read_image_list(args.infer_list, args.data_dir, require_labels=False)
-    features, rows = embed_list(embedder, image_list, args, skip_bad=args.skip_bad_images)
+    from engine.embedder import embed_list
+
+    embedder = _make_embedder(config)
+    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
+                           num_workers=config.num_workers, skip_bad=config.skip_bad_images) as loader:
+        features, rows = embed_list(embedder, loader)
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")
     paths = [image_list.paths[i] for i in rows]
-    save_dump(args.output_dir, features, labels, paths)
-    if args.print_features:
+    save_dump(config.output_dir, features, labels, paths)
+    if config.print_features:
         for i, feature in enumerate(features):
             print(f"Test-{i}-feature: {feature}")
 
 
-def _make_embedder(args):
-    if args.inference_model:
-        if args.pretrained_model or args.export_model:
-            raise UserError("--inference_model runs an exported model: give neither --pretrained_model "
-                            "nor --export_model with it")
-        embedder = InferenceEmbedder(args.inference_model, use_gpu=bool(args.use_gpu))
-        args.image_shape = tuple(embedder.info["image_shape"])
-        return embedder
-    directory = checkpoint.resolve(args.pretrained_model)
-    if directory is None:
-        raise UserError("give --pretrained_model=DIR (a checkpoint) or --inference_model=DIR (an exported model)")
-    adopt_checkpoint_settings(args, directory)
-    return CheckpointEmbedder(args, directory)
+def _make_embedder(config):
+    """The exported model's embedder, or the checkpoint's (exported to --export_model first if asked)."""
+    from engine.embedder import Embedder, checkpoint_embedder, checkpoint_program, export
+
+    if config.inference_model:
+        return Embedder(config.inference_model, config.use_gpu)
+    if not config.export_model:
+        return checkpoint_embedder(config)
+    exe, graph = checkpoint_program(config)
+    export(exe, graph.program, graph.image, graph.embedding, config.export_model, config)
+    print(f"Exported the inference model to {config.export_model}", flush=True)
+    return Embedder(config.export_model, config.use_gpu)
 
 
 def save_dump(out_dir, features, labels, paths):

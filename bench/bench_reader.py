@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reader import ImageList, make_test_loader, make_train_loader, read_image_list  # noqa: E402
+from reader import ImageList, TestLoader, make_train_loader, read_image_list  # noqa: E402
 from reader.loaders import TrainBatchJob  # noqa: E402
 from utility.args import image_shape, int_list  # noqa: E402
 
@@ -92,7 +92,11 @@ def one_long_test_pass(image_list, shape, batch_size, workers, count):
     rows = (count + 1) * batch_size
     repeats = -(-rows // len(image_list))
     long_list = ImageList((image_list.paths * repeats)[:rows], None, None, None, image_list.source)
-    return make_test_loader(long_list, image_shape=shape, batch_size=batch_size, num_workers=workers)
+    loader = TestLoader(long_list, image_shape=shape, batch_size=batch_size, num_workers=workers)
+    try:
+        yield from loader.batches()
+    finally:
+        loader.close()
 
 
 def paddle_train_rate(image_list, shape, batch_size, workers, augment, count):

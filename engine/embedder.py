@@ -1,61 +1,126 @@
 """Turning an image list into embeddings, for eval.py, infer.py and train.py's evaluation.
 
-Two embedders with the same `embed` method:
-  CheckpointEmbedder  builds the image -> embedding static program and loads a checkpoint;
-  InferenceEmbedder   runs an exported inference model with Paddle Inference.
-`export` writes the former as the latter.
+There is one embedder: an exported image -> embedding inference model run by a Paddle
+Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with the same
+features to ~1e-6 relative. A checkpoint or a training run's test program is exported to a
+temporary folder first (`Embedder.from_program`); infer.py --export_model keeps the export.
 """
 import json
 import os
+import shutil
+import tempfile
 
-import reader
-from engine import checkpoint
-from utility.args import as_flag
+import numpy as np
+
+from engine import device
 from utility.errors import UserError
 from utility.progress import Progress
 
-# The network's shape, and the loss (for eval.py's test_loss), unless the user types them.
-SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape",
-                            "loss_name", "margin", "samples_each_class", "triplet_mining")
 EXPORT_PREFIX = "inference"
 EXPORT_INFO = "preprocess.json"
+INPUT_DESCRIPTION = "RGB, resize short side, centre crop, ImageNet mean/std, NCHW float32"
 
 
-def adopt_checkpoint_settings(args, directory):
-    """Take SETTINGS_FROM_CHECKPOINT from the checkpoint's training run unless typed."""
-    state = checkpoint.read_state(directory) if directory else None
-    if not state:
-        return
-    adopted = []
-    for name in SETTINGS_FROM_CHECKPOINT:
-        value = state["args"][name]
-        value = tuple(value) if name == "image_shape" else value
-        if getattr(args, name) == value:
-            continue
-        if name in args.explicit:
-            print(f"Note: the checkpoint was trained with --{name}={as_flag(value)}, "
-                  f"you gave {as_flag(getattr(args, name))}", flush=True)
+def read_export_info(model_dir):
+    """preprocess.json of an exported model: the network's settings and its input preprocessing."""
+    prefix = os.path.join(model_dir, EXPORT_PREFIX)
+    missing = [name for name in (prefix + ".json", prefix + ".pdiparams", os.path.join(model_dir, EXPORT_INFO))
+               if not os.path.isfile(name)]
+    if missing:
+        raise UserError(f"{model_dir} is not an exported model: {', '.join(missing)} missing "
+                        f"(infer.py --export_model writes {EXPORT_PREFIX}.json, {EXPORT_PREFIX}.pdiparams "
+                        f"and {EXPORT_INFO})")
+    try:
+        with open(os.path.join(model_dir, EXPORT_INFO)) as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {os.path.join(model_dir, EXPORT_INFO)}: {err}")
+
+
+def export(exe, program, image, embedding, out_dir, config):
+    """Save `program`'s image -> embedding with its current parameters as an inference model in out_dir."""
+    import paddle
+
+    os.makedirs(out_dir, exist_ok=True)
+    paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [image], [embedding], exe,
+                                       program=program)
+    info = {"model": config.model, "embedding_size": config.embedding_size,
+            "image_shape": list(config.image_shape), "input": INPUT_DESCRIPTION}
+    with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
+        json.dump(info, f, indent=1)
+
+
+class Embedder:
+    """An exported inference model run by a Paddle Inference predictor: embedder(images) -> features."""
+
+    def __init__(self, model_dir, use_gpu=None):
+        import paddle.inference as inference
+
+        self.info = read_export_info(model_dir)
+        prefix = os.path.join(model_dir, EXPORT_PREFIX)
+        config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+        config.disable_glog_info()
+        if device.use_gpu(use_gpu):
+            config.enable_use_gpu(256, device.gpu_id())
         else:
-            setattr(args, name, value)
-            adopted.append(f"--{name}={as_flag(value)}")
-    if adopted:
-        print(f"From the checkpoint's training run: {' '.join(adopted)}", flush=True)
+            config.disable_gpu()
+            config.enable_onednn()
+            config.set_cpu_math_library_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
+        try:
+            self.predictor = inference.create_predictor(config)
+        except Exception as err:  # Paddle raises bare RuntimeError/ValueError for corrupt files
+            raise UserError(f"cannot load the exported model in {model_dir}: {str(err).strip().splitlines()[-1]}")
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    @classmethod
+    def from_program(cls, exe, program, image, embedding, config):
+        """The embedder of a program's image -> embedding with its current parameters (through a temporary export)."""
+        folder = tempfile.mkdtemp(prefix="embedder-")
+        try:
+            export(exe, program, image, embedding, folder, config)
+            return cls(folder, config.use_gpu)  # the predictor holds the parameters in memory
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def __call__(self, images):
+        self.input.reshape(images.shape)
+        self.input.copy_from_cpu(images)
+        self.predictor.run()
+        return self.output.copy_to_cpu()
 
 
-def embed_list(run_batch, image_list, args, skip_bad=False, show_progress=True):
-    """Embed every image of `image_list` with `run_batch(images) -> features`.
+def checkpoint_program(config):
+    """(Executor, EmbedGraph) of config.model with the parameters of the checkpoint config.pretrained_model."""
+    import paddle
+
+    from engine import checkpoint, programs
+
+    paddle.enable_static()
+    graph = programs.build_embed_graph(config)
+    exe = paddle.static.Executor(device.place(config.use_gpu))
+    exe.run(graph.startup)
+    checkpoint.load_all_parameters(graph.program, config.pretrained_model)
+    return exe, graph
+
+
+def checkpoint_embedder(config):
+    """The embedder of the checkpoint config.pretrained_model."""
+    exe, graph = checkpoint_program(config)
+    return Embedder.from_program(exe, graph.program, graph.image, graph.embedding, config)
+
+
+def embed_list(embedder, loader, show_progress=True):
+    """Embed every image of `loader` (a reader.TestLoader) with `embedder(images) -> features`.
 
     Returns (features float32 [n, D], row_indices int64 [n]) in list order; rows are left
-    out only for unreadable images under skip_bad.
+    out only for unreadable images when the loader skips them.
     """
-    import numpy as np
-
-    batches = reader.make_test_loader(image_list, image_shape=args.image_shape, batch_size=args.test_batch_size,
-                                      num_workers=args.num_workers, skip_bad=skip_bad)
+    image_list = loader.image_list
     progress = Progress(len(image_list.paths), "embedding") if show_progress else None
     features, rows = [], []
-    for images, indices in batches:
-        features.append(np.asarray(run_batch(images), dtype="float32"))
+    for images, indices in loader.batches():
+        features.append(np.asarray(embedder(images), dtype="float32"))
         rows.append(np.asarray(indices, dtype="int64"))
         if progress:
             progress.update(len(indices))
@@ -64,68 +129,3 @@ def embed_list(run_batch, image_list, args, skip_bad=False, show_progress=True):
     if not features:
         raise UserError(f"no image of {image_list.source} could be embedded")
     return np.concatenate(features), np.concatenate(rows)
-
-
-class CheckpointEmbedder:
-    """The image -> embedding program with a checkpoint's parameters, run by an Executor."""
-
-    def __init__(self, args, directory):
-        import paddle
-
-        from engine import programs
-
-        place = programs.select_place(args.use_gpu)
-        paddle.enable_static()
-        self.graph = programs.build_embed_graph(args)
-        self.exe = paddle.static.Executor(place)
-        self.exe.run(self.graph.startup)
-        checkpoint.load_all_parameters(self.graph.program, directory)
-
-    def __call__(self, images):
-        from engine.programs import IMAGE
-
-        (out,) = self.exe.run(self.graph.program, feed={IMAGE: images}, fetch_list=[self.graph.embedding])
-        return out
-
-    def export(self, out_dir, args):
-        """Save image -> embedding as a Paddle inference model in out_dir, with its preprocessing."""
-        import paddle
-
-        os.makedirs(out_dir, exist_ok=True)
-        paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [self.graph.image],
-                                           [self.graph.embedding], self.exe, program=self.graph.program)
-        info = {"model": args.model, "embedding_size": args.embedding_size, "image_shape": list(args.image_shape),
-                "input": "RGB, resize short side, centre crop, ImageNet mean/std, NCHW float32"}
-        with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
-            json.dump(info, f, indent=1)
-        print(f"Exported the inference model to {out_dir}", flush=True)
-
-
-class InferenceEmbedder:
-    """An exported inference model run by a Paddle Inference predictor."""
-
-    def __init__(self, model_dir, use_gpu):
-        import paddle.inference as inference
-
-        prefix = os.path.join(model_dir, EXPORT_PREFIX)
-        if not os.path.exists(prefix + ".json") or not os.path.exists(prefix + ".pdiparams"):
-            raise UserError(f"{model_dir} is not an exported model (expected {EXPORT_PREFIX}.json and "
-                            f"{EXPORT_PREFIX}.pdiparams, written by infer.py --export_model)")
-        with open(os.path.join(model_dir, EXPORT_INFO)) as f:
-            self.info = json.load(f)
-        config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-        config.disable_glog_info()
-        if use_gpu:
-            config.enable_use_gpu(256, 0)
-        else:
-            config.disable_gpu()
-            config.set_cpu_math_library_num_threads(os.cpu_count() or 1)
-        self.predictor = inference.create_predictor(config)
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
-
-    def __call__(self, images):
-        self.input.reshape(images.shape)
-        self.input.copy_from_cpu(images)
-        self.predictor.run()
-        return self.output.copy_to_cpu()

@@ -12,42 +12,27 @@ import paddle
 
 import losses
 import models
-from utility.errors import UserError
 
 IMAGE = "image"
 LABEL = "label"
 
 
-def select_place(use_gpu):
-    """The device to run on: GPU when asked (default: when Paddle was built with CUDA), else CPU."""
-    with_cuda = paddle.is_compiled_with_cuda()
-    if use_gpu is None:
-        use_gpu = with_cuda
-    if not use_gpu:
-        return paddle.CPUPlace()
-    if not with_cuda:
-        raise UserError("--use_gpu=True, but this Paddle was built without CUDA: "
-                        "install paddlepaddle-gpu, or pass --use_gpu=False")
-    # paddle.distributed.launch gives each process its GPU in FLAGS_selected_gpus.
-    return paddle.CUDAPlace(int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0]))
-
-
-def make_lr_scheduler(args, total_iters):
+def make_lr_scheduler(config, total_iters):
     """LR at each iteration (counted from the start of training): base LR x lr_factor."""
-    return paddle.optimizer.lr.LambdaDecay(args.lr, lambda iteration: lr_factor(args, total_iters, iteration))
+    return paddle.optimizer.lr.LambdaDecay(config.lr, lambda iteration: lr_factor(config, total_iters, iteration))
 
 
-def lr_factor(args, total_iters, iteration):
+def lr_factor(config, total_iters, iteration):
     """Linear warm-up over --warmup_iter, then piecewise decay (x0.1 at each of --lr_steps) or cosine to 0.
 
     One closed form of the absolute iteration: Paddle's LinearWarmup would shift the piecewise steps
     by the warm-up, and its CosineAnnealingDecay is recursive and rises again after T_max.
     """
-    if iteration < args.warmup_iter:
-        return iteration / args.warmup_iter
-    if args.lr_strategy == "piecewise_decay":
-        return 0.1 ** sum(iteration >= step for step in args.lr_steps)
-    progress = (iteration - args.warmup_iter) / max(1, total_iters - args.warmup_iter)
+    if iteration < config.warmup_iter:
+        return iteration / config.warmup_iter
+    if config.lr_strategy == "piecewise_decay":
+        return 0.1 ** sum(iteration >= step for step in config.lr_steps)
+    progress = (iteration - config.warmup_iter) / max(1, total_iters - config.warmup_iter)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -56,45 +41,48 @@ class TrainGraph:
     main: object
     startup: object
     test: object                # shares parameters with main; batch norm uses running statistics
+    test_image: object          # the image input of `test`
     test_embedding: object      # the embedding value inside `test`
-    fetch: dict                 # name -> value of main: loss_metric, loss_cls, acc1, acc5
+    fetch: dict                 # name -> value of main: loss_metric, and loss_cls, acc1, acc5 when classifying
     scheduler: object
 
 
-def build_train_graph(args, num_classes, total_iters, world_size=1):
-    """Network + metric loss + softmax branch + Momentum/L2, as one train program and its test clone."""
+def trains_classifier(config):
+    """Whether the softmax classifier over the training classes gets a gradient (and is built at all)."""
+    return losses.get(config.loss_name).is_classifier_branch or config.alpha > 0
+
+
+def build_train_graph(config, num_classes, total_iters, world_size=1):
+    """Network + metric loss (+ softmax branch) + Momentum/L2, as one train program and its test clone."""
     main, startup = paddle.static.Program(), paddle.static.Program()
+    with_classifier = trains_classifier(config)
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
-        image = paddle.static.data(IMAGE, [None, *args.image_shape], "float32")
-        embedding, logits = models.build_model(args.model, num_classes, args.embedding_size)(image)
+        image = paddle.static.data(IMAGE, [None, *config.image_shape], "float32")
+        network = models.build_model(config.model, num_classes if with_classifier else 0, config.embedding_size)
+        embedding, logits = network(image)
         mapping = paddle.pir.IrMapping()
         test = main.clone(mapping)
         test.set_is_test_attr()
 
         label = paddle.static.data(LABEL, [None], "int64")
-        loss_cls = losses.softmax_loss(logits, label, args.label_smoothing)
-        metric_loss = _metric_loss(args, embedding.shape[-1], num_classes)
-        if metric_loss is None:
-            loss_metric, objective = paddle.zeros([], "float32"), loss_cls
-        else:
-            loss_metric = metric_loss(embedding, label)
-            objective = loss_metric + args.alpha * loss_cls
-        fetch = {"loss_metric": loss_metric, "loss_cls": loss_cls,
-                 "acc1": paddle.metric.accuracy(logits, label.unsqueeze(1), k=1),
-                 "acc5": paddle.metric.accuracy(logits, label.unsqueeze(1), k=min(5, num_classes))}
+        metric_loss = losses.get(config.loss_name).build(config, embedding.shape[-1], num_classes)
+        loss_metric = paddle.zeros([], "float32") if metric_loss is None else metric_loss(embedding, label)
+        fetch = {"loss_metric": loss_metric}
+        objective = loss_metric
+        if with_classifier:
+            loss_cls = losses.softmax_loss(logits, label, config.label_smoothing)
+            objective = loss_cls if metric_loss is None else loss_metric + config.alpha * loss_cls
+            fetch.update(loss_cls=loss_cls, acc1=paddle.metric.accuracy(logits, label.unsqueeze(1), k=1),
+                         acc5=paddle.metric.accuracy(logits, label.unsqueeze(1), k=min(5, num_classes)))
 
-        scheduler = make_lr_scheduler(args, total_iters)
-        optimizer = paddle.optimizer.Momentum(scheduler, momentum=args.momentum,
-                                              weight_decay=paddle.regularizer.L2Decay(args.weight_decay))
+        scheduler = make_lr_scheduler(config, total_iters)
+        optimizer = paddle.optimizer.Momentum(scheduler, momentum=config.momentum,
+                                              weight_decay=paddle.regularizer.L2Decay(config.weight_decay))
         if world_size > 1:
             _minimize_data_parallel(optimizer, objective, world_size)
         else:
             optimizer.minimize(objective)
-    return TrainGraph(main, startup, test, mapping.look_up(embedding), fetch, scheduler)
-
-
-def _metric_loss(args, embedding_dim, num_classes):
-    return losses.get(args.loss_name).build(args, embedding_dim, num_classes)
+    return TrainGraph(main, startup, test, mapping.look_up(image), mapping.look_up(embedding), fetch, scheduler)
 
 
 def _minimize_data_parallel(optimizer, objective, world_size):
@@ -117,12 +105,12 @@ class EmbedGraph:
     embedding: object
 
 
-def build_embed_graph(args):
+def build_embed_graph(config):
     """image -> embedding, for eval.py and infer.py (no classifier, batch norm in test mode)."""
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
-        image = paddle.static.data(IMAGE, [None, *args.image_shape], "float32")
-        embedding, _ = models.build_model(args.model, 0, args.embedding_size)(image)
+        image = paddle.static.data(IMAGE, [None, *config.image_shape], "float32")
+        embedding, _ = models.build_model(config.model, 0, config.embedding_size)(image)
     main.set_is_test_attr()
     return EmbedGraph(main, startup, image, embedding)
 

@@ -24,7 +24,10 @@ class LossSpec:
                  "pk" (P classes x K images) or "shuffle" (any batch).
     check_batch: check_batch(labels: numpy [B]) raises UserError when the batch cannot feed the loss;
                  None when any batch can.
-    classifies:  the loss needs the softmax classifier over the training classes (its logits).
+    classifies:  the loss learns to classify the training classes (so its value on held-out classes,
+                 eval.py's test_loss, means nothing).
+    is_classifier_branch: the loss is the softmax classifier branch itself (build gives None), so the
+                 classifier is trained whatever --alpha says.
     fixed_k:     images per class in a "pk" batch whatever --samples_each_class says (npairs: 2).
     summary:     one line for --help and the README's loss table.
     """
@@ -33,6 +36,7 @@ class LossSpec:
     layout: str
     check_batch: Optional[Callable] = None
     classifies: bool = False
+    is_classifier_branch: bool = False
     fixed_k: Optional[int] = None
     summary: str = ""
 

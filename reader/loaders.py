@@ -126,36 +126,49 @@ class TrainBatchJob:
         yield from rng.permutation(others).tolist()
 
 
-def make_test_loader(image_list, *, image_shape, batch_size, num_workers, skip_bad=False):
-    """Yield (images float32 [b, 3, H, W], row_indices int64 [b]) over the whole list in order.
+class TestLoader:
+    """Batches of a whole list in order, for embedding; its worker processes live until close().
 
-    Batches hold batch_size rows; the last one may be shorter. An unreadable
-    image raises UserError naming it, unless skip_bad: then it is reported
-    once on stderr and its row left out (row_indices says which rows came).
+    `batches()` yields (images float32 [b, 3, H, W], row_indices int64 [b]), batch_size rows
+    each (the last may be shorter), as often as it is called: a validation list is decoded by
+    the same workers at every evaluation of a training run. An unreadable image raises UserError
+    naming it, unless skip_bad: then it is reported on stderr and its row left out.
     """
-    if batch_size <= 0:
-        raise UserError(f"test batch size must be positive, got {batch_size}")
-    job = TestBatchJob(image_list.paths, tuple(image_shape))
-    rows = np.arange(len(image_list.paths), dtype=np.int64)
-    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
-    return _test_batches(job, batches, batch_size, num_workers, skip_bad)
 
+    def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False):
+        if batch_size <= 0:
+            raise UserError(f"test batch size must be positive, got {batch_size}")
+        self.image_list = image_list
+        self.skip_bad = skip_bad
+        self._job = TestBatchJob(image_list.paths, tuple(image_shape))
+        rows = np.arange(len(image_list.paths), dtype=np.int64)
+        self._batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+        self._pool = WorkerPool(self._job, num_workers, batch_size, self._job.image_shape) if num_workers > 0 else None
 
-def _test_batches(job, batches, batch_size, num_workers, skip_bad):
-    pool = WorkerPool(job, num_workers, batch_size, job.image_shape) if num_workers > 0 else None
-    runner = pool.run(batches) if pool else run_in_process(job, batches, job.image_shape)
-    try:
-        for (images, (readable, bad_paths)), rows in zip(runner, batches):
-            if bad_paths and not skip_bad:
-                raise UserError(_bad_images_message(bad_paths))
-            for path, reason in bad_paths:
-                print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
-            if readable.any():
-                yield images[readable], rows[readable]
-    finally:
-        runner.close()
-        if pool:
-            pool.close()
+    def batches(self):
+        runner = self._pool.run(self._batches) if self._pool else run_in_process(self._job, self._batches,
+                                                                                 self._job.image_shape)
+        try:
+            for (images, (readable, bad_paths)), rows in zip(runner, self._batches):
+                if bad_paths and not self.skip_bad:
+                    raise UserError(_bad_images_message(bad_paths))
+                for path, reason in bad_paths:
+                    print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
+                if readable.any():
+                    yield images[readable], rows[readable]
+        finally:
+            runner.close()
+
+    def close(self):
+        """Stop the worker processes."""
+        if self._pool:
+            self._pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 def _bad_images_message(bad_paths):

@@ -108,3 +108,19 @@ class TripletSampler:
             triplets.append(_pick(rng, self.members[negative_class], 1))
         indices = np.concatenate(triplets)
         return indices.astype(np.int64), _sample_seeds(rng, self.batch_size)
+
+
+def batches_of_one_pass(labels, layout, batch_size, samples_each_class, seed):
+    """Row batches covering one pass over `labels` (any integers) in a loss's layout: triplets or P x K.
+
+    For eval.py's test_loss: the evaluation set laid out as the loss trains on it.
+    """
+    classes, class_ids = np.unique(labels, return_inverse=True)
+    members = class_members(class_ids, len(classes))
+    if layout == "triplet":
+        sampler = TripletSampler(members, len(labels), max(3, batch_size // 3 * 3), seed)
+    else:
+        k = samples_each_class
+        classes_per_batch = min(len(classes), max(2, batch_size // k))
+        sampler = PKSampler(members, len(labels), classes_per_batch * k, k, seed)
+    return [sampler.batch(0, b)[0] for b in range(sampler.batches_per_epoch)]

@@ -8,7 +8,7 @@ def test_defaults_and_explicit_flags():
     args = parse_args("train", ["--model=ResNet18", "--image_shape", "3,32,32"])
     assert args.model == "ResNet18"
     assert args.image_shape == (3, 32, 32)
-    assert args.total_iter_num == 30000 and args.num_epochs is None
+    assert args.total_iter_num is None and args.num_epochs is None  # utility/config.py settles the length
     assert args.explicit == {"model", "image_shape"}
 
 
@@ -41,9 +41,3 @@ def test_script_groups_are_separate():
         parse_args("eval", ["--train_batch_size=8"])
     assert parse_args("infer", ["--print_features=True"]).print_features
 
-
-def test_old_triplet_mining_flag_names_the_batch_hard_loss():
-    args = parse_args("train", ["--triplet_mining=hard"])
-    assert (args.loss_name, args.triplet_mining) == ("batchhardtripletloss", "none")
-    with pytest.raises(UserError, match="tripletloss only"):
-        parse_args("train", ["--loss_name=emlloss", "--triplet_mining=hard"])

@@ -141,4 +141,4 @@ def test_one_class_is_a_clear_error_and_nmi_can_be_skipped(trained, tmp_path, ca
 def test_a_typed_setting_that_differs_from_the_checkpoint_is_pointed_out(trained, capsys):
     with pytest.raises(UserError, match="does not fit this network"):
         eval_script.main(data_flags(trained) + ["--embedding_size=8"])
-    assert "Note: the checkpoint was trained with --embedding_size=16, you gave 8" in capsys.readouterr().out
+    assert "Note: the checkpoint's training run used --embedding_size=16, you gave 8" in capsys.readouterr().out

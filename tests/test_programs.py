@@ -1,8 +1,8 @@
-"""Device choice and LR schedules of utility/programs.py (the GPU path is checked here without a GPU)."""
+"""Device choice (engine/device.py) and LR schedules (engine/programs.py); the GPU path is checked without a GPU."""
 import paddle
 import pytest
 
-from engine import programs
+from engine import device, programs
 from utility import parse_args
 from utility.errors import UserError
 
@@ -10,23 +10,23 @@ from utility.errors import UserError
 def test_cpu_build_runs_on_cpu_and_refuses_gpu():
     if paddle.is_compiled_with_cuda():
         pytest.skip("this test is about the CPU build")
-    assert isinstance(programs.select_place(None), paddle.CPUPlace)
-    assert isinstance(programs.select_place(False), paddle.CPUPlace)
+    assert isinstance(device.place(None), paddle.CPUPlace)
+    assert isinstance(device.place(False), paddle.CPUPlace)
     with pytest.raises(UserError, match="built without CUDA"):
-        programs.select_place(True)
+        device.place(True)
 
 
-@pytest.mark.parametrize("selected, device", [(None, 0), ("1", 1), ("3,2", 3)])
-def test_gpu_build_uses_the_gpu_the_launcher_selected(monkeypatch, selected, device):
+@pytest.mark.parametrize("selected, gpu", [(None, 0), ("1", 1), ("3,2", 3)])
+def test_gpu_build_uses_the_gpu_the_launcher_selected(monkeypatch, selected, gpu):
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
     monkeypatch.setattr(paddle, "CUDAPlace", lambda dev: ("cuda", dev))
     if selected is None:
         monkeypatch.delenv("FLAGS_selected_gpus", raising=False)
     else:
         monkeypatch.setenv("FLAGS_selected_gpus", selected)
-    assert programs.select_place(None) == ("cuda", device)
-    assert programs.select_place(True) == ("cuda", device)
-    assert isinstance(programs.select_place(False), paddle.CPUPlace)
+    assert device.place(None) == ("cuda", gpu)
+    assert device.place(True) == ("cuda", gpu)
+    assert isinstance(device.place(False), paddle.CPUPlace)
 
 
 def _lrs(flags, iterations, total):

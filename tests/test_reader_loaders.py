@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reader
-from reader import load_rgb, make_test_loader, make_train_loader, read_image_list
+from reader import load_rgb, make_train_loader, read_image_list
 from tests.reader_fixtures import make_dataset
 from utility.errors import UserError
 
@@ -104,9 +104,15 @@ def test_class_without_readable_images_is_a_user_error(dataset):
     assert not mp.active_children()
 
 
+def loader_batches(image_list, num_workers, batch_size=5, skip_bad=False):
+    with reader.TestLoader(image_list, image_shape=SHAPE, batch_size=batch_size, num_workers=num_workers,
+                    skip_bad=skip_bad) as loader:
+        return list(loader.batches())
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_test_loader_covers_the_list_in_order(dataset, num_workers):
-    batches = list(make_test_loader(dataset, image_shape=SHAPE, batch_size=5, num_workers=num_workers))
+    batches = loader_batches(dataset, num_workers)
     assert [len(rows) for _, rows in batches] == [5, 5, 5, 5, 2]
     rows = np.concatenate([rows for _, rows in batches])
     assert rows.tolist() == list(range(22)) and rows.dtype == np.int64
@@ -116,11 +122,16 @@ def test_test_loader_covers_the_list_in_order(dataset, num_workers):
     assert not mp.active_children()
 
 
-def test_abandoned_test_loader_stops_its_workers(dataset):
-    batches = make_test_loader(dataset, image_shape=SHAPE, batch_size=2, num_workers=2)
-    next(batches)
-    assert len(mp.active_children()) == 2
-    batches.close()
+def test_test_loader_keeps_its_workers_across_passes(dataset):
+    with reader.TestLoader(dataset, image_shape=SHAPE, batch_size=5, num_workers=2) as loader:
+        workers = {child.pid for child in mp.active_children()}
+        first = np.concatenate([images for images, _ in loader.batches()])
+        abandoned = loader.batches()
+        next(abandoned)
+        abandoned.close()
+        second = np.concatenate([images for images, _ in loader.batches()])
+        assert {child.pid for child in mp.active_children()} == workers and len(workers) == 2
+    assert np.array_equal(first, second)
     assert not mp.active_children()
 
 
@@ -130,10 +141,9 @@ def test_test_loader_bad_images(dataset, num_workers, capfd):
         with open(dataset.paths[row], "wb") as handle:
             handle.write(b"")
     with pytest.raises(UserError) as info:
-        list(make_test_loader(dataset, image_shape=SHAPE, batch_size=5, num_workers=num_workers))
+        loader_batches(dataset, num_workers)
     assert dataset.paths[3] in str(info.value) and "--skip_bad_images" in str(info.value)
-    batches = list(make_test_loader(dataset, image_shape=SHAPE, batch_size=5, num_workers=num_workers,
-                                    skip_bad=True))
+    batches = loader_batches(dataset, num_workers, skip_bad=True)
     rows = np.concatenate([rows for _, rows in batches])
     assert rows.tolist() == [r for r in range(22) if r not in (3, 12)]
     assert sum(len(images) for images, _ in batches) == 20
@@ -145,14 +155,15 @@ def test_test_loader_bad_images(dataset, num_workers, capfd):
 def test_loaders_work_under_paddle_static_mode(dataset):
     script = textwrap.dedent(f"""
         import numpy as np, paddle
-        from reader import make_test_loader, make_train_loader, read_image_list
+        from reader import TestLoader, make_train_loader, read_image_list
         paddle.enable_static()
         image_list = read_image_list({dataset.source!r}, {os.path.dirname(dataset.source)!r})
         with make_train_loader(image_list, image_shape=(3, 16, 16), batch_size=6, layout="triplet",
                                samples_each_class=2, num_workers=2, seed=0) as loader:
             images, ids = next(iter(loader.epoch(0)))
         assert type(images) is np.ndarray and images.shape == (6, 3, 16, 16), type(images)
-        batches = list(make_test_loader(image_list, image_shape=(3, 16, 16), batch_size=8, num_workers=2))
+        with TestLoader(image_list, image_shape=(3, 16, 16), batch_size=8, num_workers=2) as test_loader:
+            batches = list(test_loader.batches())
         assert type(batches[0][0]) is np.ndarray and sum(len(r) for _, r in batches) == 22
         print("ok")
     """)

@@ -77,13 +77,25 @@ def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, loss, e
     assert state["args"]["loss_name"] == loss
 
 
-@pytest.mark.parametrize("loss, extra", LOSS_CASES)
-def test_se_resnext_trains_with_each_loss(tiny_dataset, tmp_path, capsys, loss, extra):
-    run_train(tiny_dataset, str(tmp_path), *extra, "--alpha=0.5", model="SE_ResNeXt50_32x4d", loss=loss, batch=6)
+def test_se_resnext_trains(tiny_dataset, tmp_path, capsys):
+    # The losses do not depend on the backbone: one loss with the classifier branch is enough here.
+    run_train(tiny_dataset, str(tmp_path), "--alpha=0.5", "--samples_each_class=3", model="SE_ResNeXt50_32x4d",
+              loss="quadrupletloss", batch=6)
     steps = PROGRESS.findall(capsys.readouterr().out)
     assert len(steps) == 2
     assert np.isfinite([[float(v) for v in step[2:7]] for step in steps]).all()
     assert os.path.isdir(os.path.join(str(tmp_path), "SE_ResNeXt50_32x4d", "2"))
+
+
+def test_an_untrained_classifier_is_neither_built_nor_reported(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, str(tmp_path), loss="tripletloss")  # --alpha 0: no gradient for a classifier
+    steps = PROGRESS.findall(capsys.readouterr().out)
+    assert [step[4:7] for step in steps] == [("nan", "nan", "nan")] * 2
+    assert float(steps[0][3]) > 0
+    records = read_log(str(tmp_path))
+    assert all(r["loss_cls"] is None and r["acc1"] is None for r in records if "loss_metric" in r)
+    assert [r["train_acc5"] for r in records if "test_recall" in r] == [None]
+    assert not [name for name in _final_parameters(str(tmp_path / "ResNet18" / "2")) if "classifier" in name]
 
 
 def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
@@ -93,7 +105,10 @@ def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
                 "--num_workers=0", f"--model_save_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert [int(e[0]) for e in END_PASS.findall(out)] == [0, 1]
-    assert sorted(os.listdir(tmp_path / "ResNet18")) == ["0", "1", "latest"]
+    per_pass = int(re.search(r"Training (\d+) iterations \((\d+) per pass\)", out).group(2))
+    assert re.search(rf"Training {2 * per_pass} iterations", out)
+    # One naming scheme: checkpoints are named by iteration, one after every pass.
+    assert sorted(os.listdir(tmp_path / "ResNet18"), key=str) == sorted([str(per_pass), str(2 * per_pass), "latest"])
 
 
 def _final_parameters(checkpoint_dir):
@@ -105,7 +120,7 @@ def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
     # 4 iterations straight (saving at 2), then resume the iteration-2 checkpoint for the last 2.
     # The LR drops at iteration 3, so the scheduler state must come back too.
     common = ["--loss_name=quadrupletloss", "--samples_each_class=3", "--lr_steps=3", "--save_iter_step=2",
-              "--test_iter_step=100", "--lr=0.05"]
+              "--test_iter_step=100", "--lr=0.05", "--alpha=0.5"]
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     run_train(tiny_dataset, straight, *common, iters=4)
     run_train(tiny_dataset, resumed, *common, f"--checkpoint={straight}/ResNet18/2", iters=4)
@@ -133,7 +148,7 @@ def test_finetune_across_losses_and_class_counts(tiny_dataset, tmp_path, capsys)
         fewer_classes.write_text("".join(line for line in f if int(line.split()[1]) <= 4))
     capsys.readouterr()
     run_train((data_dir, str(fewer_classes), tiny_dataset[2]), str(tmp_path / "triplet"),
-              f"--pretrained_model={pretrain}/ResNet18/latest", loss="tripletloss")
+              f"--pretrained_model={pretrain}/ResNet18/latest", "--alpha=0.5", loss="tripletloss")
     out = capsys.readouterr().out
     loaded = re.search(r"Loaded (\d+) of (\d+) parameters", out)
     assert loaded and int(loaded.group(1)) == int(loaded.group(2)) - 2
@@ -197,6 +212,14 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path):
     assert position["iteration"] >= 2
     assert os.path.realpath(os.path.join(tmp_path, "ResNet18", "latest")) == os.path.realpath(saved.group(1))
     assert not [name for name in os.listdir(tmp_path / "ResNet18") if name.startswith(".tmp")]
+    # The interrupted run resumes from where it stopped.
+    resumed = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args[:6],
+                              f"--total_iter_num={position['iteration'] + 1}", "--num_workers=0",
+                              "--display_iter_step=1", f"--model_save_dir={tmp_path}",
+                              f"--checkpoint={saved.group(2)}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resumed from {os.path.realpath(saved.group(1))} at iteration {position['iteration']}" in resumed.stdout
+    assert [(int(m[0]), int(m[1])) for m in PROGRESS.findall(resumed.stdout)] == [(position["pass_id"], position["batch"])]
 
 
 def test_two_processes_with_paddle_distributed_launch(tiny_dataset, tmp_path):

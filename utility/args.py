@@ -1,9 +1,8 @@
 """The one argument utility that train.py, eval.py and infer.py share.
 
 Every flag is declared here once, in the group of the scripts that read it.
-`parse_args(script)` parses, checks the format of the values and records which
-flags the user typed (`args.explicit`), so that demo defaults never override
-a choice the user made.
+`parse_args(script)` parses, checks the values and records which flags the user
+typed (`args.explicit`); utility/config.py turns that into the run's settled configuration.
 """
 import argparse
 import sys
@@ -13,6 +12,7 @@ from utility.errors import UserError
 DEFAULT_DATA_DIR = "data/CUB_200_2011"
 DEFAULT_TRAIN_LIST = "data/CUB200_train.txt"
 DEFAULT_VAL_LIST = "data/CUB200_val.txt"
+DEFAULT_ITERATIONS = 30000
 
 
 def str2bool(text):
@@ -68,7 +68,7 @@ def _train(p):
     g = p.add_argument_group("training (train.py)")
     g.add_argument("--train_batch_size", type=int, default=80, help="images per iteration, over all devices")
     g.add_argument("--num_epochs", type=int, default=None, help="train this many passes over the list (instead of --total_iter_num)")
-    g.add_argument("--total_iter_num", type=int, default=None, help="train this many iterations (default 30000)")
+    g.add_argument("--total_iter_num", type=int, default=None, help=f"train this many iterations (default {DEFAULT_ITERATIONS} unless --num_epochs)")
     g.add_argument("--lr", type=float, default=0.01, help="base learning rate")
     g.add_argument("--lr_strategy", choices=["piecewise_decay", "cosine"], default="piecewise_decay")
     g.add_argument("--lr_steps", type=int_list, default=[15000, 25000], help="piecewise_decay: iterations where lr is multiplied by 0.1")
@@ -82,6 +82,7 @@ def _train(p):
     g.add_argument("--random_erasing", type=str2bool, default=False, help="augment: erase a random rectangle")
     g.add_argument("--checkpoint", default=None, help="resume from this checkpoint directory (or its 'latest' pointer)")
     g.add_argument("--model_save_dir", default="output", help="checkpoints go to MODEL_SAVE_DIR/MODEL/N")
+    g.add_argument("--overwrite", type=str2bool, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
     g.add_argument("--save_iter_step", type=int, default=1000, help="save every N iterations (with --total_iter_num)")
     g.add_argument("--test_iter_step", type=int, default=1000, help="evaluate Recall@1 every N iterations (with --total_iter_num)")
     g.add_argument("--display_iter_step", type=int, default=10, help="print a progress line every N iterations")
@@ -158,10 +159,6 @@ def _check(script, args):
     for name in positive:
         if getattr(args, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.triplet_mining == "hard":
-        if args.loss_name != "tripletloss":
-            raise UserError(f"--triplet_mining=hard applies to tripletloss only, not {args.loss_name}")
-        args.loss_name, args.triplet_mining = "batchhardtripletloss", "none"
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more, got {args.seed}")
     if args.num_workers < 0:
@@ -171,8 +168,6 @@ def _check(script, args):
     if script == "train":
         if args.num_epochs is not None and args.total_iter_num is not None:
             raise UserError("give --num_epochs or --total_iter_num, not both")
-        if args.num_epochs is None and args.total_iter_num is None:
-            args.total_iter_num = 30000
         for name in ("num_epochs", "total_iter_num", "save_iter_step", "test_iter_step", "display_iter_step"):
             value = getattr(args, name)
             if value is not None and value <= 0:
@@ -193,6 +188,5 @@ def print_arguments(args):
     """Print the configuration at start, as the original example did."""
     print("-----------  Configuration Arguments -----------")
     for name, value in sorted(vars(args).items()):
-        if name != "explicit":
-            print(f"{name}: {value}")
+        print(f"{name}: {value}")
     print("------------------------------------------------", flush=True)

@@ -1,0 +1,253 @@
+"""The training loop: steps, progress lines and log.jsonl, periodic evaluation, checkpoints, Ctrl-C.
+
+Training length is counted in iterations only: --num_epochs N is N passes' worth of batches,
+evaluated and saved after every pass. Checkpoints are named by the iteration they were saved at.
+"""
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine import checkpoint
+from engine.embedder import Embedder, embed_list
+from engine.programs import IMAGE, LABEL
+from evaluation import metrics
+from utility.errors import UserError
+from utility.progress import format_duration
+
+CLASSIFIER_FIGURES = ("loss_cls", "acc1", "acc5")
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class Position:
+    """Where training stands: iterations done, the pass (epoch) and the batch within it."""
+    iteration: int = 0
+    pass_id: int = 0
+    batch: int = 0
+
+    def advance(self, batches_per_pass):
+        self.iteration += 1
+        self.batch += 1
+        if self.batch == batches_per_pass:
+            self.pass_id, self.batch = self.pass_id + 1, 0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long to train and when to evaluate and save, in iterations."""
+    total: int
+    evaluate_every: int
+    save_every: int
+
+    @classmethod
+    def of(cls, config, batches_per_pass):
+        if config.num_epochs is not None:
+            return cls(config.num_epochs * batches_per_pass, batches_per_pass, batches_per_pass)
+        return cls(config.total_iter_num, config.test_iter_step, config.save_iter_step)
+
+    def evaluates_after(self, iteration):
+        return iteration % self.evaluate_every == 0 or iteration == self.total
+
+    def saves_after(self, iteration):
+        return iteration % self.save_every == 0 or iteration == self.total
+
+
+def claim_save_dir(config, resuming):
+    """A new run does not write over another run's checkpoints and log, unless --overwrite=True."""
+    model_dir = os.path.join(config.model_save_dir, config.model)
+    if os.path.exists(config.model_save_dir) and not os.path.isdir(config.model_save_dir):
+        raise UserError(f"--model_save_dir {config.model_save_dir} is a file, not a folder")
+    if resuming or config.overwrite:
+        return
+    earlier = [path for path in (os.path.join(model_dir, checkpoint.LATEST),
+                                 os.path.join(config.model_save_dir, LOG_FILE)) if os.path.lexists(path)]
+    if earlier:
+        raise UserError(f"{config.model_save_dir} holds another run ({', '.join(earlier)}): resume it with "
+                        f"--checkpoint={os.path.join(model_dir, checkpoint.LATEST)}, choose a new "
+                        "--model_save_dir, or pass --overwrite=True to replace it")
+
+
+class RunLog:
+    """log.jsonl in the save directory: one strict-JSON record per line (null, never NaN)."""
+
+    def __init__(self, path, fresh):
+        self.file = None
+        if path:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            self.file = open(path, "w" if fresh else "a")
+
+    def write(self, record):
+        if self.file:
+            clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+                     for key, value in record.items()}
+            self.file.write(json.dumps(clean, allow_nan=False) + "\n")
+            self.file.flush()
+
+    def close(self):
+        if self.file:
+            self.file.close()
+
+
+class Validator:
+    """Recall@1 of the current network on the validation list, embedded by the one Embedder."""
+
+    def __init__(self, loader, labels):
+        self.loader = loader      # a reader.TestLoader built once per run: its workers are reused
+        self.labels = labels
+
+    def recall_at_1(self, exe, graph, config):
+        embedder = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)
+        features, rows = embed_list(embedder, self.loader, show_progress=False)
+        return metrics.evaluate(features, self.labels[rows], ks=(1,), with_nmi=False)["recall@1"]
+
+
+class Trainer:
+    """Runs the steps of one training run on one device and does everything around them."""
+
+    def __init__(self, *, config, graph, exe, loader, validator, classes, schedule, check_batch=None,
+                 world_size=1, rank=0, fresh_log=True):
+        self.config, self.graph, self.exe, self.loader = config, graph, exe, loader
+        self.validator, self.classes, self.schedule = validator, classes, schedule
+        self.check_batch = check_batch
+        self.world_size, self.leader = world_size, rank == 0
+        self.model_dir = os.path.join(config.model_save_dir, config.model)
+        self.fetch_names = list(graph.fetch)
+        self.since_eval = []        # per-step figures since the last evaluation, for the End pass line
+        self.last_saved = None
+        self.window_start, self.window_images = time.time(), 0
+        self.log = RunLog(os.path.join(config.model_save_dir, LOG_FILE) if self.leader else None, fresh_log)
+
+    def run(self, position):
+        """Train from `position` to the end of the schedule; returns the last checkpoint saved."""
+        self._print(f"Training {self.schedule.total} iterations ({self.loader.batches_per_epoch} per pass) "
+                    f"from iteration {position.iteration}")
+        try:
+            with StopOnInterrupt() as stop:
+                while position.iteration < self.schedule.total and not stop.requested:
+                    self._run_pass(position, stop)
+            if stop.requested:
+                self._save_interrupted(position)
+                raise KeyboardInterrupt
+        finally:
+            self.log.close()
+        return self.last_saved
+
+    def _run_pass(self, position, stop):
+        batches = self.loader.epoch(position.pass_id, start_batch=position.batch)
+        wait_start = time.time()
+        for images, labels in batches:
+            reader_s = time.time() - wait_start
+            self._step(position, images, labels, reader_s)
+            position.advance(self.loader.batches_per_epoch)
+            self._milestones(position)
+            if position.iteration >= self.schedule.total or stop.requested:
+                break
+            wait_start = time.time()
+        batches.close()
+
+    def _step(self, position, images, labels, reader_s):
+        if self.check_batch:
+            self.check_batch(labels)
+        step_start = time.time()
+        values = self.exe.run(self.graph.main, feed={IMAGE: images, LABEL: labels},
+                              fetch_list=list(self.graph.fetch.values()))
+        step_s = time.time() - step_start
+        lr = self.graph.scheduler.get_lr()
+        self.graph.scheduler.step()
+        stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
+        self._stop_if_diverged(position, stats)
+        self.since_eval.append(stats)
+        self.window_images += len(labels) * self.world_size  # img/s over all devices
+        if position.batch % self.config.display_iter_step == 0:
+            self._display(position, lr, stats, step_s, reader_s)
+
+    def _stop_if_diverged(self, position, stats):
+        bad = {name: value for name, value in stats.items() if not math.isfinite(value)}
+        if not bad:
+            return
+        resume = (f"the last good checkpoint is {self.last_saved}: resume from it with "
+                  f"--checkpoint={self.last_saved} and a lower --lr") if self.last_saved else \
+            "no checkpoint was saved before it; start again with a lower --lr"
+        self.log.write({"pass": position.pass_id, "iter": position.iteration, "diverged": True, **stats})
+        raise UserError(f"training diverged at iteration {position.iteration}: "
+                        f"{', '.join(f'{name} {value}' for name, value in bad.items())}; nothing was saved "
+                        f"after it; {resume}")
+
+    def _milestones(self, position):
+        if self.schedule.evaluates_after(position.iteration):
+            self._evaluate(position)
+        if self.schedule.saves_after(position.iteration):
+            self._save(position)
+
+    def _display(self, position, lr, stats, step_s, reader_s):
+        if not self.leader:
+            return
+        now = time.time()
+        img_per_s = self.window_images / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_images = now, 0
+        eta = (self.schedule.total - position.iteration) * self.config.train_batch_size / max(img_per_s, 1e-9)
+        shown = {name: stats.get(name, math.nan) for name in ("loss_metric", *CLASSIFIER_FIGURES)}
+        print(f"Pass {position.pass_id}, trainbatch {position.batch}, lr {lr:.6g}, "
+              f"loss_metric {shown['loss_metric']:.5f}, loss_cls {shown['loss_cls']:.5f}, "
+              f"acc1 {shown['acc1']:.5f}, acc5 {shown['acc5']:.5f}, "
+              f"time {step_s:2.2f} sec, {img_per_s:.1f} img/s, eta {format_duration(eta)}", flush=True)
+        self.log.write({"pass": position.pass_id, "iter": position.iteration, "lr": lr, **shown,
+                        "img_per_s": img_per_s, "reader_s": reader_s, "step_s": step_s})
+
+    def _evaluate(self, position):
+        since_eval, self.since_eval = self.since_eval, []
+        if not self.leader:
+            return
+        recall = self.validator.recall_at_1(self.exe, self.graph, self.config)
+        means = {name: float(np.mean([s[name] for s in since_eval])) if since_eval and name in self.fetch_names
+                 else math.nan for name in ("loss_metric", *CLASSIFIER_FIGURES)}
+        pass_id = position.pass_id - (position.batch == 0)  # the pass of the step just done
+        print(f"End pass {pass_id}, train_loss_metric {means['loss_metric']:.5f}, "
+              f"train_loss_cls {means['loss_cls']:.5f}, train_acc1 {means['acc1']:.5f}, "
+              f"train_acc5 {means['acc5']:.5f}, test_recall {recall:.5f}", flush=True)
+        self.log.write({"pass": pass_id, "iter": position.iteration, "test_recall": recall,
+                        **{f"train_{name}": value for name, value in means.items()}})
+        self.window_start, self.window_images = time.time(), 0  # keep evaluation time out of img/s
+
+    def _save(self, position):
+        if not self.leader:
+            return None
+        state = {"position": vars(position).copy(), "scheduler": self.graph.scheduler.state_dict(),
+                 "classes": self.classes.tolist(), "args": self.config.as_dict()}
+        self.last_saved = checkpoint.save_checkpoint(self.graph.main, self.model_dir, str(position.iteration), state)
+        print(f"Saved checkpoint {self.last_saved}", flush=True)
+        return self.last_saved
+
+    def _save_interrupted(self, position):
+        if self.leader and position.iteration > 0 and not self.schedule.saves_after(position.iteration):
+            self._save(position)
+        if self.leader and self.last_saved:
+            print(f"Interrupted: saved {self.last_saved}; resume with --checkpoint={self.last_saved}", flush=True)
+
+    def _print(self, line):
+        if self.leader:
+            print(line, flush=True)
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one stops at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("Stopping after this step (Ctrl-C again to stop at once)...", flush=True)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -1,0 +1,111 @@
+"""utility/config.py: the one configuration step (defaults, digits fallback, demo settings, checkpoint settings)."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import data
+from utility.config import DEMO_SETTINGS, resolve
+from utility.errors import UserError
+
+
+@pytest.fixture
+def in_empty_dir(tmp_path, monkeypatch):
+    """Run from a folder without data/CUB200_train.txt."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_no_data_given_and_no_cub_uses_digits_with_demo_settings(in_empty_dir, capsys):
+    digits_dir = in_empty_dir / "built" / "digits"
+    config = resolve("train", ["--lr", "0.1", "--train_batch_size=30"], digits_dir=digits_dir)
+    assert (config.data_dir, config.train_list, config.val_list) == (
+        str(digits_dir), str(digits_dir / "train.txt"), str(digits_dir / "val.txt"))
+    assert os.path.isfile(config.train_list) and os.path.isfile(config.val_list)
+    assert config.lr == 0.1 and config.train_batch_size == 30  # typed flags win over demo settings
+    assert config.image_shape == (3, 32, 32) and config.total_iter_num == DEMO_SETTINGS["total_iter_num"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["No data set given and data/CUB200_train.txt is absent: using the offline digits "
+                     "data set in built/digits (train digits 0-4, test 5-9)",
+                     "Demo settings for the digits data set (type a flag to override): --image_shape=3,32,32 "
+                     "--total_iter_num=150 --lr_steps=100 --test_iter_step=50 --save_iter_step=50"]
+
+
+def test_num_epochs_typed_with_digits_keeps_epochs(in_empty_dir):
+    config = resolve("train", ["--num_epochs=3"], digits_dir=in_empty_dir / "digits")
+    assert config.num_epochs == 3 and config.total_iter_num is None
+
+
+@pytest.mark.parametrize("flags", [["--data_dir", "mine"], ["--train_list=mine.txt"], ["--val_list", "v.txt"]])
+def test_data_flags_typed_by_the_user_are_respected(in_empty_dir, flags):
+    config = resolve("train", flags, digits_dir=in_empty_dir / "digits")
+    assert config.total_iter_num == 30000 and config.image_shape == (3, 224, 224)
+    assert not (in_empty_dir / "digits").exists()
+
+
+def test_present_cub_list_is_left_alone(in_empty_dir):
+    (in_empty_dir / "data").mkdir()
+    (in_empty_dir / "data" / "CUB200_train.txt").write_text("images/001.A/a.jpg 1\n")
+    config = resolve("train", [], digits_dir=in_empty_dir / "digits")
+    assert config.train_list == "data/CUB200_train.txt" and config.image_shape == (3, 224, 224)
+    assert not (in_empty_dir / "digits").exists()
+
+
+def test_the_configuration_cannot_be_changed_afterwards(in_empty_dir):
+    config = resolve("train", ["--train_list=mine.txt"])
+    with pytest.raises(AttributeError, match="settled"):
+        config.lr = 1.0
+    assert "explicit" not in config.as_dict() and "triplet_mining" not in config.as_dict()
+
+
+def test_old_triplet_mining_flag_names_the_batch_hard_loss(in_empty_dir):
+    assert resolve("train", ["--train_list=x", "--triplet_mining=hard"]).loss_name == "batchhardtripletloss"
+    with pytest.raises(UserError, match="tripletloss only"):
+        resolve("train", ["--train_list=x", "--loss_name=emlloss", "--triplet_mining=hard"])
+
+
+def _checkpoint(folder, **trained):
+    folder.mkdir(parents=True)
+    args = {"model": "ResNet18", "embedding_size": 16, "image_shape": [3, 32, 32], "loss_name": "tripletloss",
+            "triplet_mining": "hard", "margin": 0.3, "samples_each_class": 4, **trained}
+    (folder / "state.json").write_text(json.dumps({"args": args}))
+    return str(folder)
+
+
+def test_eval_adopts_the_checkpoint_settings_unless_typed(in_empty_dir, capsys):
+    folder = _checkpoint(in_empty_dir / "ckpt")
+    config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt", "--margin=0.5"])
+    assert (config.model, config.embedding_size, config.image_shape) == ("ResNet18", 16, (3, 32, 32))
+    assert config.loss_name == "batchhardtripletloss"  # an old checkpoint's --triplet_mining=hard
+    assert config.margin == 0.5
+    out = capsys.readouterr().out
+    assert "Note: the checkpoint's training run used --margin=0.3, you gave 0.5" in out
+    assert "From the checkpoint's training run: --model=ResNet18 --embedding_size=16 --image_shape=3,32,32 " \
+           "--loss_name=batchhardtripletloss --samples_each_class=4" in out
+
+
+def test_infer_takes_the_shape_of_an_exported_model_and_defaults_to_the_val_list(in_empty_dir):
+    exported = in_empty_dir / "exported"
+    exported.mkdir()
+    for name in ("inference.json", "inference.pdiparams"):
+        (exported / name).write_text("")
+    (exported / "preprocess.json").write_text(json.dumps({"model": "ResNet34", "embedding_size": 0,
+                                                          "image_shape": [3, 48, 48]}))
+    config = resolve("infer", [f"--inference_model={exported}", "--val_list=v.txt"])
+    assert config.image_shape == (3, 48, 48) and config.model == "ResNet34" and config.infer_list == "v.txt"
+    with pytest.raises(UserError, match="neither --pretrained_model"):
+        resolve("infer", [f"--inference_model={exported}", f"--pretrained_model={exported}"])
+    (exported / "preprocess.json").unlink()
+    with pytest.raises(UserError, match="preprocess.json missing"):
+        resolve("infer", [f"--inference_model={exported}", "--val_list=v.txt"])
+
+
+def test_eval_without_a_network_is_a_user_error(in_empty_dir):
+    with pytest.raises(UserError, match="--pretrained_model=DIR"):
+        resolve("eval", ["--val_list=v.txt"])
+
+
+def test_default_digits_folder_belongs_to_the_repo_not_the_cwd():
+    assert data.DIGITS_DIR.is_absolute()
+    assert data.DIGITS_DIR == Path(data.__file__).resolve().parent / "digits"

@@ -1,0 +1,135 @@
+"""One configuration step: `resolve(script, argv)` settles every setting of a run, in this order:
+
+  1. defaults and the flags the user typed (utility/args.py);
+  2. the offline digits data set, when no data was given and the default lists are absent;
+  3. demo settings for the digits set (train.py), for every one of them the user did not type;
+  4. settings adopted from the checkpoint or exported model being evaluated (eval.py, infer.py).
+
+The result is a Config that cannot be changed afterwards: every later step reads it.
+"""
+import argparse
+
+import data
+from utility.args import DEFAULT_ITERATIONS, as_flag, parse_args
+from utility.errors import UserError
+
+# Used with the offline digits data set for every one of these flags the user did not type,
+# so that the out-of-the-box run finishes in minutes on a 2-core CPU.
+DEMO_SETTINGS = {"image_shape": (3, 32, 32), "train_batch_size": 60, "total_iter_num": 150,
+                 "lr_steps": [100], "test_iter_step": 50, "save_iter_step": 50}
+
+# The network's shape, its evaluation preprocessing and its loss (for eval.py's test_loss):
+# eval.py and infer.py take them from the checkpoint's training run unless the user types them.
+SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape",
+                            "loss_name", "margin", "samples_each_class")
+
+
+class Config(argparse.Namespace):
+    """The settled configuration of a run: flags by name, read-only."""
+
+    def __init__(self, values):
+        vars(self).update(values)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the configuration is settled by utility.config.resolve; cannot set {name}")
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
+    """Parse `argv` for `script` ("train", "eval" or "infer") and settle the run's configuration."""
+    args = parse_args(script, argv)
+    typed = args.explicit
+    values = {name: value for name, value in vars(args).items() if name != "explicit"}
+    _settle_loss_name(values)
+    if script == "train" and values["num_epochs"] is None and values["total_iter_num"] is None:
+        values["total_iter_num"] = DEFAULT_ITERATIONS
+    for flag in ("checkpoint", "pretrained_model"):
+        if flag in values:
+            values[flag] = _checkpoint_dir(values[flag])
+
+    needs_data = not (script == "eval" and values["query_list"]) and not (script == "infer" and values["infer_list"])
+    digits = data.default_dataset(typed, values["train_list"], digits_dir) if needs_data else None
+    if digits:
+        values.update(digits)
+        if script == "train":
+            _apply_demo_settings(values, typed)
+    if script in ("eval", "infer"):
+        _adopt_trained_settings(script, values, typed)
+    if script == "infer" and values["infer_list"] is None:
+        values["infer_list"] = values["val_list"]
+    return Config(values)
+
+
+def _settle_loss_name(values):
+    """The old spelling --triplet_mining=hard names the loss batchhardtripletloss."""
+    if values.get("triplet_mining") == "hard":
+        if values["loss_name"] != "tripletloss":
+            raise UserError(f"--triplet_mining=hard applies to tripletloss only, not {values['loss_name']}")
+        values["loss_name"] = "batchhardtripletloss"
+    values.pop("triplet_mining", None)
+
+
+def _checkpoint_dir(path):
+    from engine import checkpoint
+
+    return checkpoint.resolve(path)
+
+
+def _apply_demo_settings(values, typed):
+    chosen = {name: value for name, value in DEMO_SETTINGS.items() if name not in typed}
+    if "num_epochs" in typed:
+        chosen.pop("total_iter_num", None)
+    values.update(chosen)
+    if chosen:
+        print("Demo settings for the digits data set (type a flag to override): "
+              + " ".join(f"--{name}={as_flag(value)}" for name, value in chosen.items()), flush=True)
+
+
+def _adopt_trained_settings(script, values, typed):
+    """Take the network's settings from the checkpoint's training run (or the exported model)."""
+    if script == "infer" and values["inference_model"]:
+        if values["pretrained_model"] or values["export_model"]:
+            raise UserError("--inference_model runs an exported model: give neither --pretrained_model "
+                            "nor --export_model with it")
+        from engine.embedder import read_export_info
+
+        trained = read_export_info(values["inference_model"])
+        source = "the exported model"
+    elif values["pretrained_model"] is None:
+        raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)"
+                        + (" or --inference_model=DIR (an exported model)" if script == "infer" else ""))
+    else:
+        from engine import checkpoint
+
+        state = checkpoint.read_state(values["pretrained_model"])
+        if not state:
+            return  # plain parameters (e.g. pretrained weights): the flags describe the network
+        trained = dict(state["args"])
+        _settle_loss_name(trained)
+        source = "the checkpoint's training run"
+    adopted = []
+    for name in SETTINGS_FROM_CHECKPOINT:
+        if name not in trained:
+            continue
+        value = tuple(trained[name]) if name == "image_shape" else trained[name]
+        if values[name] == value:
+            continue
+        if name in typed:
+            print(f"Note: {source} used --{name}={as_flag(value)}, you gave {as_flag(values[name])}", flush=True)
+        else:
+            values[name] = value
+            adopted.append(f"--{name}={as_flag(value)}")
+    if adopted:
+        print(f"From {source}: {' '.join(adopted)}", flush=True)
+
+
+def check_model_and_loss(config):
+    """UserError for an unknown --model or --loss_name, before any work."""
+    import losses
+    import models
+
+    if config.model not in models.MODELS:
+        raise UserError(f"unknown --model {config.model}; known: {', '.join(models.MODELS)}")
+    losses.get(config.loss_name)
