@@ -1,0 +1,68 @@
+"""engine/trainer.py pieces: the save folder belongs to one run, strict-JSON logs, divergence stops training."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import eval as eval_script
+import train
+from engine.trainer import LOG_FILE, RunLog, Schedule, claim_save_dir
+from reader.samplers import batches_of_one_pass
+from utility.args import defaults
+from utility.errors import UserError
+
+
+def test_a_new_run_does_not_write_over_another(tmp_path):
+    config = defaults("train", model_save_dir=str(tmp_path), model="ResNet18")
+    claim_save_dir(config, resuming=False)  # empty: fine
+    (tmp_path / LOG_FILE).write_text("{}\n")
+    with pytest.raises(UserError, match=r"holds another run .*--checkpoint=.*ResNet18/latest.*--overwrite=True"):
+        claim_save_dir(config, resuming=False)
+    claim_save_dir(config, resuming=True)
+    claim_save_dir(defaults("train", model_save_dir=str(tmp_path), overwrite=True), resuming=False)
+    with pytest.raises(UserError, match="is a file"):
+        claim_save_dir(defaults("train", model_save_dir=str(tmp_path / LOG_FILE)), resuming=False)
+
+
+def test_the_log_is_strict_json(tmp_path):
+    log = RunLog(str(tmp_path / "sub" / LOG_FILE), fresh=True)
+    log.write({"iter": 1, "loss_cls": math.nan, "acc1": math.inf, "lr": 0.1})
+    log.close()
+    text = (tmp_path / "sub" / LOG_FILE).read_text()
+    assert json.loads(text) == {"iter": 1, "loss_cls": None, "acc1": None, "lr": 0.1}
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_epochs_become_iterations():
+    assert Schedule.of(defaults("train", num_epochs=3), 7) == Schedule(21, 7, 7)
+    schedule = Schedule.of(defaults("train", total_iter_num=10, test_iter_step=4, save_iter_step=5), 7)
+    assert [i for i in range(1, 11) if schedule.evaluates_after(i)] == [4, 8, 10]
+    assert [i for i in range(1, 11) if schedule.saves_after(i)] == [5, 10]
+
+
+def test_a_diverging_run_stops_and_never_saves_non_finite_parameters(tiny_dataset, tmp_path, capsys):
+    data_dir, train_list, val_list = tiny_dataset
+    with pytest.raises(UserError, match=r"training diverged at iteration \d+: .*nan.*last good checkpoint"):
+        train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                    "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=softmax",
+                    "--lr=1e12", "--total_iter_num=20", "--save_iter_step=1", "--test_iter_step=100",
+                    "--num_workers=0", f"--model_save_dir={tmp_path}"])
+    import paddle
+    latest = os.path.realpath(tmp_path / "ResNet18" / "latest")
+    state = paddle.static.load_program_state(os.path.join(latest, "model"))
+    assert all(np.isfinite(value).all() for value in state.values())
+    records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert records[-1]["diverged"] is True
+
+
+def test_test_loss_lays_the_evaluation_set_out_as_the_loss_trains():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6) + 100, 5)
+    features = rng.normal(size=(len(labels), 8)).astype("float32")
+    for rows in batches_of_one_pass(labels, "pk", 12, 3, seed=0):
+        assert sorted(np.unique(labels[rows], return_counts=True)[1]) == [3] * 4
+    config = defaults("eval", loss_name="emlloss", samples_each_class=3, test_batch_size=12)
+    assert eval_script.test_loss(config, features, labels) > 0
+    assert math.isnan(eval_script.test_loss(defaults("eval", loss_name="softmax"), features, labels))
