@@ -35,17 +35,44 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     return TrainLoader(sampler, job, batch_size // world_size, rank, num_workers)
 
 
-class TrainLoader:
-    """Epochs of training batches for one device; a context manager that stops its workers."""
+class _Workers:
+    """Runs a batch job in worker processes (in this process when num_workers is 0) until close().
+
+    A context manager that stops its workers.
+    """
+
+    def __init__(self, job, num_workers, max_batch):
+        self._job = job
+        self._pool = WorkerPool(job, num_workers, max_batch, job.image_shape) if num_workers > 0 else None
+
+    def _run(self, batches):
+        """A runner yielding the job's output for each batch, in order; close() it when done."""
+        if self._pool:
+            return self._pool.run(batches)
+        return run_in_process(self._job, batches, self._job.image_shape)
+
+    def close(self):
+        """Stop the worker processes."""
+        if self._pool:
+            self._pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class TrainLoader(_Workers):
+    """Epochs of training batches for one device."""
 
     def __init__(self, sampler, job, device_batch, rank, num_workers):
+        super().__init__(job, num_workers, device_batch)
         self.batches_per_epoch = sampler.batches_per_epoch
         self.device_batch = device_batch
         self._sampler = sampler
-        self._job = job
         self._rank = rank
         self._reported = set()
-        self._pool = WorkerPool(job, num_workers, device_batch, job.image_shape) if num_workers > 0 else None
 
     def device_items(self, epoch, batch_no):
         """(image index, sample seed) pairs of this device's share of one batch."""
@@ -58,28 +85,13 @@ class TrainLoader:
 
         Skipped batches cost nothing: each batch is built from (seed, epoch, batch number).
         """
-        batches = (self.device_items(epoch, b) for b in range(start_batch, self.batches_per_epoch))
-        if self._pool:
-            runner = self._pool.run(batches)
-        else:
-            runner = run_in_process(self._job, batches, self._job.image_shape)
+        runner = self._run(self.device_items(epoch, b) for b in range(start_batch, self.batches_per_epoch))
         try:
             for images, (class_ids, bad_paths) in runner:
                 self._report(bad_paths)
                 yield images, class_ids
         finally:
             runner.close()  # an epoch left early: wait for its batches in flight
-
-    def close(self):
-        """Stop the worker processes."""
-        if self._pool:
-            self._pool.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     def _report(self, bad_paths):
         for path, reason in bad_paths:
@@ -126,7 +138,7 @@ class TrainBatchJob:
         yield from rng.permutation(others).tolist()
 
 
-class TestLoader:
+class TestLoader(_Workers):
     """Batches of a whole list in order, for embedding; its worker processes live until close().
 
     `batches()` yields (images float32 [b, 3, H, W], row_indices int64 [b]), batch_size rows
@@ -138,16 +150,14 @@ class TestLoader:
     def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False):
         if batch_size <= 0:
             raise UserError(f"test batch size must be positive, got {batch_size}")
+        super().__init__(TestBatchJob(image_list.paths, tuple(image_shape)), num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
-        self._job = TestBatchJob(image_list.paths, tuple(image_shape))
         rows = np.arange(len(image_list.paths), dtype=np.int64)
         self._batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
-        self._pool = WorkerPool(self._job, num_workers, batch_size, self._job.image_shape) if num_workers > 0 else None
 
     def batches(self):
-        runner = self._pool.run(self._batches) if self._pool else run_in_process(self._job, self._batches,
-                                                                                 self._job.image_shape)
+        runner = self._run(self._batches)
         try:
             for (images, (readable, bad_paths)), rows in zip(runner, self._batches):
                 if bad_paths and not self.skip_bad:
@@ -158,17 +168,6 @@ class TestLoader:
                     yield images[readable], rows[readable]
         finally:
             runner.close()
-
-    def close(self):
-        """Stop the worker processes."""
-        if self._pool:
-            self._pool.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def _bad_images_message(bad_paths):
