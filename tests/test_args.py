@@ -25,6 +25,13 @@ def test_booleans_accept_true_false(text, value):
     (["--use_gpu=maybe"], "True or False"),
     (["--seed=-1"], "--seed must be 0 or more"),
     (["--no_such_flag=1"], "unrecognized"),
+    (["--lr=-0.5"], "--lr must be a finite number, 0 or more"),
+    (["--lr=nan"], "--lr must be a finite number"),
+    (["--lr=inf"], "--lr must be a finite number"),
+    (["--warmup_iter=-5"], "--warmup_iter must be 0 or more"),
+    (["--momentum=1.5"], "--momentum must be in"),
+    (["--label_smoothing=1"], "--label_smoothing must be in"),
+    (["--alpha=-1"], "--alpha must be"),
 ])
 def test_bad_train_flags_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):

@@ -172,11 +172,30 @@ def _check(script, args):
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{name} must be positive, got {value}")
+        _check_training_numbers(args)
     if script == "eval":
         if (args.query_list is None) != (args.gallery_list is None):
             raise UserError("--query_list and --gallery_list go together")
         if not args.recall_k or min(args.recall_k) <= 0:
             raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
+
+
+def _check_training_numbers(args):
+    """Values that would train nothing, or train into NaN, are refused before any work."""
+    import math
+
+    for name in ("lr", "weight_decay", "alpha", "margin"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"--{name} must be a finite number, 0 or more, got {value}")
+    if not 0 <= args.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {args.momentum}")
+    if not 0 <= args.label_smoothing < 1:
+        raise UserError(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.warmup_iter < 0:
+        raise UserError(f"--warmup_iter must be 0 or more, got {args.warmup_iter}")
+    if any(step < 0 for step in args.lr_steps):
+        raise UserError(f"--lr_steps must be 0 or more, got {args.lr_steps}")
 
 
 def as_flag(value):
