@@ -30,6 +30,8 @@ def main(argv=None):
     train_list = reader.read_image_list(config.train_list, config.data_dir)
     val_list = reader.read_image_list(config.val_list, config.data_dir)
     spec = losses.get(config.loss_name)
+    if config.dac_clusters and spec.layout == "shuffle":
+        raise UserError(f"--dac_clusters needs a pair loss (P x K or triplet batches), not {config.loss_name}")
     resume_state = _resume_state(config.checkpoint, train_list) if config.checkpoint else None
     claim_save_dir(config, resuming=resume_state is not None)
     place = device.place(config.use_gpu)
@@ -43,6 +45,9 @@ def main(argv=None):
     # An unreadable validation image is reported and left out: it must not end a long run.
     val_loader = reader.TestLoader(val_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
                                    num_workers=config.num_workers if leader else 0, skip_bad=True)
+    cluster_loader = reader.TestLoader(train_list, image_shape=config.image_shape,
+                                       batch_size=config.test_batch_size, num_workers=config.num_workers,
+                                       skip_bad=True) if config.dac_clusters and leader else None
     try:
         schedule = Schedule.of(config, loader.batches_per_epoch)
         if world_size > 1:
@@ -62,14 +67,23 @@ def main(argv=None):
         elif config.pretrained_model:
             checkpoint.load_matching(graph.main, config.pretrained_model, log=lambda line: _print(leader, line))
 
+        dac = None
+        if config.dac_clusters:
+            from engine.dac import DivideAndConquer
+
+            dac = DivideAndConquer(config, train_list, loader, cluster_loader, spec.layout,
+                                   spec.samples_each_class(config.samples_each_class),
+                                   graph.test_embedding.shape[-1], world_size, rank)
+            dac.restore((resume_state or {}).get("dac"))
         trainer = Trainer(config=config, graph=graph, exe=exe, loader=loader,
                           validator=Validator(val_loader, val_list.labels), classes=train_list.classes,
-                          schedule=schedule, check_batch=spec.check_batch, world_size=world_size, rank=rank,
-                          fresh_log=resume_state is None)
+                          schedule=schedule, check_batch=spec.check_batch, dac=dac, world_size=world_size,
+                          rank=rank, fresh_log=resume_state is None)
         trainer.run(start)
     finally:
-        loader.close()
-        val_loader.close()
+        for each in (loader, val_loader, cluster_loader):
+            if each:
+                each.close()
 
 
 def _resume_state(directory, train_list):

@@ -15,6 +15,7 @@ import models
 
 IMAGE = "image"
 LABEL = "label"
+DAC_MASK = "dac_mask"
 
 
 def make_lr_scheduler(config, total_iters):
@@ -65,8 +66,11 @@ def build_train_graph(config, num_classes, total_iters, world_size=1):
         test.set_is_test_attr()
 
         label = paddle.static.data(LABEL, [None], "int64")
+        metric_input = embedding
+        if config.dac_clusters:  # divide and conquer: the loss sees one learner's slice (engine/dac.py)
+            metric_input = embedding * paddle.static.data(DAC_MASK, [embedding.shape[-1]], "float32")
         metric_loss = losses.get(config.loss_name).build(config, embedding.shape[-1], num_classes)
-        loss_metric = paddle.zeros([], "float32") if metric_loss is None else metric_loss(embedding, label)
+        loss_metric = paddle.zeros([], "float32") if metric_loss is None else metric_loss(metric_input, label)
         fetch = {"loss_metric": loss_metric}
         objective = loss_metric
         if with_classifier:

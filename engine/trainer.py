@@ -14,7 +14,7 @@ import numpy as np
 
 from engine import checkpoint
 from engine.embedder import Embedder, embed_list
-from engine.programs import IMAGE, LABEL
+from engine.programs import DAC_MASK, IMAGE, LABEL
 from evaluation import metrics
 from utility.errors import UserError
 from utility.progress import format_duration
@@ -110,8 +110,9 @@ class Trainer:
     """Runs the steps of one training run on one device and does everything around them."""
 
     def __init__(self, *, config, graph, exe, loader, validator, classes, schedule, check_batch=None,
-                 world_size=1, rank=0, fresh_log=True):
+                 dac=None, world_size=1, rank=0, fresh_log=True):
         self.config, self.graph, self.exe, self.loader = config, graph, exe, loader
+        self.dac = dac              # engine.dac.DivideAndConquer, or None
         self.validator, self.classes, self.schedule = validator, classes, schedule
         self.check_batch = check_batch
         self.world_size, self.leader = world_size, rank == 0
@@ -129,6 +130,9 @@ class Trainer:
         try:
             with StopOnInterrupt() as stop:
                 while position.iteration < self.schedule.total and not stop.requested:
+                    if self.dac:
+                        self.dac.before_pass(position.pass_id, self.exe, self.graph)
+                        self.window_start, self.window_images = time.time(), 0  # clustering is not img/s
                     self._run_pass(position, stop)
             if stop.requested:
                 self._save_interrupted(position)
@@ -153,9 +157,11 @@ class Trainer:
     def _step(self, position, images, labels, reader_s):
         if self.check_batch:
             self.check_batch(labels)
+        feed = {IMAGE: images, LABEL: labels}
+        if self.dac:
+            feed[DAC_MASK] = self.dac.mask(position)
         step_start = time.time()
-        values = self.exe.run(self.graph.main, feed={IMAGE: images, LABEL: labels},
-                              fetch_list=list(self.graph.fetch.values()))
+        values = self.exe.run(self.graph.main, feed=feed, fetch_list=list(self.graph.fetch.values()))
         step_s = time.time() - step_start
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
@@ -219,6 +225,8 @@ class Trainer:
             return None
         state = {"position": vars(position).copy(), "scheduler": self.graph.scheduler.state_dict(),
                  "classes": self.classes.tolist(), "args": self.config.as_dict()}
+        if self.dac:
+            state["dac"] = self.dac.state()
         self.last_saved = checkpoint.save_checkpoint(self.graph.main, self.model_dir, str(position.iteration), state)
         print(f"Saved checkpoint {self.last_saved}", flush=True)
         return self.last_saved

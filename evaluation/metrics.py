@@ -140,11 +140,17 @@ def nmi(features, labels, seed=0):
     num_classes = len(np.unique(labels))
     if num_classes < 2:
         raise ValueError(f"NMI needs at least 2 classes, got {num_classes}")
-    kmeans = faiss.Kmeans(features.shape[1], num_classes, niter=25, seed=seed,
+    return float(normalized_mutual_info_score(labels, kmeans_clusters(features, num_classes, seed)))
+
+
+def kmeans_clusters(features, num_clusters, seed=0):
+    """Cluster id [N] of each row of `features` by k-means (faiss, at most 25 iterations, seeded)."""
+    features = _as_matrix(features, "features")
+    kmeans = faiss.Kmeans(features.shape[1], num_clusters, niter=25, seed=seed,
                           min_points_per_centroid=1, verbose=False)
     kmeans.train(features)
     _, clusters = kmeans.index.search(features, 1)
-    return float(normalized_mutual_info_score(labels, clusters[:, 0]))
+    return clusters[:, 0].astype(np.int64)
 
 
 def evaluate(features, labels, ks=(1, 2, 4, 8), feat_norm=True, query=None, with_nmi=True,

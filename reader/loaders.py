@@ -74,6 +74,16 @@ class TrainLoader(_Workers):
         self._rank = rank
         self._reported = set()
 
+    @property
+    def sampler(self):
+        return self._sampler
+
+    def use_sampler(self, sampler):
+        """Draw batches with `sampler` from the next epoch() on (divide and conquer re-clusters between passes)."""
+        if sampler.batches_per_epoch != self.batches_per_epoch:
+            raise ValueError("a new sampler must keep the number of batches per pass")
+        self._sampler = sampler
+
     def device_items(self, epoch, batch_no):
         """(image index, sample seed) pairs of this device's share of one batch."""
         indices, seeds = self._sampler.batch(epoch, batch_no)

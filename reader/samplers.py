@@ -124,3 +124,55 @@ def batches_of_one_pass(labels, layout, batch_size, samples_each_class, seed):
         classes_per_batch = min(len(classes), max(2, batch_size // k))
         sampler = PKSampler(members, len(labels), classes_per_batch * k, k, seed)
     return [sampler.batch(0, b)[0] for b in range(sampler.batches_per_epoch)]
+
+
+class ClusterSampler:
+    """Divide and conquer: each device's share of a batch comes from the images of one cluster.
+
+    `assignment` [N] gives each image's cluster. For each device, the cluster is drawn in
+    proportion to the clusters' sizes (among those that can fill a batch) from (seed, epoch,
+    batch_no, rank), so batches stay a function of those numbers. Within the cluster the
+    share is laid out as the loss needs: P classes x K images ("pk") or triplets ("triplet"),
+    classes repeating only when the cluster has too few of them.
+    """
+
+    def __init__(self, class_ids, assignment, num_clusters, batch_size, world_size, layout, samples_each_class,
+                 seed):
+        self.layout, self.k, self.seed = layout, samples_each_class, seed
+        self.batch_size, self.world_size = batch_size, world_size
+        self.device_batch = batch_size // world_size
+        self.batches_per_epoch = max(1, len(class_ids) // batch_size)
+        self.members = []  # per cluster: list of index arrays, one per class present in it
+        for cluster in range(num_clusters):
+            in_cluster = np.flatnonzero(assignment == cluster)
+            classes = np.unique(class_ids[in_cluster])
+            self.members.append([in_cluster[class_ids[in_cluster] == c] for c in classes])
+        sizes = np.array([sum(len(m) for m in members) if len(members) >= 2 else 0 for members in self.members],
+                         dtype=np.float64)
+        if sizes.sum() == 0:
+            raise ValueError("no cluster holds two classes: divide and conquer cannot draw a batch")
+        self.weights = sizes / sizes.sum()
+
+    def clusters(self, epoch, batch_no):
+        """The cluster of each device's share of batch `batch_no`."""
+        return [int(np.random.default_rng([self.seed, epoch, batch_no, rank, 1]).choice(len(self.weights),
+                                                                                       p=self.weights))
+                for rank in range(self.world_size)]
+
+    def batch(self, epoch, batch_no):
+        shares = [self._share(cluster, np.random.default_rng([self.seed, epoch, batch_no, rank, 2]))
+                  for rank, cluster in enumerate(self.clusters(epoch, batch_no))]
+        rng = batch_rng(self.seed, epoch, batch_no)
+        return np.concatenate(shares).astype(np.int64), _sample_seeds(rng, self.batch_size)
+
+    def _share(self, cluster, rng):
+        members = self.members[cluster]
+        if self.layout == "pk":
+            p = self.device_batch // self.k
+            chosen = rng.choice(len(members), size=p, replace=p > len(members))
+            return np.concatenate([_pick(rng, members[c], self.k) for c in chosen])
+        rows = []
+        for _ in range(self.device_batch // 3):
+            anchor, negative = rng.choice(len(members), size=2, replace=False)
+            rows += [_pick(rng, members[anchor], 2), _pick(rng, members[negative], 1)]
+        return np.concatenate(rows)

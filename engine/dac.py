@@ -1,0 +1,96 @@
+"""Divide and conquer (Sanakoyeu et al., CVPR 2019): K learners, each a slice of the embedding, each
+trained on one cluster of the data.
+
+Every --dac_period passes the training list is embedded with the current network and clustered by
+k-means into --dac_clusters clusters; each device's share of a batch then comes from one cluster
+(reader.samplers.ClusterSampler), and its metric loss sees only that cluster's slice of the embedding
+(the other dimensions are multiplied by 0: the program's `dac_mask` input, engine.programs.DAC_MASK). From pass --dac_full_from
+on, batches are drawn as usual and the loss sees the whole embedding. Evaluation and export always use
+the whole embedding. The assignment is saved in checkpoints, so a resumed run goes on with it.
+"""
+import os
+import time
+
+import numpy as np
+
+from engine.embedder import Embedder, embed_list
+from evaluation.metrics import kmeans_clusters
+from reader.samplers import ClusterSampler
+
+SHARED_FILE = "dac-assignment-pass{}.npy"  # how device 0 hands the clustering to the other devices
+
+
+class DivideAndConquer:
+    def __init__(self, config, train_list, train_loader, embed_loader, layout, samples_each_class, embedding_dim,
+                 world_size=1, rank=0):
+        self.config, self.train_list = config, train_list
+        self.layout, self.samples_each_class = layout, samples_each_class
+        self.plain_sampler = train_loader.sampler
+        self.train_loader, self.embed_loader = train_loader, embed_loader
+        self.clusters, self.embedding_dim = config.dac_clusters, embedding_dim
+        self.world_size, self.rank = world_size, rank
+        self.assignment, self.assigned_pass = None, None
+
+    def full_embedding(self, pass_id):
+        return self.config.dac_full_from is not None and pass_id >= self.config.dac_full_from
+
+    def before_pass(self, pass_id, exe, graph):
+        """Re-cluster when this pass is due (and not already done, e.g. before a resume); pick the sampler."""
+        if self.full_embedding(pass_id):
+            self.train_loader.use_sampler(self.plain_sampler)
+            return
+        due = pass_id - pass_id % self.config.dac_period
+        if self.assigned_pass != due:
+            self.assignment = self._cluster(due, exe, graph)
+            self.assigned_pass = due
+        self.train_loader.use_sampler(self._sampler())
+
+    def mask(self, position):
+        """The dac_mask feed [D] of this device for the batch at `position`: 1 on its cluster's slice."""
+        if self.full_embedding(position.pass_id):
+            return np.ones(self.embedding_dim, np.float32)
+        cluster = self.train_loader.sampler.clusters(position.pass_id, position.batch)[self.rank]
+        bounds = np.linspace(0, self.embedding_dim, self.clusters + 1).round().astype(int)
+        mask = np.zeros(self.embedding_dim, np.float32)
+        mask[bounds[cluster]:bounds[cluster + 1]] = 1.0
+        return mask
+
+    def state(self):
+        if self.assignment is None:
+            return None
+        return {"pass": self.assigned_pass, "assignment": self.assignment.tolist()}
+
+    def restore(self, state):
+        if state:
+            self.assigned_pass, self.assignment = state["pass"], np.asarray(state["assignment"], np.int64)
+
+    def _sampler(self):
+        return ClusterSampler(self.train_list.class_ids, self.assignment, self.clusters,
+                              self.config.train_batch_size, self.world_size, self.layout,
+                              self.samples_each_class, self.config.seed + 1)
+
+    def _cluster(self, pass_id, exe, graph):
+        shared = os.path.join(self.config.model_save_dir, SHARED_FILE.format(pass_id))
+        if self.rank > 0:
+            return _wait_for(shared)
+        embedder = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, self.config)
+        features, rows = embed_list(embedder, self.embed_loader, show_progress=False)
+        assignment = np.full(len(self.train_list.paths), -1, np.int64)  # unreadable images join no cluster
+        features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
+        assignment[rows] = kmeans_clusters(features, self.clusters, seed=self.config.seed + pass_id)
+        sizes = np.bincount(assignment[assignment >= 0], minlength=self.clusters)
+        print(f"Divide and conquer, pass {pass_id}: {self.clusters} clusters of "
+              f"{', '.join(map(str, sizes))} images", flush=True)
+        if self.world_size > 1:
+            np.save(shared + ".tmp.npy", assignment)
+            os.replace(shared + ".tmp.npy", shared)
+        return assignment
+
+
+def _wait_for(path, timeout_s=3600):
+    start = time.time()
+    while not os.path.exists(path):
+        if time.time() - start > timeout_s:
+            raise RuntimeError(f"device 0 did not write {path} within {timeout_s} s")
+        time.sleep(0.5)
+    return np.load(path)

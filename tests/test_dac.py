@@ -1,0 +1,92 @@
+"""Divide and conquer: cluster-wise batches, the learner's slice of the embedding, resume with it on."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import train
+from engine.dac import DivideAndConquer
+from engine.trainer import Position
+from reader.samplers import ClusterSampler
+from utility.args import defaults
+
+
+def _cluster_sampler(world_size=1, layout="pk"):
+    class_ids = np.repeat(np.arange(8), 6)          # 8 classes x 6 images
+    assignment = (class_ids >= 5).astype(np.int64)  # cluster 0: classes 0-4 (30 images), cluster 1: 5-7 (18)
+    return class_ids, assignment, ClusterSampler(class_ids, assignment, 2, 12 * world_size, world_size, layout, 3,
+                                                 seed=7)
+
+
+@pytest.mark.parametrize("layout", ["pk", "triplet"])
+def test_each_device_share_comes_from_one_cluster(layout):
+    class_ids, assignment, sampler = _cluster_sampler(world_size=2, layout=layout)
+    seen = []
+    for batch_no in range(sampler.batches_per_epoch):
+        indices, seeds = sampler.batch(3, batch_no)
+        assert len(indices) == len(seeds) == 24
+        for rank, cluster in enumerate(sampler.clusters(3, batch_no)):
+            share = indices[rank * 12:(rank + 1) * 12]
+            assert (assignment[share] == cluster).all()
+            if layout == "pk":
+                assert all(len(set(class_ids[share[i:i + 3]])) == 1 for i in range(0, 12, 3))  # K=3 of a class
+            else:
+                triplets = class_ids[share].reshape(-1, 3)
+                assert (triplets[:, 0] == triplets[:, 1]).all() and (triplets[:, 0] != triplets[:, 2]).all()
+            seen.append(cluster)
+    indices_again, _ = sampler.batch(3, 0)
+    assert np.array_equal(indices_again, sampler.batch(3, 0)[0])  # a function of (seed, pass, batch)
+    assert set(seen) == {0, 1}
+
+
+def test_clusters_are_visited_in_proportion_to_their_size():
+    _, _, sampler = _cluster_sampler()
+    draws = [sampler.clusters(epoch, b)[0] for epoch in range(60) for b in range(4)]
+    assert np.mean(np.array(draws) == 0) == pytest.approx(30 / 48, abs=0.07)
+
+
+class FakeLoader:
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+
+def test_the_loss_sees_one_learner_slice_until_full_training():
+    _, assignment, sampler = _cluster_sampler()
+    config = defaults("train", dac_clusters=2, dac_full_from=5)
+    dac = DivideAndConquer(config, None, FakeLoader(sampler), None, "pk", 3, embedding_dim=8)
+    for batch_no in range(4):
+        cluster = sampler.clusters(1, batch_no)[0]
+        mask = dac.mask(Position(pass_id=1, batch=batch_no))
+        assert mask.tolist() == ([1] * 4 + [0] * 4 if cluster == 0 else [0] * 4 + [1] * 4)
+    assert dac.mask(Position(pass_id=5, batch=0)).tolist() == [1] * 8
+
+
+def _read_log(folder):
+    with open(os.path.join(folder, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if '"loss_metric"' in line]
+
+
+def test_resume_with_divide_and_conquer_equals_the_uninterrupted_run(tiny_dataset, tmp_path, capsys):
+    data_dir, train_list, val_list = tiny_dataset
+    common = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
+              "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=batchhardtripletloss",
+              "--samples_each_class=3", "--embedding_size=8", "--dac_clusters=2", "--dac_period=1",
+              "--total_iter_num=6", "--save_iter_step=5", "--test_iter_step=100", "--num_workers=0",
+              "--display_iter_step=1", "--lr=0.05"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.main(common + [f"--model_save_dir={straight}"])
+    out = capsys.readouterr().out
+    assert "Divide and conquer, pass 0: 2 clusters of" in out and "Divide and conquer, pass 1:" in out
+    train.main(common + [f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/5"])
+    assert "Divide and conquer" not in capsys.readouterr().out  # the pass's clustering came back from the checkpoint
+    with open(os.path.join(straight, "ResNet18", "5", "state.json")) as f:
+        assert len(json.load(f)["dac"]["assignment"]) == 48
+    first, second = _read_log(straight), _read_log(resumed)
+    assert [r["iter"] for r in second] == [5]
+    assert second[0]["loss_metric"] == pytest.approx(first[5]["loss_metric"], rel=1e-5, abs=1e-6)
+    import paddle
+    want = paddle.static.load_program_state(os.path.join(straight, "ResNet18", "6", "model"))
+    got = paddle.static.load_program_state(os.path.join(resumed, "ResNet18", "6", "model"))
+    for name in ("conv1_weights", "embedding_fc_weights"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
