@@ -84,6 +84,10 @@ class DivideAndConquer:
         if self.world_size > 1:
             np.save(shared + ".tmp.npy", assignment)
             os.replace(shared + ".tmp.npy", shared)
+            if self.assigned_pass is not None:  # every device has read the previous one by now
+                previous = os.path.join(self.config.model_save_dir, SHARED_FILE.format(self.assigned_pass))
+                if os.path.exists(previous):
+                    os.remove(previous)
         return assignment
 
 

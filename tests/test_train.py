@@ -229,10 +229,12 @@ def test_two_processes_with_paddle_distributed_launch(tiny_dataset, tmp_path):
          str(tmp_path / "logs"), os.path.join(REPO, "train.py"), f"--data_dir={data_dir}",
          f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
          "--loss_name=emlloss", "--samples_each_class=3", "--train_batch_size=12", "--total_iter_num=2",
+         "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
          "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     leader_log = (tmp_path / "logs" / "workerlog.0").read_text()
     assert result.returncode == 0, leader_log[-2000:]
     assert len(PROGRESS.findall(leader_log)) == 2 and len(END_PASS.findall(leader_log)) == 1
     assert not PROGRESS.findall((tmp_path / "logs" / "workerlog.1").read_text())  # only rank 0 reports
+    assert "Divide and conquer, pass 0: 2 clusters of" in leader_log
     assert os.path.isdir(tmp_path / "out" / "ResNet18" / "2")
