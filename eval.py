@@ -29,8 +29,11 @@ def main(argv=None):
     from engine.embedder import checkpoint_embedder
 
     embedder = checkpoint_embedder(config)
-    gallery, gallery_labels, gallery_paths = _embed(embedder, gallery_list, config)
-    query = _embed(embedder, query_list, config) if separate else None
+    embedded = _embed(embedder, gallery_list, config, "gallery")
+    query = _embed(embedder, query_list, config, "query") if separate else None
+    if embedded is None:
+        return  # another process of paddle.distributed.launch: device 0 reports
+    gallery, gallery_labels, gallery_paths = embedded
 
     results = metrics.evaluate(gallery, gallery_labels, ks=config.recall_k, feat_norm=config.feat_norm,
                                query=query[:2] if separate else None, with_nmi=config.nmi)
@@ -40,12 +43,16 @@ def main(argv=None):
         _visualize(config, gallery, gallery_labels, gallery_paths, query)
 
 
-def _embed(embedder, image_list, config):
-    from engine.embedder import embed_list
+def _embed(embedder, image_list, config, name):
+    """(features, labels, paths) of the readable images of `image_list`; None on devices other than 0."""
+    import tempfile
 
-    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
-                           num_workers=config.num_workers, skip_bad=config.skip_bad_images) as loader:
-        features, rows = embed_list(embedder, loader)
+    from engine.embedder import embed_shards, exchange_folder
+
+    features, rows = embed_shards(embedder, image_list, config, exchange_folder(tempfile.gettempdir(), name),
+                                  skip_bad=config.skip_bad_images)
+    if features is None:
+        return None
     return features, image_list.labels[rows], [image_list.paths[i] for i in rows]
 
 

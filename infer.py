@@ -24,12 +24,13 @@ def main(argv=None):
     print_arguments(config)
     image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False)
 
-    from engine.embedder import embed_list
+    from engine.embedder import embed_shards, exchange_folder
 
     embedder = _make_embedder(config)
-    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
-                           num_workers=config.num_workers, skip_bad=config.skip_bad_images) as loader:
-        features, rows = embed_list(embedder, loader)
+    features, rows = embed_shards(embedder, image_list, config, exchange_folder(config.output_dir, "infer"),
+                                  skip_bad=config.skip_bad_images)
+    if features is None:
+        return  # another process of paddle.distributed.launch: device 0 writes the dump
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")
     paths = [image_list.paths[i] for i in rows]
     save_dump(config.output_dir, features, labels, paths)
@@ -41,10 +42,11 @@ def main(argv=None):
 def _make_embedder(config):
     """The exported model's embedder, or the checkpoint's (exported to --export_model first if asked)."""
     from engine.embedder import Embedder, checkpoint_embedder, checkpoint_program, export
+    from engine.programs import distributed_env
 
     if config.inference_model:
         return Embedder(config.inference_model, config.use_gpu)
-    if not config.export_model:
+    if not config.export_model or distributed_env()[1] > 0:  # device 0 alone writes the export
         return checkpoint_embedder(config)
     exe, graph = checkpoint_program(config)
     export(exe, graph.program, graph.image, graph.embedding, config.export_model, config)

@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
+import reader
 from engine import device
 from utility.errors import UserError
 from utility.progress import Progress
@@ -117,7 +119,7 @@ def embed_list(embedder, loader, show_progress=True):
     out only for unreadable images when the loader skips them.
     """
     image_list = loader.image_list
-    progress = Progress(len(image_list.paths), "embedding") if show_progress else None
+    progress = Progress(loader.num_rows, "embedding") if show_progress else None
     features, rows = [], []
     for images, indices in loader.batches():
         features.append(np.asarray(embedder(images), dtype="float32"))
@@ -129,3 +131,54 @@ def embed_list(embedder, loader, show_progress=True):
     if not features:
         raise UserError(f"no image of {image_list.source} could be embedded")
     return np.concatenate(features), np.concatenate(rows)
+
+
+def embed_shards(embedder, image_list, config, exchange_dir, skip_bad):
+    """embed_list over the whole of `image_list`, shared out among the processes of paddle.distributed.launch.
+
+    Each process embeds a contiguous share of the list; device 0 gathers the shares, in list order,
+    through files in `exchange_dir` (a folder all processes see) and returns (features, rows); the
+    other processes return (None, None). One process alone simply embeds the list.
+    """
+    from engine.programs import distributed_env
+
+    world_size, rank = distributed_env()
+    share = np.array_split(np.arange(len(image_list.paths)), world_size)[rank]
+    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
+                           num_workers=config.num_workers, skip_bad=skip_bad, rows=share) as loader:
+        features, rows = embed_list(embedder, loader, show_progress=rank == 0)
+    if world_size == 1:
+        return features, rows
+    os.makedirs(exchange_dir, exist_ok=True)
+    _save_share(exchange_dir, rank, features, rows)
+    if rank > 0:
+        return None, None
+    shares = [_load_share(exchange_dir, r) for r in range(world_size)]
+    shutil.rmtree(exchange_dir, ignore_errors=True)
+    print(f"Gathered the embeddings of {world_size} processes: " + ", ".join(str(len(r)) for _, r in shares)
+          + " images", flush=True)
+    return np.concatenate([f for f, _ in shares]), np.concatenate([r for _, r in shares])
+
+
+def exchange_folder(near, name):
+    """A folder for embed_shards' hand-over of list `name`, unique to this launch, inside `near`."""
+    launch = os.environ.get("PADDLE_MASTER", "single").replace(":", "-").replace("/", "-")
+    return os.path.join(near, f".embedding-shards-{launch}-{name}")
+
+
+def _save_share(folder, rank, features, rows):
+    path = os.path.join(folder, f"share-{rank}.npz")
+    with open(path + ".tmp", "wb") as f:
+        np.savez(f, features=features, rows=rows)
+    os.replace(path + ".tmp", path)
+
+
+def _load_share(folder, rank, timeout_s=3600):
+    path = os.path.join(folder, f"share-{rank}.npz")
+    start = time.time()
+    while not os.path.exists(path):
+        if time.time() - start > timeout_s:
+            raise UserError(f"process {rank} did not write its embeddings to {path}")
+        time.sleep(0.2)
+    with np.load(path) as share:
+        return share["features"], share["rows"]

@@ -157,13 +157,15 @@ class TestLoader(_Workers):
     naming it, unless skip_bad: then it is reported on stderr and its row left out.
     """
 
-    def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False):
+    def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None):
         if batch_size <= 0:
             raise UserError(f"test batch size must be positive, got {batch_size}")
         super().__init__(TestBatchJob(image_list.paths, tuple(image_shape)), num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
-        rows = np.arange(len(image_list.paths), dtype=np.int64)
+        # `rows`: only these rows of the list (one device's share), in this order; default all.
+        rows = np.arange(len(image_list.paths), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.num_rows = len(rows)
         self._batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
 
     def batches(self):

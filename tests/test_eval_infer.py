@@ -142,3 +142,23 @@ def test_a_typed_setting_that_differs_from_the_checkpoint_is_pointed_out(trained
     with pytest.raises(UserError, match="does not fit this network"):
         eval_script.main(data_flags(trained) + ["--embedding_size=8"])
     assert "Note: the checkpoint's training run used --embedding_size=16, you gave 8" in capsys.readouterr().out
+
+
+def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    want, want_labels, want_paths = run_infer(trained, str(tmp_path / "one"))
+    result = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+         str(tmp_path / "logs"), os.path.join(repo, "infer.py"), *data_flags(trained, batch=5),
+         f"--output_dir={tmp_path / 'two'}"], cwd=repo, capture_output=True, text=True, timeout=300)
+    leader_log = (tmp_path / "logs" / "workerlog.0").read_text()
+    assert result.returncode == 0, leader_log[-2000:]
+    assert "Gathered the embeddings of 2 processes: 12, 12 images" in leader_log
+    got = np.load(tmp_path / "two" / "features.npy")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert np.load(tmp_path / "two" / "labels.npy").tolist() == want_labels.tolist()
+    assert (tmp_path / "two" / "paths.txt").read_text().splitlines() == want_paths
+    assert sorted(os.listdir(tmp_path / "two")) == ["features.npy", "labels.npy", "paths.txt"]  # hand-over removed
