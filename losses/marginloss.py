@@ -1,4 +1,6 @@
 """Margin loss with distance-weighted negative sampling (Wu et al., "Sampling Matters", ICCV 2017)."""
+from functools import partial
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -47,23 +49,43 @@ def sample_negatives(distances, labels, noise, dim, cutoff):
     return paddle.logical_and(negative, rank < draws)
 
 
-class MarginLoss(paddle.nn.Layer):
-    """Margin loss [alpha + y_ij (D_ij - beta)]_+ with a learned boundary beta.
+def margin_loss(features, labels, noise=None, *, beta=1.2, alpha=0.2, cutoff=0.5):
+    """Mean margin loss [alpha + y_ij (D_ij - beta)]_+ of `features` [B, D] with class ids `labels` [B].
 
-    D: Euclidean distances between the L2-normalised embeddings; y = +1 for positive pairs,
-    -1 for negative pairs. The pairs are every ordered positive pair (i, j), plus, for each of them,
-    one negative of anchor i drawn by distance-weighted sampling (see sample_negatives). beta is a
-    parameter, initially `beta`: one per class when `per_class` (beta of the anchor's class id,
-    which must be 0..num_classes-1), else one shared value; it is named "marginloss_beta" in
-    static Programs and is excluded from the optimizer's weight decay. The loss is the mean over
-    the pairs with non-zero loss (0 when there are none).
+    D: Euclidean distances between the L2-normalised rows; y = +1 for positive pairs, -1 for
+    negative pairs. The pairs are every ordered positive pair (i, j), plus, for each of them, one
+    negative of anchor i drawn by distance-weighted sampling (see sample_negatives) from `noise`
+    [B, B], uniform in (0, 1) (paddle.rand when None). `beta` is a number or a tensor that
+    broadcasts against [B, B] (one value per anchor row: [B, 1]). The result is the mean over the
+    pairs with non-zero loss, 0 when there are none.
+    """
+    check_eager(check_batch, labels)
+    distances = euclidean_distances(l2_normalize(features))
+    if noise is None:
+        noise = paddle.rand(paddle.shape(distances), dtype=distances.dtype)
+    positive, _ = label_masks(labels)
+    negative = sample_negatives(distances, labels, noise, features.shape[-1], cutoff)
+    if not isinstance(beta, (int, float)):
+        beta = paddle.cast(beta, distances.dtype)
+    zero = paddle.zeros_like(distances)
+    pair_loss = (paddle.where(positive, F.relu(alpha + distances - beta), zero)
+                 + paddle.where(negative, F.relu(alpha + beta - distances), zero))
+    active = paddle.sum(paddle.cast(pair_loss > 0.0, pair_loss.dtype))
+    return paddle.sum(pair_loss) / paddle.clip(active, min=1.0)
+
+
+class MarginLoss(paddle.nn.Layer):
+    """margin_loss with a learned boundary beta, initially `beta`.
+
+    One beta per class when `per_class` (the anchor's class id indexes it, so ids must be
+    0..num_classes-1), else one shared value. It is named "marginloss_beta" in static Programs and
+    excluded from the optimizer's weight decay (a global L2Decay would pull the boundary to 0).
     """
 
     def __init__(self, embedding_dim, num_classes, *, alpha=0.2, beta=1.2, per_class=True, cutoff=0.5,
                  beta_name="marginloss_beta"):
         super().__init__()
-        self.dim, self.num_classes, self.alpha, self.per_class, self.cutoff = (
-            embedding_dim, num_classes, alpha, per_class, cutoff)
+        self.num_classes, self.alpha, self.per_class, self.cutoff = num_classes, alpha, per_class, cutoff
         # The fixed name matters in static Programs (checkpoints, sharing with a test Program);
         # eager mode forbids reusing a name and keys its state_dict by attribute instead.
         name = None if paddle.in_dynamic_mode() else beta_name
@@ -73,7 +95,7 @@ class MarginLoss(paddle.nn.Layer):
                                   regularizer=paddle.regularizer.L2Decay(0.0)))
 
     def anchor_beta(self, labels):
-        """beta of each anchor row, [B, 1]."""
+        """beta of each anchor row, [B, 1] ([1, 1] when shared)."""
         if not self.per_class:
             return paddle.reshape(self.beta, [1, 1])
         return paddle.unsqueeze(paddle.gather(self.beta, paddle.reshape(labels, [-1])), axis=1)
@@ -81,17 +103,8 @@ class MarginLoss(paddle.nn.Layer):
     def forward(self, embedding, labels, noise=None):
         """Mean margin loss; `noise` [B, B] uniform in (0, 1) drives the sampling (paddle.rand when None)."""
         check_eager(self.check_batch, labels)
-        distances = euclidean_distances(l2_normalize(embedding))
-        if noise is None:
-            noise = paddle.rand(paddle.shape(distances), dtype=distances.dtype)
-        positive, _ = label_masks(labels)
-        negative = sample_negatives(distances, labels, noise, self.dim, self.cutoff)
-        margin = self.anchor_beta(labels)
-        zero = paddle.zeros_like(distances)
-        pair_loss = (paddle.where(positive, F.relu(self.alpha + distances - margin), zero)
-                     + paddle.where(negative, F.relu(self.alpha + margin - distances), zero))
-        active = paddle.sum(paddle.cast(pair_loss > 0.0, pair_loss.dtype))
-        return paddle.sum(pair_loss) / paddle.clip(active, min=1.0)
+        return margin_loss(embedding, labels, noise, beta=self.anchor_beta(labels), alpha=self.alpha,
+                           cutoff=self.cutoff)
 
     def check_batch(self, labels):
         check_batch(labels)
@@ -108,9 +121,16 @@ def check_batch(labels):
     require_positive_and_negative_per_row("marginloss", labels)
 
 
+def build(options, embedding_dim, num_classes):
+    """The learned-beta layer for training; with no training classes (num_classes 0: eval.py's
+    test_loss on held-out classes) the plain function at the fixed beta --margin_beta."""
+    if not num_classes:
+        return partial(margin_loss, beta=options.margin_beta, alpha=options.margin_alpha,
+                       cutoff=options.margin_cutoff)
+    return MarginLoss(embedding_dim, num_classes, alpha=options.margin_alpha, beta=options.margin_beta,
+                      per_class=options.margin_beta_per_class, cutoff=options.margin_cutoff)
+
+
 SPEC = LossSpec(
-    name="marginloss", layout="pk", check_batch=check_batch,
-    build=lambda options, embedding_dim, num_classes: MarginLoss(
-        embedding_dim, num_classes, alpha=options.margin_alpha, beta=options.margin_beta,
-        per_class=options.margin_beta_per_class, cutoff=options.margin_cutoff),
+    name="marginloss", layout="pk", check_batch=check_batch, build=build,
     summary="margin loss with a learned beta and distance-weighted negative sampling")

@@ -536,6 +536,33 @@ def test_marginloss_beta_shapes():
     np.testing.assert_allclose(build("marginloss", margin_beta=0.9).beta.numpy(), 0.9)
 
 
+def test_marginloss_without_training_classes_uses_the_fixed_beta():
+    # eval.py's test_loss builds the metric loss with num_classes 0 (held-out classes), in static mode,
+    # and runs it eagerly: no parameter then, the flag value of beta instead.
+    rng = np.random.default_rng(18)
+    labels = np.array([101, 104, 101, 104, 102, 102])
+    features, noise = rng.normal(size=(6, 4)), uniform_noise(rng, 6)
+    with static_mode():
+        loss_fn = build("marginloss", num_classes=0, margin_beta=1.0)
+    assert not isinstance(loss_fn, paddle.nn.Layer)
+    loss = loss_fn(tensor(features), paddle.to_tensor(labels), paddle.to_tensor(noise))
+    assert value(loss) == pytest.approx(np_margin(features, labels, noise, [1.0], per_class=False), rel=1e-9)
+
+
+def test_eval_test_loss_runs_for_the_new_losses():
+    import eval as eval_script
+
+    rng = np.random.default_rng(19)
+    labels = np.repeat(np.array([101, 102, 103, 104]), 5)
+    features = rng.normal(size=(20, 8)).astype("float32")
+    with static_mode():
+        for name in ("rankedlistloss", "multisimilarityloss", "marginloss"):
+            result = eval_script.test_loss(defaults("eval", loss_name=name, samples_each_class=4,
+                                                    test_batch_size=8), features, labels)
+            assert np.isfinite(result) and result > 0, name
+        assert math.isnan(eval_script.test_loss(defaults("eval", loss_name="cosface"), features, labels))
+
+
 # ---------------------------------------------------------------- static Program (PIR)
 
 STATIC_CASES = [
