@@ -407,6 +407,25 @@ def test_rankedlistloss_gradient_holds_the_weights_constant():
     assert np.abs(full - x_tensor.grad.numpy()).max() > 1e-3
 
 
+def test_rankedlistloss_weights_are_constant_in_static_programs_too():
+    # detach() must cut the weights out of the gradient in a PIR Program as it does eagerly.
+    labels = pk_labels(3, 4)
+    features = np.random.default_rng(10).normal(size=(12, 4))
+    x_tensor = tensor(features)
+    rankedlistloss(x_tensor, paddle.to_tensor(labels), temperature=3.0).backward()
+    with static_mode():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [None, 4], "float64")
+            x.stop_gradient = False
+            y = paddle.static.data("y", [None], "int64")
+            gradient, = paddle.static.gradients([rankedlistloss(x, y, temperature=3.0)], [x])
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        static_gradient, = exe.run(main, feed={"x": features, "y": labels}, fetch_list=[gradient])
+    np.testing.assert_allclose(static_gradient, x_tensor.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
 def test_multisimilarityloss_gradient_matches_finite_differences():
     labels = pk_labels(3, 4)
     features = np.random.default_rng(11).normal(size=(12, 4))
