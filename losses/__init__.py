@@ -4,7 +4,8 @@ Each loss is a function of (embedding, labels) returning the mean loss as a scal
 written with paddle tensor ops so it runs eagerly and inside a static Program. Its file also
 declares a `LossSpec` (losses/registry.py): adding a loss is one file plus one line in LOSSES.
 """
-from losses import arcmarginloss, emlloss, npairsloss, quadrupletloss, softmaxloss, tripletloss
+from losses import (arcmarginloss, cosfaceloss, emlloss, marginloss, multisimilarityloss, npairsloss,
+                    quadrupletloss, rankedlistloss, softmaxloss, tripletloss)
 from losses.registry import LossSpec
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
@@ -17,6 +18,10 @@ LOSSES = {spec.name: spec for spec in (
     npairsloss.SPEC,
     arcmarginloss.SPEC,
     softmaxloss.SPEC,
+    rankedlistloss.SPEC,
+    multisimilarityloss.SPEC,
+    marginloss.SPEC,
+    cosfaceloss.SPEC,
 )}
 
 __all__ = ["LOSSES", "LossSpec", "get", "softmax_loss"]

@@ -379,7 +379,7 @@ def test_registry_builds_every_name():
         assert spec.name == name
         loss = build(name)
         assert (loss is None) == (name == "softmax")
-        assert spec.classifies == (name in ("softmax", "arcmargin"))
+        assert spec.classifies == (name in ("softmax", "arcmargin", "cosface"))
     with pytest.raises(UserError, match="tripletloss, batchhardtripletloss"):
         losses.get("contrastive")
 
@@ -397,7 +397,9 @@ def test_batch_layouts():
     layouts = {name: (spec.layout, spec.samples_each_class(4)) for name, spec in losses.LOSSES.items()}
     assert layouts == {"tripletloss": ("triplet", 1), "batchhardtripletloss": ("pk", 4),
                        "quadrupletloss": ("pk", 4), "emlloss": ("pk", 4), "npairsloss": ("pk", 2),
-                       "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1)}
+                       "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1),
+                       "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
+                       "cosface": ("shuffle", 1)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)

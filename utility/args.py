@@ -54,7 +54,7 @@ def _common(p):
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
 
     g = p.add_argument_group("loss (train.py; eval.py for test_loss)")
-    g.add_argument("--loss_name", default="tripletloss", help="a loss of losses.LOSSES: tripletloss, batchhardtripletloss, quadrupletloss, emlloss, npairsloss, arcmargin, softmax, ...")
+    g.add_argument("--loss_name", default="tripletloss", help="a loss of losses.LOSSES: tripletloss, batchhardtripletloss, quadrupletloss, emlloss, npairsloss, arcmargin, softmax, rankedlistloss, multisimilarityloss, marginloss, cosface")
     g.add_argument("--margin", type=float, default=0.1, help="margin of triplet and quadruplet losses")
     g.add_argument("--samples_each_class", type=int, default=2, help="K: images of each class in a P x K batch")
     g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="kept for old command lines: 'hard' with tripletloss means --loss_name=batchhardtripletloss")
@@ -62,6 +62,20 @@ def _common(p):
     g.add_argument("--arc_margin", type=float, default=0.15, help="arcmargin: additive angular margin m (radians)")
     g.add_argument("--arc_easy_margin", type=str2bool, default=False, help="arcmargin: apply the margin only where cos > 0")
     g.add_argument("--npairs_reg_lambda", type=float, default=0.01, help="npairsloss: weight of the L2 regulariser on embeddings")
+    g.add_argument("--rll_alpha", type=float, default=1.2, help="rankedlistloss: distance alpha beyond which negatives cost nothing")
+    g.add_argument("--rll_margin", type=float, default=0.4, help="rankedlistloss: margin m; positives cost beyond alpha - m")
+    g.add_argument("--rll_temperature", type=float, default=10.0, help="rankedlistloss: temperature T of the negative weights exp(T (alpha - d))")
+    g.add_argument("--rll_lambda", type=float, default=1.0, help="rankedlistloss: weight lambda of the negative term")
+    g.add_argument("--ms_alpha", type=float, default=2.0, help="multisimilarityloss: scale alpha of the positive term")
+    g.add_argument("--ms_beta", type=float, default=50.0, help="multisimilarityloss: scale beta of the negative term")
+    g.add_argument("--ms_lambda", type=float, default=0.5, help="multisimilarityloss: similarity offset lambda")
+    g.add_argument("--ms_epsilon", type=float, default=0.1, help="multisimilarityloss: margin epsilon of the pair mining")
+    g.add_argument("--margin_alpha", type=float, default=0.2, help="marginloss: margin alpha around the boundary beta")
+    g.add_argument("--margin_beta", type=float, default=1.2, help="marginloss: initial value of the learned boundary beta")
+    g.add_argument("--margin_beta_per_class", type=str2bool, default=True, help="marginloss: one learned beta per class (the anchor's) instead of one shared")
+    g.add_argument("--margin_cutoff", type=float, default=0.5, help="marginloss: distances below this count as this in the distance-weighted sampling")
+    g.add_argument("--cos_scale", type=float, default=30.0, help="cosface: scale s of the cosine logits")
+    g.add_argument("--cos_margin", type=float, default=0.35, help="cosface: additive cosine margin m")
 
 
 def _train(p):

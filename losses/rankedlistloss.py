@@ -1,0 +1,67 @@
+"""Ranked list loss (Wang et al., CVPR 2019): each anchor ranks its positives before its negatives by a margin."""
+from functools import partial
+
+import paddle
+
+from losses.common import (check_eager, l2_normalize, label_masks, masked_max,
+                           require_positive_and_negative_per_row, squared_distances)
+from losses.registry import LossSpec
+
+# Squared distances are clipped here before the square root: its gradient at 0 is infinite.
+# Only the diagonal (and duplicate rows) get there, and the clip gives them a zero gradient.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def euclidean_distances(features):
+    """Pairwise Euclidean distances [B, B] of the rows of `features` [B, D], finite gradient everywhere."""
+    return paddle.sqrt(paddle.clip(squared_distances(features), min=_MIN_SQUARED_DISTANCE))
+
+
+def rankedlistloss(features, labels, *, alpha=1.2, margin=0.4, temperature=10.0, balance=1.0):
+    """Mean ranked list loss over anchors of `features` [B, D] with class ids `labels` [B].
+
+    d: Euclidean distances between the L2-normalised rows. For anchor i:
+    - non-trivial positives P* = {j: same class, j != i, d_ij > alpha - margin};
+      L_P = mean over P* of (d_ij - (alpha - margin)), 0 when P* is empty;
+    - non-trivial negatives N* = {k: other class, d_ik < alpha}, weighted by
+      w_ik = exp(temperature * (alpha - d_ik));
+      L_N = sum_{N*} w_ik (alpha - d_ik) / sum_{N*} w_ik, 0 when N* is empty;
+    - loss_i = L_P + balance * L_N; the result is the mean over anchors.
+
+    The weights are constants for the gradient (computed from detached distances), as in the
+    paper's optimisation section and the authors' Caffe layer, which scales each pair's
+    gradient by its normalised weight without differentiating the weight.
+    """
+    check_eager(check_batch, labels)
+    distances = euclidean_distances(l2_normalize(features))
+    positive, negative = label_masks(labels)
+    dtype = distances.dtype
+
+    hard_positive = paddle.logical_and(positive, distances > alpha - margin)
+    positive_weights = paddle.cast(hard_positive, dtype)
+    positive_sum = paddle.sum((distances - (alpha - margin)) * positive_weights, axis=1)
+    positive_loss = positive_sum / paddle.clip(paddle.sum(positive_weights, axis=1), min=1.0)
+
+    hard_negative = paddle.logical_and(negative, distances < alpha)
+    # Normalised weights as a masked softmax of temperature * (alpha - d): the row maximum is
+    # subtracted first, so exp() stays in range whatever the temperature.
+    logits = temperature * (alpha - distances.detach())
+    row_max = masked_max(logits, hard_negative, axis=1, keepdim=True)
+    weights = paddle.exp(paddle.where(hard_negative, logits - row_max, paddle.full_like(logits, -1e4)))
+    weights = weights * paddle.cast(hard_negative, dtype)
+    weights = weights / paddle.clip(paddle.sum(weights, axis=1, keepdim=True), min=1e-30)
+    negative_loss = paddle.sum(weights * (alpha - distances), axis=1)
+
+    return paddle.mean(positive_loss + balance * negative_loss)
+
+
+def check_batch(labels):
+    require_positive_and_negative_per_row("rankedlistloss", labels)
+
+
+SPEC = LossSpec(
+    name="rankedlistloss", layout="pk", check_batch=check_batch,
+    build=lambda options, embedding_dim, num_classes: partial(
+        rankedlistloss, alpha=options.rll_alpha, margin=options.rll_margin,
+        temperature=options.rll_temperature, balance=options.rll_lambda),
+    summary="ranked list loss: positives inside alpha - m, weighted negatives outside alpha, per anchor")
