@@ -67,25 +67,26 @@ def test_loss(config, features, labels):
     spec = losses.get(config.loss_name)
     if spec.classifies:
         return float("nan")
+    from reader.samplers import batches_of_one_pass
+
     k = spec.samples_each_class(config.samples_each_class)
     loss_fn = spec.build(config, features.shape[1], 0)
-    values = [_loss_value(loss_fn, features[rows], labels[rows])
-              for rows in _loss_batches(labels, spec.layout, k, config.test_batch_size, config.seed)]
+    rng = np.random.default_rng(config.seed)  # for losses that sample pairs: the same value every run
+    values = []
+    for rows in batches_of_one_pass(labels, spec.layout, config.test_batch_size, k, config.seed):
+        noise = rng.random((len(rows), len(rows)), dtype=np.float32) if spec.takes_noise else None
+        values.append(_loss_value(loss_fn, features[rows], labels[rows], noise))
     return float(np.mean(values))
 
 
-def _loss_batches(labels, layout, k, batch_size, seed):
-    """Row batches of the evaluation set in the layout the loss trains on (triplets or P x K)."""
-    from reader.samplers import batches_of_one_pass
-
-    return batches_of_one_pass(labels, layout, batch_size, k, seed)
-
-
-def _loss_value(loss_fn, features, labels):
+def _loss_value(loss_fn, features, labels, noise):
     import paddle
 
     with paddle.base.dygraph.guard():
-        return loss_fn(paddle.to_tensor(features), paddle.to_tensor(labels)).item()
+        inputs = [paddle.to_tensor(features), paddle.to_tensor(labels)]
+        if noise is not None:
+            inputs.append(paddle.to_tensor(noise))
+        return loss_fn(*inputs).item()
 
 
 def report(config, results):

@@ -77,7 +77,8 @@ def main(argv=None):
             dac.restore((resume_state or {}).get("dac"))
         trainer = Trainer(config=config, graph=graph, exe=exe, loader=loader,
                           validator=Validator(val_loader, val_list.labels), classes=train_list.classes,
-                          schedule=schedule, check_batch=spec.check_batch, dac=dac, world_size=world_size,
+                          schedule=schedule, check_batch=spec.check_batch, takes_noise=spec.takes_noise,
+                          dac=dac, world_size=world_size,
                           rank=rank, fresh_log=resume_state is None)
         trainer.run(start)
     finally:

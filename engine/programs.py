@@ -16,6 +16,7 @@ import models
 IMAGE = "image"
 LABEL = "label"
 DAC_MASK = "dac_mask"
+LOSS_NOISE = "loss_noise"
 
 
 def make_lr_scheduler(config, total_iters):
@@ -69,8 +70,14 @@ def build_train_graph(config, num_classes, total_iters, world_size=1):
         metric_input = embedding
         if config.dac_clusters:  # divide and conquer: the loss sees one learner's slice (engine/dac.py)
             metric_input = embedding * paddle.static.data(DAC_MASK, [embedding.shape[-1]], "float32")
-        metric_loss = losses.get(config.loss_name).build(config, embedding.shape[-1], num_classes)
-        loss_metric = paddle.zeros([], "float32") if metric_loss is None else metric_loss(metric_input, label)
+        spec = losses.get(config.loss_name)
+        metric_loss = spec.build(config, embedding.shape[-1], num_classes)
+        if metric_loss is None:
+            loss_metric = paddle.zeros([], "float32")
+        elif spec.takes_noise:  # random pair sampling from fed noise: a resumed run draws the same pairs
+            loss_metric = metric_loss(metric_input, label, paddle.static.data(LOSS_NOISE, [None, None], "float32"))
+        else:
+            loss_metric = metric_loss(metric_input, label)
         fetch = {"loss_metric": loss_metric}
         objective = loss_metric
         if with_classifier:

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine import checkpoint
 from engine.embedder import Embedder, embed_list
-from engine.programs import DAC_MASK, IMAGE, LABEL
+from engine.programs import DAC_MASK, IMAGE, LABEL, LOSS_NOISE
 from evaluation import metrics
 from utility.errors import UserError
 from utility.progress import format_duration
@@ -110,11 +110,12 @@ class Trainer:
     """Runs the steps of one training run on one device and does everything around them."""
 
     def __init__(self, *, config, graph, exe, loader, validator, classes, schedule, check_batch=None,
-                 dac=None, world_size=1, rank=0, fresh_log=True):
+                 takes_noise=False, dac=None, world_size=1, rank=0, fresh_log=True):
         self.config, self.graph, self.exe, self.loader = config, graph, exe, loader
         self.dac = dac              # engine.dac.DivideAndConquer, or None
         self.validator, self.classes, self.schedule = validator, classes, schedule
-        self.check_batch = check_batch
+        self.check_batch, self.takes_noise = check_batch, takes_noise
+        self.rank = rank
         self.world_size, self.leader = world_size, rank == 0
         self.model_dir = os.path.join(config.model_save_dir, config.model)
         self.fetch_names = list(graph.fetch)
@@ -160,6 +161,9 @@ class Trainer:
         feed = {IMAGE: images, LABEL: labels}
         if self.dac:
             feed[DAC_MASK] = self.dac.mask(position)
+        if self.takes_noise:  # a stream of its own, apart from the sampler's (seed, pass, batch)
+            rng = np.random.default_rng([self.config.seed, position.iteration, self.rank, 0x6E6F6973])
+            feed[LOSS_NOISE] = rng.random((len(labels), len(labels)), dtype=np.float32)
         step_start = time.time()
         values = self.exe.run(self.graph.main, feed=feed, fetch_list=list(self.graph.fetch.values()))
         step_s = time.time() - step_start

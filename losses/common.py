@@ -30,6 +30,16 @@ def squared_distances(features):
     return paddle.clip(distances, min=0.0)
 
 
+# Squared distances are clipped before the square root: its gradient at 0 is infinite.
+# Only the diagonal (and duplicate rows) get there, and the clip gives them a zero gradient.
+_MIN_SQUARED_DISTANCE = 1e-12
+
+
+def euclidean_distances(features):
+    """Pairwise Euclidean distances [B, B] of the rows of `features` [B, D], finite gradient everywhere."""
+    return paddle.sqrt(paddle.clip(squared_distances(features), min=_MIN_SQUARED_DISTANCE))
+
+
 def label_masks(labels):
     """Boolean masks [B, B] (positive, negative) from class ids `labels` [B].
 

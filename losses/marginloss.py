@@ -5,8 +5,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import check_eager, l2_normalize, label_masks, require_positive_and_negative_per_row
-from losses.rankedlistloss import euclidean_distances
+from losses.common import (check_eager, euclidean_distances, l2_normalize, label_masks,
+                           require_positive_and_negative_per_row)
 from losses.registry import LossSpec
 from utility.errors import UserError
 
@@ -132,5 +132,5 @@ def build(options, embedding_dim, num_classes):
 
 
 SPEC = LossSpec(
-    name="marginloss", layout="pk", check_batch=check_batch, build=build,
+    name="marginloss", layout="pk", check_batch=check_batch, build=build, takes_noise=True,
     summary="margin loss with a learned beta and distance-weighted negative sampling")

@@ -3,19 +3,9 @@ from functools import partial
 
 import paddle
 
-from losses.common import (check_eager, l2_normalize, label_masks, masked_max,
-                           require_positive_and_negative_per_row, squared_distances)
+from losses.common import (check_eager, euclidean_distances, l2_normalize, label_masks, masked_max,
+                           require_positive_and_negative_per_row)
 from losses.registry import LossSpec
-
-# Squared distances are clipped here before the square root: its gradient at 0 is infinite.
-# Only the diagonal (and duplicate rows) get there, and the clip gives them a zero gradient.
-_MIN_SQUARED_DISTANCE = 1e-12
-
-
-def euclidean_distances(features):
-    """Pairwise Euclidean distances [B, B] of the rows of `features` [B, D], finite gradient everywhere."""
-    return paddle.sqrt(paddle.clip(squared_distances(features), min=_MIN_SQUARED_DISTANCE))
-
 
 def rankedlistloss(features, labels, *, alpha=1.2, margin=0.4, temperature=10.0, balance=1.0):
     """Mean ranked list loss over anchors of `features` [B, D] with class ids `labels` [B].

@@ -29,6 +29,9 @@ class LossSpec:
     is_classifier_branch: the loss is the softmax classifier branch itself (build gives None), so the
                  classifier is trained whatever --alpha says.
     fixed_k:     images per class in a "pk" batch whatever --samples_each_class says (npairs: 2).
+    takes_noise: the loss samples pairs at random: it is called as loss(embedding, labels, noise) with
+                 uniform noise [B, B] that the trainer draws from (seed, iteration, device), so that a
+                 resumed run draws the same pairs.
     summary:     one line for --help and the README's loss table.
     """
     name: str
@@ -38,6 +41,7 @@ class LossSpec:
     classifies: bool = False
     is_classifier_branch: bool = False
     fixed_k: Optional[int] = None
+    takes_noise: bool = False
     summary: str = ""
 
     def __post_init__(self):

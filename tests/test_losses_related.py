@@ -671,3 +671,39 @@ def test_marginloss_beta_is_not_weight_decayed():
         weight_after = np.array(scope.find_var(linear.weight.name).get_tensor())
     assert np.any(weight_after != weight_before), "the decay is on for the other parameters"
     np.testing.assert_array_equal(beta, np.full(3, 1.2, dtype=np.float32))
+
+
+def test_margin_loss_resumes_exactly_with_noise_fed_by_the_trainer(tiny_dataset, tmp_path, capsys):
+    import json
+    import os
+
+    import train
+
+    data_dir, train_list, val_list = tiny_dataset
+    common = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
+              "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=marginloss", "--samples_each_class=3",
+              "--total_iter_num=4", "--save_iter_step=2", "--test_iter_step=100", "--num_workers=0",
+              "--display_iter_step=1"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.main(common + [f"--model_save_dir={straight}"])
+    train.main(common + [f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/2"])
+    capsys.readouterr()
+
+    def losses_of(folder):
+        with open(os.path.join(folder, "log.jsonl")) as f:
+            return {r["iter"]: r["loss_metric"] for r in map(json.loads, f) if "loss_metric" in r}
+    first, second = losses_of(straight), losses_of(resumed)
+    assert sorted(second) == [2, 3]
+    for iteration in (2, 3):
+        assert second[iteration] == pytest.approx(first[iteration], rel=1e-5, abs=1e-6)
+
+
+def test_test_loss_of_a_sampling_loss_is_the_same_every_run():
+    import eval as eval_script
+    from utility.args import defaults
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(4), 4)
+    features = rng.normal(size=(16, 8)).astype("float32")
+    config = defaults("eval", loss_name="marginloss", samples_each_class=4, test_batch_size=16)
+    assert eval_script.test_loss(config, features, labels) == eval_script.test_loss(config, features, labels)
