@@ -1,6 +1,7 @@
 """The metric-learning network: backbone, optional embedding projection, optional BNNeck, optional classifier."""
 from typing import NamedTuple, Optional
 
+import paddle
 from paddle import ParamAttr, nn
 
 from models.layers import named_linear
@@ -24,6 +25,42 @@ class NetworkOutput(NamedTuple):
     metric_embedding: object
     logits: Optional[object]
     inference_embedding: object
+
+
+class BNNeck(nn.Layer):
+    """Batch norm with a learned scale and a shift frozen at 0: [N, D] -> [N, D].
+
+    Parameters, named like a PaddleCV batch norm: `{name}_scale` (trainable, starts at 1),
+    `{name}_offset` (not trainable, 0), running statistics `{name}_mean` / `{name}_variance`.
+    In training the batch's statistics normalise (and update the running ones, momentum 0.9);
+    in test programs (set_is_test_attr) and eval mode the running statistics do.
+
+    The batch_norm op itself gets constant weight 1 and bias 0, and the scale and offset are
+    applied after it, because in Paddle 3.3 (CPU) the plain ways fail: batch_norm_grad computes
+    the weight's gradient only together with the bias's, so a frozen bias leaves the scale's
+    gradient empty and the static optimizer stops ("Tensor holds no memory"); and a batch_norm
+    without weight and bias crashes the oneDNN kernel of the exported inference model.
+    """
+
+    def __init__(self, dim, name, momentum=0.9, epsilon=1e-5):
+        super().__init__()
+        self.momentum, self.epsilon = momentum, epsilon
+        # Only for its running statistics `{name}_mean` / `{name}_variance`.
+        self.statistics = nn.BatchNorm1D(dim, momentum=momentum, epsilon=epsilon,
+                                         weight_attr=False, bias_attr=False, name=name)
+        self.scale = self.create_parameter(
+            [dim], attr=ParamAttr(name=f"{name}_scale"), default_initializer=nn.initializer.Constant(1.0))
+        self.offset = self.create_parameter(
+            [dim], attr=ParamAttr(name=f"{name}_offset", trainable=False),
+            default_initializer=nn.initializer.Constant(0.0), is_bias=True)
+
+    def forward(self, x):
+        dim = self.scale.shape[0]
+        normalised = nn.functional.batch_norm(
+            x, self.statistics._mean, self.statistics._variance,
+            weight=paddle.ones([dim], x.dtype), bias=paddle.zeros([dim], x.dtype),
+            training=self.training, momentum=self.momentum, epsilon=self.epsilon)
+        return normalised * self.scale + self.offset
 
 
 class EmbeddingNet(nn.Layer):
@@ -55,13 +92,7 @@ class EmbeddingNet(nn.Layer):
         self.embedding_fc = None
         if embedding_size > 0:
             self.embedding_fc = named_linear(backbone.feature_dim, embedding_size, EMBEDDING_FC)
-        self.neck_bn = None
-        if neck == "bnneck":
-            self.neck_bn = nn.BatchNorm1D(
-                self.embedding_dim, name=NECK_BN,  # running statistics neck_bn_mean / _variance
-                weight_attr=ParamAttr(name=f"{NECK_BN}_scale"),
-                bias_attr=ParamAttr(name=f"{NECK_BN}_offset", trainable=False,
-                                    initializer=nn.initializer.Constant(0.0)))
+        self.neck_bn = BNNeck(self.embedding_dim, NECK_BN) if neck == "bnneck" else None
         self.classifier_fc = None
         if num_classes > 0:
             self.classifier_fc = named_linear(self.embedding_dim, num_classes, CLASSIFIER_FC,
