@@ -44,9 +44,15 @@ class TrainGraph:
     startup: object
     test: object                # shares parameters with main; batch norm uses running statistics
     test_image: object          # the image input of `test`
-    test_embedding: object      # the embedding value inside `test`
+    test_embedding: object      # the inference embedding inside `test` (after the BNNeck, if any)
     fetch: dict                 # name -> value of main: loss_metric, and loss_cls, acc1, acc5 when classifying
     scheduler: object
+
+
+def build_network(config, num_classes):
+    """The network of config's --model, --embedding_size, --neck, --neck_feat and --last_stride."""
+    return models.build_model(config.model, num_classes, config.embedding_size, neck=config.neck,
+                              neck_feat=config.neck_feat, last_stride=config.last_stride)
 
 
 def trains_classifier(config):
@@ -60,8 +66,10 @@ def build_train_graph(config, num_classes, total_iters, world_size=1):
     with_classifier = trains_classifier(config)
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         image = paddle.static.data(IMAGE, [None, *config.image_shape], "float32")
-        network = models.build_model(config.model, num_classes if with_classifier else 0, config.embedding_size)
-        embedding, logits = network(image)
+        network = build_network(config, num_classes if with_classifier else 0)
+        # The metric loss sees the feature before the BNNeck; evaluation and export the one after it
+        # (the same value without a neck).
+        embedding, logits, inference_embedding = network(image)
         mapping = paddle.pir.IrMapping()
         test = main.clone(mapping)
         test.set_is_test_attr()
@@ -93,7 +101,8 @@ def build_train_graph(config, num_classes, total_iters, world_size=1):
             _minimize_data_parallel(optimizer, objective, world_size)
         else:
             optimizer.minimize(objective)
-    return TrainGraph(main, startup, test, mapping.look_up(image), mapping.look_up(embedding), fetch, scheduler)
+    return TrainGraph(main, startup, test, mapping.look_up(image), mapping.look_up(inference_embedding),
+                      fetch, scheduler)
 
 
 def _minimize_data_parallel(optimizer, objective, world_size):
@@ -117,11 +126,11 @@ class EmbedGraph:
 
 
 def build_embed_graph(config):
-    """image -> embedding, for eval.py and infer.py (no classifier, batch norm in test mode)."""
+    """image -> inference embedding, for eval.py and infer.py (no classifier, batch norm in test mode)."""
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         image = paddle.static.data(IMAGE, [None, *config.image_shape], "float32")
-        embedding, _ = models.build_model(config.model, 0, config.embedding_size)(image)
+        embedding = build_network(config, 0)(image).inference_embedding
     main.set_is_test_attr()
     return EmbedGraph(main, startup, image, embedding)
 

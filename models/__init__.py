@@ -1,13 +1,14 @@
 """Network builders, chosen by name with --model.
 
-`build_model(name, num_classes, embedding_size)` returns a paddle.nn.Layer
-mapping images [N, 3, H, W] (float32) to (embedding, logits). The same layer
-serves eager code and static programs; every parameter has a fixed name
-(see models/resnet.py, models/se_resnext.py and models/head.py for the scheme).
+`build_model(name, num_classes, embedding_size, neck=, neck_feat=, last_stride=)` returns a
+paddle.nn.Layer mapping images [N, 3, H, W] (float32) to a NetworkOutput
+(metric_embedding, logits, inference_embedding). The same layer serves eager code and
+static programs; every parameter has a fixed name (see models/resnet.py,
+models/se_resnext.py and models/head.py for the scheme).
 """
 from paddle.utils import unique_name
 
-from models.head import EmbeddingNet
+from models.head import NECK_FEATS, NECKS, EmbeddingNet, NetworkOutput
 from models.resnet import resnet18, resnet34, resnet50
 from models.se_resnext import se_resnext50_32x4d
 from utility.errors import UserError
@@ -18,23 +19,30 @@ MODELS = {
     "ResNet50": resnet50,
     "SE_ResNeXt50_32x4d": se_resnext50_32x4d,
 }
+LAST_STRIDES = (1, 2)
 
 
-def build_model(name, num_classes=0, embedding_size=0):
-    """Build backbone `name` with the embedding/classifier head.
+def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="after", last_stride=2):
+    """Build backbone `name` with the embedding/neck/classifier head.
 
-    Returns an EmbeddingNet whose forward gives (embedding, logits); logits is
-    None when num_classes == 0. Attributes: .embedding_dim, .num_classes.
-    Raises UserError for an unknown name or a negative size.
+    Returns an EmbeddingNet whose forward gives NetworkOutput(metric_embedding, logits,
+    inference_embedding); logits is None when num_classes == 0. neck="bnneck" adds the
+    BNNeck (models/head.py); last_stride=1 keeps the resolution of the last stage.
+    Attributes: .embedding_dim, .num_classes, .neck, .neck_feat.
+    Raises UserError for an unknown name or option, or a negative size.
     """
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     if num_classes < 0 or embedding_size < 0:
         raise UserError(f"num_classes and embedding_size must be 0 or more, "
                         f"got {num_classes} and {embedding_size}")
+    for option, value, allowed in (("neck", neck, NECKS), ("neck_feat", neck_feat, NECK_FEATS),
+                                   ("last_stride", last_stride, LAST_STRIDES)):
+        if value not in allowed:
+            raise UserError(f"unknown {option} {value!r}; choose one of: {', '.join(map(str, allowed))}")
     # Eager Paddle refuses a parameter name already used in this process unless
     # the layers are created under a fresh unique_name namespace; this also lets
     # eager mode catch a duplicate name within one network.
     with unique_name.guard():
-        return EmbeddingNet(MODELS[name](), num_classes=num_classes,
-                            embedding_size=embedding_size)
+        return EmbeddingNet(MODELS[name](last_stride=last_stride), num_classes=num_classes,
+                            embedding_size=embedding_size, neck=neck, neck_feat=neck_feat)

@@ -36,8 +36,8 @@ class ConvBN(nn.Layer):
         return nn.functional.relu(x) if self.relu else x
 
 
-def named_linear(in_features, out_features, name):
-    """Fully connected layer with parameters `{name}_weights` [in, out] and `{name}_offset`.
+def named_linear(in_features, out_features, name, bias=True):
+    """Fully connected layer with parameters `{name}_weights` [in, out] and `{name}_offset` (if bias).
 
     Weights start uniform in +-1/sqrt(in_features), as in the classic Paddle models.
     """
@@ -46,7 +46,18 @@ def named_linear(in_features, out_features, name):
         in_features, out_features,
         weight_attr=ParamAttr(name=f"{name}_weights",
                               initializer=nn.initializer.Uniform(-bound, bound)),
-        bias_attr=ParamAttr(name=f"{name}_offset"))
+        bias_attr=ParamAttr(name=f"{name}_offset") if bias else False)
+
+
+def block_stride(stage, index, num_stages, last_stride=2):
+    """Stride of block `index` (0-based) of `stage` (0-based) in a four-stage trunk.
+
+    The first block of every stage but the first halves the resolution, the last
+    stage's by `last_stride` (1 keeps the resolution there); every other block strides by 1.
+    """
+    if index > 0 or stage == 0:
+        return 1
+    return last_stride if stage == num_stages - 1 else 2
 
 
 class GlobalAvgPool(nn.Layer):

@@ -10,10 +10,15 @@ convolution `resXYZ` is `bnXYZ` (e.g. `res2a_branch2a_weights` is normalised by
 The 50-layer net puts the stride on the 3x3 convolution of its bottleneck
 ("ResNet v1.5"). As in Paddle's published ResNet18/34, the first basic block
 of stage 2 has a projection shortcut even though its shape does not change.
+
+`last_stride=1` (as in re-identification baselines) keeps the resolution in the
+last stage: its first block strides by 1 instead of 2, so the final feature map
+is twice as high and wide; parameter names and shapes are the same, so weights
+trained with either stride load into both.
 """
 from paddle import nn
 
-from models.layers import ConvBN, GlobalAvgPool
+from models.layers import ConvBN, GlobalAvgPool, block_stride
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -67,7 +72,7 @@ class Bottleneck(nn.Layer):
 class ResNet(nn.Layer):
     """ResNet trunk: images [N, 3, H, W] -> globally average-pooled features [N, feature_dim]."""
 
-    def __init__(self, block, stage_depths):
+    def __init__(self, block, stage_depths, last_stride=2):
         super().__init__()
         self.stem = ConvBN(3, 64, 7, conv_name="conv1", bn_name="bn_conv1", stride=2)
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
@@ -77,7 +82,7 @@ class ResNet(nn.Layer):
             for index in range(depth):
                 blocks.append(block(
                     in_channels, width,
-                    stride=2 if index == 0 and stage > 0 else 1,
+                    stride=block_stride(stage, index, len(stage_depths), last_stride),
                     name=f"res{stage + 2}{chr(ord('a') + index)}",
                     force_projection=block is BasicBlock and stage == index == 0))
                 in_channels = width * block.expansion
@@ -89,16 +94,16 @@ class ResNet(nn.Layer):
         return self.pool(self.blocks(self.max_pool(self.stem(images))))
 
 
-def resnet18():
+def resnet18(last_stride=2):
     """ResNet-18 trunk, 512-d features."""
-    return ResNet(BasicBlock, (2, 2, 2, 2))
+    return ResNet(BasicBlock, (2, 2, 2, 2), last_stride)
 
 
-def resnet34():
+def resnet34(last_stride=2):
     """ResNet-34 trunk, 512-d features."""
-    return ResNet(BasicBlock, (3, 4, 6, 3))
+    return ResNet(BasicBlock, (3, 4, 6, 3), last_stride)
 
 
-def resnet50():
+def resnet50(last_stride=2):
     """ResNet-50 trunk, 2048-d features."""
-    return ResNet(Bottleneck, (3, 4, 6, 3))
+    return ResNet(Bottleneck, (3, 4, 6, 3), last_stride)

@@ -9,10 +9,12 @@ Naming, as in PaddleCV image_classification's SE_ResNeXt: the stem is `conv1`
 convolutions `conv{s}_{i}_x1`, `_x2`, `_x3`, projection shortcut
 `conv{s}_{i}_prj`, each with batch norm `<conv name>_bn`, and
 squeeze/excitation layers `fc{s}_{i}_sqz` / `fc{s}_{i}_exc`.
+
+`last_stride=1` makes the first block of stage 5 stride by 1 (same parameters).
 """
 from paddle import nn
 
-from models.layers import ConvBN, GlobalAvgPool, named_linear
+from models.layers import ConvBN, GlobalAvgPool, block_stride, named_linear
 
 CARDINALITY = 32
 SE_REDUCTION = 16
@@ -66,7 +68,7 @@ class SEResNeXtBottleneck(nn.Layer):
 class SEResNeXt(nn.Layer):
     """SE-ResNeXt trunk: images [N, 3, H, W] -> globally average-pooled features [N, 2048]."""
 
-    def __init__(self):
+    def __init__(self, last_stride=2):
         super().__init__()
         self.stem = conv_bn(3, 64, 7, "conv1", stride=2)
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
@@ -76,7 +78,7 @@ class SEResNeXt(nn.Layer):
             for index in range(depth):
                 blocks.append(SEResNeXtBottleneck(
                     in_channels, width,
-                    stride=2 if index == 0 and stage > 0 else 1,
+                    stride=block_stride(stage, index, len(STAGE_DEPTHS), last_stride),
                     name=f"{stage + 2}_{index + 1}"))
                 in_channels = width * 2
         self.blocks = nn.Sequential(*blocks)
@@ -87,6 +89,6 @@ class SEResNeXt(nn.Layer):
         return self.pool(self.blocks(self.max_pool(self.stem(images))))
 
 
-def se_resnext50_32x4d():
-    """SE-ResNeXt-50 (32x4d) trunk, 2048-d features."""
-    return SEResNeXt()
+def se_resnext50_32x4d(last_stride=2):
+    """SE-ResNeXt-50 (32x4d) trunk, 2048-d features; last_stride=1 keeps the last stage's resolution."""
+    return SEResNeXt(last_stride)
