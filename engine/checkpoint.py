@@ -151,7 +151,7 @@ def _fitting_state(program, directory):
         problems = ([f"missing {_few(missing)}"] if missing else []) + \
                    ([f"other shape: {_few(wrong)}"] if wrong else [])
         raise UserError(f"{directory} does not fit this network ({'; '.join(problems)}); "
-                        "check --model, --embedding_size and the training list")
+                        "check --model, --embedding_size, --neck and the training list")
     return expected, state
 
 

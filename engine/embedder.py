@@ -46,7 +46,8 @@ def export(exe, program, image, embedding, out_dir, config):
     os.makedirs(out_dir, exist_ok=True)
     paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [image], [embedding], exe,
                                        program=program)
-    info = {"model": config.model, "embedding_size": config.embedding_size,
+    info = {"model": config.model, "embedding_size": config.embedding_size, "neck": config.neck,
+            "neck_feat": config.neck_feat, "last_stride": config.last_stride,
             "image_shape": list(config.image_shape), "input": INPUT_DESCRIPTION}
     with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
         json.dump(info, f, indent=1)

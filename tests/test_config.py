@@ -109,3 +109,9 @@ def test_eval_without_a_network_is_a_user_error(in_empty_dir):
 def test_default_digits_folder_belongs_to_the_repo_not_the_cwd():
     assert data.DIGITS_DIR.is_absolute()
     assert data.DIGITS_DIR == Path(data.__file__).resolve().parent / "digits"
+
+
+def test_eval_adopts_the_head_of_a_bnneck_checkpoint(in_empty_dir):
+    folder = _checkpoint(in_empty_dir / "neck", neck="bnneck", neck_feat="before", last_stride=1)
+    config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
+    assert (config.neck, config.neck_feat, config.last_stride) == ("bnneck", "before", 1)
