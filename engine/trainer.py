@@ -78,6 +78,8 @@ class RunLog:
     def __init__(self, path, fresh):
         self.file = None
         if path:
+            if os.path.islink(path):
+                raise UserError(f"{path} is a symbolic link: the log is not written through links")
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self.file = open(path, "w" if fresh else "a")
 

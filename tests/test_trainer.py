@@ -35,6 +35,26 @@ def test_the_log_is_strict_json(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
 
 
+def test_the_log_is_not_written_through_a_planted_link(tmp_path):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep\n")
+    os.symlink(target, tmp_path / LOG_FILE)
+    with pytest.raises(UserError, match="symbolic link"):
+        RunLog(str(tmp_path / LOG_FILE), fresh=True)
+    assert target.read_text() == "keep\n"
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    from utility.errors import run_cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda argv: open(blocker / "log.jsonl", "w"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: [Errno 20] Not a directory: '{blocker / 'log.jsonl'}'"]
+
+
 def test_epochs_become_iterations():
     assert Schedule.of(defaults("train", num_epochs=3), 7) == Schedule(21, 7, 7)
     schedule = Schedule.of(defaults("train", total_iter_num=10, test_iter_step=4, save_iter_step=5), 7)

@@ -22,6 +22,9 @@ def run_cli(main, argv=None):
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except OSError as err:  # the file system said no (permissions, full disk, ...): its message names the file
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
