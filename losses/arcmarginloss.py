@@ -4,7 +4,8 @@ import math
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import cross_entropy, l2_normalize
+from losses.common import cross_entropy
+from losses.cosine_classifier import CosineClassifier
 from losses.registry import LossSpec
 
 
@@ -28,7 +29,7 @@ def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False
     return cross_entropy(logits, labels)
 
 
-class ArcMarginLoss(paddle.nn.Layer):
+class ArcMarginLoss(CosineClassifier):
     """ArcFace head: owns a weight [embedding_dim, num_classes], named `weight_name` in static Programs.
 
     Calling it with (embedding [B, D], labels [B]) returns the mean arc-margin loss of the
@@ -37,18 +38,8 @@ class ArcMarginLoss(paddle.nn.Layer):
 
     def __init__(self, embedding_dim, num_classes, *, margin=0.15, scale=80.0, easy_margin=False,
                  weight_name="arcmargin_weights"):
-        super().__init__()
+        super().__init__(embedding_dim, num_classes, weight_name)
         self.margin, self.scale, self.easy_margin = margin, scale, easy_margin
-        # The fixed name matters in static Programs (checkpoints, sharing with a test Program);
-        # eager mode forbids reusing a name and keys its state_dict by attribute instead.
-        name = None if paddle.in_dynamic_mode() else weight_name
-        self.weight = self.create_parameter(
-            shape=[embedding_dim, num_classes],
-            attr=paddle.ParamAttr(name=name, initializer=paddle.nn.initializer.XavierUniform()))
-
-    def cosine(self, embedding):
-        """Cosine similarity [B, C] of each embedding with each class weight."""
-        return paddle.matmul(l2_normalize(embedding), l2_normalize(self.weight, axis=0))
 
     def forward(self, embedding, labels):
         return arcmargin_loss(self.cosine(embedding), labels, margin=self.margin, scale=self.scale,

@@ -2,7 +2,8 @@
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import cross_entropy, l2_normalize
+from losses.common import cross_entropy
+from losses.cosine_classifier import CosineClassifier
 from losses.registry import LossSpec
 
 
@@ -15,7 +16,7 @@ def cosface_loss(cosine, labels, *, margin=0.35, scale=30.0):
     return cross_entropy(scale * (cosine - margin * is_target), labels)
 
 
-class CosFaceLoss(paddle.nn.Layer):
+class CosFaceLoss(CosineClassifier):
     """CosFace head: owns a weight [embedding_dim, num_classes], named `weight_name` in static Programs.
 
     Calling it with (embedding [B, D], labels [B]) returns the mean large-margin cosine loss of the
@@ -23,18 +24,8 @@ class CosFaceLoss(paddle.nn.Layer):
     """
 
     def __init__(self, embedding_dim, num_classes, *, margin=0.35, scale=30.0, weight_name="cosface_weights"):
-        super().__init__()
+        super().__init__(embedding_dim, num_classes, weight_name)
         self.margin, self.scale = margin, scale
-        # A fixed name in static Programs (checkpoints, sharing with a test Program);
-        # eager mode forbids reusing a name and keys its state_dict by attribute instead.
-        name = None if paddle.in_dynamic_mode() else weight_name
-        self.weight = self.create_parameter(
-            shape=[embedding_dim, num_classes],
-            attr=paddle.ParamAttr(name=name, initializer=paddle.nn.initializer.XavierUniform()))
-
-    def cosine(self, embedding):
-        """Cosine similarity [B, C] of each embedding with each class weight."""
-        return paddle.matmul(l2_normalize(embedding), l2_normalize(self.weight, axis=0))
 
     def forward(self, embedding, labels):
         return cosface_loss(self.cosine(embedding), labels, margin=self.margin, scale=self.scale)
