@@ -90,7 +90,7 @@ def other_devices_rows(gathered, world_size, rank):
     return paddle.reshape(paddle.gather(by_device, others, axis=0), [-1, *trailing])
 
 
-def _reference_rows(config, embedding, label, world_size, rank):
+def reference_rows(config, embedding, label, world_size, rank):
     """(references, reference_labels, memory_rows) of the pair loss; (None, None, None) without any."""
     references, reference_labels = [], []
     memory_size = getattr(config, "xbm_size", 0)
@@ -122,7 +122,7 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0):
         test.set_is_test_attr()
 
         label = paddle.static.data(LABEL, [None], "int64")
-        references, reference_labels, memory_rows = _reference_rows(config, embedding, label, world_size, rank)
+        references, reference_labels, memory_rows = reference_rows(config, embedding, label, world_size, rank)
         metric_input = embedding
         if config.dac_clusters:  # divide and conquer: the loss sees one learner's slice (engine/dac.py)
             dac_mask = paddle.static.data(DAC_MASK, [embedding.shape[-1]], "float32")

@@ -197,3 +197,81 @@ def test_references_with_a_loss_that_takes_none_stop_at_start(tiny_dataset, tmp_
 def test_negative_memory_flags_are_refused(tiny_dataset, tmp_path, flag):
     with pytest.raises(UserError, match="must be 0 or more"):
         run_train(tiny_dataset, str(tmp_path), flag, "--loss_name=emlloss")
+
+
+# ---------------------------------------------------------------- two devices (paddle.distributed.launch)
+
+def launch(script_args, log_dir, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                             str(log_dir), *script_args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    logs = [(log_dir / f"workerlog.{rank}").read_text() for rank in range(2)]
+    assert result.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
+    return logs
+
+
+def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
+    from test_losses_references import np_batch_hard, np_eml, np_margin, np_ms, np_quadruplet, np_rll
+
+    logs = launch([os.path.join(REPO, "tests", "gather_two_devices.py")], tmp_path / "logs")
+    results = [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
+    embeddings = [np.array(r["embedding"]) for r in results]
+    labels = [np.array(r["labels"]) for r in results]
+    numpy_losses = {"batchhardtripletloss": lambda *a: np_batch_hard(*a, margin=0.3),
+                    "quadrupletloss": lambda *a: np_quadruplet(*a, margin=0.3), "emlloss": np_eml,
+                    "rankedlistloss": np_rll, "multisimilarityloss": np_ms}
+    for rank, result in enumerate(results):
+        other = 1 - rank
+        # The references are exactly the other device's rows, in rank order.
+        np.testing.assert_array_equal(result["references"], result_rows(results[other]))
+        assert result["reference_labels"] == results[other]["labels"]
+        for name, numpy_loss in numpy_losses.items():
+            want = numpy_loss(embeddings[rank], labels[rank], embeddings[other], labels[other])
+            alone = numpy_loss(embeddings[rank], labels[rank], embeddings[other][:0], labels[other][:0])
+            assert result["losses"][name] == pytest.approx(want, rel=1e-4, abs=1e-6), name
+            if name == "batchhardtripletloss":
+                assert abs(want - alone) > 1e-3, "the other device's rows must change this case"
+        noise = np.array(result["noise"])
+        want = np_margin(embeddings[rank], labels[rank], embeddings[other], labels[other], noise, np.full(10, 1.2))
+        assert result["losses"]["marginloss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+    # One data-parallel step of batchhardtripletloss: each device differentiates its own rows only
+    # (the gathered rows are constants), and the gradients are averaged over the devices.
+    before = np.array(results[0]["weights_before"], dtype=float)
+    inputs = [np.array(r["inputs"], dtype=float) for r in results]
+    fixed = [x @ before for x in inputs]
+
+    def device_loss(weights, rank):
+        return np_batch_hard(inputs[rank] @ weights, labels[rank], fixed[1 - rank], labels[1 - rank], margin=0.3)
+
+    gradient = np.zeros_like(before)
+    for index in np.ndindex(*before.shape):
+        up, down = before.copy(), before.copy()
+        up[index] += 1e-6
+        down[index] -= 1e-6
+        gradient[index] = np.mean([(device_loss(up, r) - device_loss(down, r)) / 2e-6 for r in range(2)])
+    assert np.abs(gradient).max() > 1e-3
+    for result in results:
+        np.testing.assert_allclose(result["weights_after"], before - 0.5 * gradient, rtol=1e-4, atol=1e-5)
+
+
+def result_rows(result):
+    return np.array(result["embedding"], dtype=np.float32)
+
+
+def test_train_py_gathers_and_keeps_every_device_memory(tiny_dataset, tmp_path):
+    data_dir, train_list, val_list = tiny_dataset
+    logs = launch([os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
+                   f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
+                   "--loss_name=batchhardtripletloss", "--samples_each_class=3", "--train_batch_size=12",
+                   "--total_iter_num=3", "--xbm_size=9", "--gather_embeddings=True", "--num_workers=0",
+                   "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"], tmp_path / "logs")
+    assert "Pass 0, trainbatch 2," in logs[0]
+    with open(tmp_path / "out" / "ResNet18" / "3" / "state.json") as f:
+        state = json.load(f)["xbm"]
+    assert (state["size"], state["world_size"], state["filled"]) == (9, 2, 9)
+    memory = CrossBatchMemory(9, state["dim"], world_size=2)
+    memory.restore(state)
+    for rank in range(2):
+        features, labels = memory.contents(rank)
+        assert (labels != -1).all() and np.isfinite(features).all() and np.abs(features).max() > 0
+    assert not np.array_equal(memory.contents(0)[0], memory.contents(1)[0])
