@@ -17,6 +17,7 @@ import paddle
 
 import losses
 import models
+from utility.errors import UserError
 
 IMAGE = "image"
 LABEL = "label"
@@ -129,6 +130,8 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0):
             metric_input = embedding * dac_mask
             references = None if references is None else references * dac_mask
         spec = losses.get(config.loss_name)
+        if references is not None and not spec.takes_references:  # train.py stops earlier (engine/xbm.py)
+            raise UserError(f"{config.loss_name} takes no reference rows (--xbm_size, --gather_embeddings)")
         metric_loss = spec.build(config, embedding.shape[-1], num_classes)
         extra = {} if references is None else {"references": references, "reference_labels": reference_labels}
         if metric_loss is None:
