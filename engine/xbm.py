@@ -10,9 +10,9 @@ Exact order of the memory (a ring):
   forward pass of step t, fetched from the program) are written in batch order into slots
   w, w+1, ..., w+B-1 (mod N), and the write position w advances by B (mod N). The oldest rows are
   overwritten first; with B > N only the batch's last N rows are kept.
-- The program sees the slots in slot order, not in age order (the losses find pairs by label; row j of
-  marginloss's noise belongs to slot j). Step t sees the rows of steps before t only: the batch itself
-  is already among the candidates, so it is not counted twice.
+- The program sees the slots in slot order, not in age order: the losses find pairs by label, and
+  marginloss's noise column for slot j is B + (gathered rows) + j. Step t sees the rows of steps
+  before t only: the batch itself is already among the candidates, so it is not counted twice.
 - Before --xbm_start_iter nothing is written and every slot is fed with label -1: the loss is the
   plain loss. (As in the paper, the memory starts after the embedding has settled a little.)
 - With several devices the program gathers every device's batch rows, so each process keeps every

@@ -103,12 +103,27 @@ def label_masks(labels, candidate_labels=None):
 
 def masked_max(values, mask, axis=None, keepdim=False):
     """Max of `values` over the entries where `mask` is true (along `axis`, or all)."""
-    return paddle.max(paddle.where(mask, values, paddle.full_like(values, -_FAR)), axis=axis, keepdim=keepdim)
+    return _pick(paddle.where(mask, values, paddle.full_like(values, -_FAR)), paddle.argmax, axis, keepdim)
 
 
 def masked_min(values, mask, axis=None, keepdim=False):
     """Min of `values` over the entries where `mask` is true (along `axis`, or all)."""
-    return paddle.min(paddle.where(mask, values, paddle.full_like(values, _FAR)), axis=axis, keepdim=keepdim)
+    return _pick(paddle.where(mask, values, paddle.full_like(values, _FAR)), paddle.argmin, axis, keepdim)
+
+
+def _pick(values, arg, axis, keepdim):
+    """The entry of `values` that `arg` (argmax, argmin) picks along `axis` (None: over all entries).
+
+    Same value as paddle.max/min, but the gradient goes through take_along_axis: Paddle 3.3.1's CPU
+    max/min gradient took 2.6 s on a [60, 8252] matrix (an anchor batch against a memory of 8192),
+    this takes milliseconds. At a tie the whole gradient goes to the first extreme entry.
+    """
+    if axis is None:
+        flat = paddle.reshape(values, [-1])
+        picked = paddle.take_along_axis(flat, arg(flat, axis=0, keepdim=True), axis=0)
+        return paddle.reshape(picked, [1] * len(values.shape) if keepdim else [])
+    picked = paddle.take_along_axis(values, arg(values, axis=axis, keepdim=True), axis=axis)
+    return picked if keepdim else paddle.squeeze(picked, axis=axis)
 
 
 def masked_mean(values, mask, axis):
