@@ -152,7 +152,10 @@ def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dat
     without = [r["loss_metric"] for r in read_log(plain) if "loss_metric" in r]
     with_memory = [r["loss_metric"] for r in read_log(memory) if "loss_metric" in r]
     # Iteration 0: before the start, all slots -1. Iteration 1: started, but nothing written yet.
-    assert with_memory[:2] == pytest.approx(without[:2], rel=1e-6)
+    # (Equal up to float32 rounding: the distances against batch + memory are computed as a [B, B + N]
+    # product, whose gradient rounds differently from the plain [B, B] one.)
+    assert with_memory[0] == pytest.approx(without[0], rel=1e-6)
+    assert with_memory[1] == pytest.approx(without[1], rel=2e-5)
     # Iteration 2: the rows of iteration 1 are candidates (and harder: the quadruplet loss can only grow).
     assert with_memory[2] > without[2] + 1e-4
 
