@@ -17,6 +17,7 @@ from losses.quadrupletloss import quadrupletloss
 from losses.rankedlistloss import rankedlistloss
 from losses.tripletloss import batch_hard_tripletloss
 from paddle_modes import static_mode
+from utility.args import defaults
 
 REFERENCE_LOSSES = {"batchhardtripletloss", "quadrupletloss", "emlloss", "rankedlistloss",
                     "multisimilarityloss", "marginloss"}
@@ -275,7 +276,6 @@ def test_references_as_static_inputs(name):
     # The way the trainer feeds the memory: float32 [N, D] and int64 [N] data inputs of a PIR Program.
     features, labels, references, reference_labels, noise = batch_and_memory(7)
     spec = losses.get(name)
-    from utility.args import defaults
     options = defaults("train", margin=0.3, margin_beta_per_class=False)
     with static_mode():
         main, startup = paddle.static.Program(), paddle.static.Program()

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-import train
 from engine.xbm import CrossBatchMemory
 from engine.trainer import Trainer
 from utility.errors import UserError
