@@ -20,7 +20,7 @@ def main(argv=None):
     import paddle
 
     import losses
-    from engine import device, programs
+    from engine import device, programs, xbm
     from engine.trainer import Position, Schedule, Trainer, Validator, claim_save_dir
 
     world_size, rank = programs.distributed_env()
@@ -32,6 +32,7 @@ def main(argv=None):
     spec = losses.get(config.loss_name)
     if config.dac_clusters and spec.layout == "shuffle":
         raise UserError(f"--dac_clusters needs a pair loss (P x K or triplet batches), not {config.loss_name}")
+    xbm.check_options(config, spec)
     resume_state = _resume_state(config.checkpoint, train_list) if config.checkpoint else None
     claim_save_dir(config, resuming=resume_state is not None)
     place = device.place(config.use_gpu)
@@ -54,7 +55,7 @@ def main(argv=None):
             paddle.distributed.init_parallel_env()  # before enable_static, or Paddle crashes
         paddle.enable_static()
         paddle.seed(config.seed)
-        graph = programs.build_train_graph(config, train_list.num_classes, schedule.total, world_size)
+        graph = programs.build_train_graph(config, train_list.num_classes, schedule.total, world_size, rank)
         exe = paddle.static.Executor(place)
         exe.run(graph.startup)
 
@@ -75,10 +76,13 @@ def main(argv=None):
                                    spec.samples_each_class(config.samples_each_class),
                                    graph.test_embedding.shape[-1], world_size, rank)
             dac.restore((resume_state or {}).get("dac"))
+        memory = xbm.CrossBatchMemory.of(config, graph.test_embedding.shape[-1], world_size, rank)
+        if memory and resume_state and not memory.restore(resume_state.get("xbm"), config.checkpoint):
+            _print(leader, f"Note: {config.checkpoint} holds no cross-batch memory; it starts empty")
         trainer = Trainer(config=config, graph=graph, exe=exe, loader=loader,
                           validator=Validator(val_loader, val_list.labels), classes=train_list.classes,
                           schedule=schedule, check_batch=spec.check_batch, takes_noise=spec.takes_noise,
-                          dac=dac, world_size=world_size,
+                          dac=dac, memory=memory, world_size=world_size,
                           rank=rank, fresh_log=resume_state is None)
         trainer.run(start)
     finally:

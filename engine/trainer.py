@@ -14,7 +14,7 @@ import numpy as np
 
 from engine import checkpoint
 from engine.embedder import Embedder, embed_list
-from engine.programs import DAC_MASK, IMAGE, LABEL, LOSS_NOISE
+from engine.programs import DAC_MASK, IMAGE, LABEL, LOSS_NOISE, reference_row_count
 from evaluation import metrics
 from utility.errors import UserError
 from utility.progress import format_duration
@@ -112,9 +112,10 @@ class Trainer:
     """Runs the steps of one training run on one device and does everything around them."""
 
     def __init__(self, *, config, graph, exe, loader, validator, classes, schedule, check_batch=None,
-                 takes_noise=False, dac=None, world_size=1, rank=0, fresh_log=True):
+                 takes_noise=False, dac=None, memory=None, world_size=1, rank=0, fresh_log=True):
         self.config, self.graph, self.exe, self.loader = config, graph, exe, loader
         self.dac = dac              # engine.dac.DivideAndConquer, or None
+        self.memory = memory        # engine.xbm.CrossBatchMemory, or None
         self.validator, self.classes, self.schedule = validator, classes, schedule
         self.check_batch, self.takes_noise = check_batch, takes_noise
         self.rank = rank
@@ -163,12 +164,21 @@ class Trainer:
         feed = {IMAGE: images, LABEL: labels}
         if self.dac:
             feed[DAC_MASK] = self.dac.mask(position)
+        if self.memory:
+            feed.update(self.memory.feed(position.iteration))
         if self.takes_noise:  # a stream of its own, apart from the sampler's (seed, pass, batch)
             rng = np.random.default_rng([self.config.seed, position.iteration, self.rank, 0x6E6F6973])
-            feed[LOSS_NOISE] = rng.random((len(labels), len(labels)), dtype=np.float32)
+            candidates = len(labels) + reference_row_count(self.config, len(labels), self.world_size)
+            feed[LOSS_NOISE] = rng.random((len(labels), candidates), dtype=np.float32)
+        fetch_list = list(self.graph.fetch.values())
+        if self.memory:
+            fetch_list += list(self.graph.memory_rows)
         step_start = time.time()
-        values = self.exe.run(self.graph.main, feed=feed, fetch_list=list(self.graph.fetch.values()))
+        values = self.exe.run(self.graph.main, feed=feed, fetch_list=fetch_list)
         step_s = time.time() - step_start
+        if self.memory:
+            values, (memory_features, memory_labels) = values[:len(self.fetch_names)], values[len(self.fetch_names):]
+            self.memory.update(position.iteration, memory_features, memory_labels)
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
         stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
@@ -233,6 +243,8 @@ class Trainer:
                  "classes": self.classes.tolist(), "args": self.config.as_dict()}
         if self.dac:
             state["dac"] = self.dac.state()
+        if self.memory:
+            state["xbm"] = self.memory.state()
         self.last_saved = checkpoint.save_checkpoint(self.graph.main, self.model_dir, str(position.iteration), state)
         print(f"Saved checkpoint {self.last_saved}", flush=True)
         return self.last_saved

@@ -3,7 +3,7 @@ import math
 
 import paddle
 
-from losses.common import (check_eager, label_masks, masked_max, masked_mean, masked_min,
+from losses.common import (candidates, check_eager, label_masks, masked_max, masked_mean, masked_min,
                            require_positive_and_negative_per_row, squared_distances)
 from losses.registry import LossSpec
 
@@ -28,17 +28,19 @@ def _surrogate_stable(theta, bias):
     return below + above - _surrogate(theta, threshold)
 
 
-def emlloss(features, labels):
+def emlloss(features, labels, references=None, reference_labels=None):
     """Mean EML loss over anchors of `features` [B, D] with class ids `labels` [B].
 
     On squared distances of the raw (not normalised) features, for each anchor with
     positive distances P and negative distances N:
     theta = mean(exp(P - max P)) * mean(exp(min N - N)), bias = max P - min N,
     loss = surrogate(theta, bias) with BETA = 1e5 and the overflow-safe continuation above 20.
+    With `references` P and N come from the batch and the references (losses/common.py, candidates).
     """
     check_eager(check_batch, labels)
-    distances = squared_distances(features)
-    positive, negative = label_masks(labels)
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels)
+    distances = squared_distances(anchors, others)
+    positive, negative = label_masks(labels, other_labels)
     positive_max = masked_max(distances, positive, axis=1, keepdim=True)
     negative_min = masked_min(distances, negative, axis=1, keepdim=True)
     # Entries outside a mask are replaced by the row's max/min first, so exp() never overflows there.
@@ -54,6 +56,6 @@ def check_batch(labels):
 
 
 SPEC = LossSpec(
-    name="emlloss", layout="pk", check_batch=check_batch,
+    name="emlloss", layout="pk", check_batch=check_batch, takes_references=True,
     build=lambda options, embedding_dim, num_classes: emlloss,
     summary="energy-based surrogate of the hardest positive vs. negative distances, per anchor")

@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import (check_eager, euclidean_distances, l2_normalize, label_masks,
+from losses.common import (candidates, check_eager, euclidean_distances, l2_normalize, label_masks,
                            require_positive_and_negative_per_row)
 from losses.registry import LossSpec
 from utility.errors import UserError
@@ -30,16 +30,17 @@ def log_sampling_weights(distances, dim, cutoff):
     return (2.0 - dim) * paddle.log(d) - 0.5 * (dim - 3.0) * paddle.log(shell)
 
 
-def sample_negatives(distances, labels, noise, dim, cutoff):
-    """Bool mask [B, B]: the negatives drawn for each anchor row, one per positive of that row.
+def sample_negatives(distances, labels, noise, dim, cutoff, candidate_labels=None):
+    """Bool mask [B, N]: the negatives drawn for each anchor row, one per positive of that row.
 
     Row i draws min(#positives_i, #negatives_i) distinct negatives with the Gumbel-top-k trick:
     the negatives with the largest log_sampling_weights + Gumbel noise, the noise being
     -log(-log(u)) of the uniform `noise` [B, B] in (0, 1). With one positive this is an exact draw
     from the categorical distribution ∝ 1 / q(d) over the row's negatives; with more, the draws are
     that distribution sampled without replacement. Selection only: no gradient flows through it.
+    `distances` and `noise` are [B, N] against candidates labelled `candidate_labels` (default: the batch).
     """
-    positive, negative = label_masks(labels)
+    positive, negative = label_masks(labels, candidate_labels)
     uniform = paddle.clip(paddle.cast(noise, distances.dtype), min=_MIN_NOISE, max=_MAX_NOISE)
     gumbel = -paddle.log(-paddle.log(uniform))
     scores = log_sampling_weights(distances.detach(), dim, cutoff) + gumbel
@@ -49,7 +50,8 @@ def sample_negatives(distances, labels, noise, dim, cutoff):
     return paddle.logical_and(negative, rank < draws)
 
 
-def margin_loss(features, labels, noise=None, *, beta=1.2, alpha=0.2, cutoff=0.5):
+def margin_loss(features, labels, noise=None, references=None, reference_labels=None, *, beta=1.2, alpha=0.2,
+                cutoff=0.5):
     """Mean margin loss [alpha + y_ij (D_ij - beta)]_+ of `features` [B, D] with class ids `labels` [B].
 
     D: Euclidean distances between the L2-normalised rows; y = +1 for positive pairs, -1 for
@@ -58,13 +60,16 @@ def margin_loss(features, labels, noise=None, *, beta=1.2, alpha=0.2, cutoff=0.5
     [B, B], uniform in (0, 1) (paddle.rand when None). `beta` is a number or a tensor that
     broadcasts against [B, B] (one value per anchor row: [B, 1]). The result is the mean over the
     pairs with non-zero loss, 0 when there are none.
+    With `references` [R, D] / `reference_labels` [R] the positives and drawn negatives range over
+    the batch and the references (losses/common.py, candidates), and `noise` is [B, B + R].
     """
     check_eager(check_batch, labels)
-    distances = euclidean_distances(l2_normalize(features))
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels, l2_normalize)
+    distances = euclidean_distances(anchors, others)
     if noise is None:
         noise = paddle.rand(paddle.shape(distances), dtype=distances.dtype)
-    positive, _ = label_masks(labels)
-    negative = sample_negatives(distances, labels, noise, features.shape[-1], cutoff)
+    positive, _ = label_masks(labels, other_labels)
+    negative = sample_negatives(distances, labels, noise, features.shape[-1], cutoff, other_labels)
     if not isinstance(beta, (int, float)):
         beta = paddle.cast(beta, distances.dtype)
     zero = paddle.zeros_like(distances)
@@ -100,11 +105,11 @@ class MarginLoss(paddle.nn.Layer):
             return paddle.reshape(self.beta, [1, 1])
         return paddle.unsqueeze(paddle.gather(self.beta, paddle.reshape(labels, [-1])), axis=1)
 
-    def forward(self, embedding, labels, noise=None):
-        """Mean margin loss; `noise` [B, B] uniform in (0, 1) drives the sampling (paddle.rand when None)."""
+    def forward(self, embedding, labels, noise=None, references=None, reference_labels=None):
+        """Mean margin loss; `noise` [B, N] uniform in (0, 1) drives the sampling (paddle.rand when None)."""
         check_eager(self.check_batch, labels)
-        return margin_loss(embedding, labels, noise, beta=self.anchor_beta(labels), alpha=self.alpha,
-                           cutoff=self.cutoff)
+        return margin_loss(embedding, labels, noise, references, reference_labels, beta=self.anchor_beta(labels),
+                           alpha=self.alpha, cutoff=self.cutoff)
 
     def check_batch(self, labels):
         check_batch(labels)
@@ -132,5 +137,5 @@ def build(options, embedding_dim, num_classes):
 
 
 SPEC = LossSpec(
-    name="marginloss", layout="pk", check_batch=check_batch, build=build, takes_noise=True,
+    name="marginloss", layout="pk", check_batch=check_batch, build=build, takes_noise=True, takes_references=True,
     summary="margin loss with a learned beta and distance-weighted negative sampling")

@@ -3,7 +3,7 @@ from functools import partial
 
 import paddle
 
-from losses.common import (check_eager, l2_normalize, label_masks, masked_max, masked_min,
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_per_row)
 from losses.registry import LossSpec
 
@@ -22,7 +22,7 @@ def log_one_plus_sum_exp(values, mask):
     return paddle.squeeze(row_max + paddle.log(total), axis=1)
 
 
-def multisimilarityloss(features, labels, *, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+def multisimilarityloss(features, labels, references=None, reference_labels=None, *, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
     """Multi-similarity loss of `features` [B, D] with class ids `labels` [B], summed over anchors / B.
 
     S: cosine similarities of the L2-normalised rows; P_i, N_i: anchor i's positives (same class,
@@ -31,11 +31,12 @@ def multisimilarityloss(features, labels, *, alpha=2.0, beta=50.0, base=0.5, eps
     otherwise (1/alpha) log(1 + sum_{P'_i} exp(-alpha (S_ij - base)))
             + (1/beta) log(1 + sum_{N'_i} exp(beta (S_ik - base))).
     `base` is the paper's lambda. The mining is a selection (no gradient flows through it).
+    With `references` P_i and N_i range over the batch and the references (losses/common.py, candidates).
     """
     check_eager(check_batch, labels)
-    embedding = l2_normalize(features)
-    similarities = paddle.matmul(embedding, embedding, transpose_y=True)
-    positive, negative = label_masks(labels)
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels, l2_normalize)
+    similarities = paddle.matmul(anchors, others, transpose_y=True)
+    positive, negative = label_masks(labels, other_labels)
 
     hardest_positive = masked_min(similarities, positive, axis=1, keepdim=True)
     hardest_negative = masked_max(similarities, negative, axis=1, keepdim=True)
@@ -54,7 +55,7 @@ def check_batch(labels):
 
 
 SPEC = LossSpec(
-    name="multisimilarityloss", layout="pk", check_batch=check_batch,
+    name="multisimilarityloss", layout="pk", check_batch=check_batch, takes_references=True,
     build=lambda options, embedding_dim, num_classes: partial(
         multisimilarityloss, alpha=options.ms_alpha, beta=options.ms_beta, base=options.ms_lambda,
         epsilon=options.ms_epsilon),

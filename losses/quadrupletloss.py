@@ -3,20 +3,22 @@ from functools import partial
 
 import paddle.nn.functional as F
 
-from losses.common import (check_eager, l2_normalize, label_masks, masked_max, masked_min,
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_pair, squared_distances)
 from losses.registry import LossSpec
 
 
-def quadrupletloss(features, labels, *, margin=0.1):
+def quadrupletloss(features, labels, references=None, reference_labels=None, *, margin=0.1):
     """relu(max positive distance - min negative distance + margin) over the whole batch.
 
     Squared Euclidean distances of the L2-normalised `features` [B, D]; pairs are positive
-    when their `labels` [B] agree. Returns a scalar (the batch has one term).
+    when their `labels` [B] agree. Returns a scalar (the batch has one term). With `references`
+    the pairs are (batch row, batch row or reference) (losses/common.py, candidates).
     """
     check_eager(check_batch, labels)
-    distances = squared_distances(l2_normalize(features))
-    positive, negative = label_masks(labels)
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels, l2_normalize)
+    distances = squared_distances(anchors, others)
+    positive, negative = label_masks(labels, other_labels)
     return F.relu(masked_max(distances, positive) - masked_min(distances, negative) + margin)
 
 
@@ -25,6 +27,6 @@ def check_batch(labels):
 
 
 SPEC = LossSpec(
-    name="quadrupletloss", layout="pk", check_batch=check_batch,
+    name="quadrupletloss", layout="pk", check_batch=check_batch, takes_references=True,
     build=lambda options, embedding_dim, num_classes: partial(quadrupletloss, margin=options.margin),
     summary="hardest positive pair against hardest negative pair of the batch")

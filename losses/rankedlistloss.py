@@ -3,11 +3,11 @@ from functools import partial
 
 import paddle
 
-from losses.common import (check_eager, euclidean_distances, l2_normalize, label_masks, masked_max,
+from losses.common import (candidates, check_eager, euclidean_distances, l2_normalize, label_masks, masked_max,
                            require_positive_and_negative_per_row)
 from losses.registry import LossSpec
 
-def rankedlistloss(features, labels, *, alpha=1.2, margin=0.4, temperature=10.0, balance=1.0):
+def rankedlistloss(features, labels, references=None, reference_labels=None, *, alpha=1.2, margin=0.4, temperature=10.0, balance=1.0):
     """Mean ranked list loss over anchors of `features` [B, D] with class ids `labels` [B].
 
     d: Euclidean distances between the L2-normalised rows. For anchor i:
@@ -21,10 +21,13 @@ def rankedlistloss(features, labels, *, alpha=1.2, margin=0.4, temperature=10.0,
     The weights are constants for the gradient (computed from detached distances), as in the
     paper's optimisation section and the authors' Caffe layer, which scales each pair's
     gradient by its normalised weight without differentiating the weight.
+    With `references` the positives and negatives j, k range over the batch and the references
+    (losses/common.py, candidates).
     """
     check_eager(check_batch, labels)
-    distances = euclidean_distances(l2_normalize(features))
-    positive, negative = label_masks(labels)
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels, l2_normalize)
+    distances = euclidean_distances(anchors, others)
+    positive, negative = label_masks(labels, other_labels)
     dtype = distances.dtype
 
     hard_positive = paddle.logical_and(positive, distances > alpha - margin)
@@ -50,7 +53,7 @@ def check_batch(labels):
 
 
 SPEC = LossSpec(
-    name="rankedlistloss", layout="pk", check_batch=check_batch,
+    name="rankedlistloss", layout="pk", check_batch=check_batch, takes_references=True,
     build=lambda options, embedding_dim, num_classes: partial(
         rankedlistloss, alpha=options.rll_alpha, margin=options.rll_margin,
         temperature=options.rll_temperature, balance=options.rll_lambda),

@@ -30,8 +30,12 @@ class LossSpec:
                  classifier is trained whatever --alpha says.
     fixed_k:     images per class in a "pk" batch whatever --samples_each_class says (npairs: 2).
     takes_noise: the loss samples pairs at random: it is called as loss(embedding, labels, noise) with
-                 uniform noise [B, B] that the trainer draws from (seed, iteration, device), so that a
-                 resumed run draws the same pairs.
+                 uniform noise [B, N] that the trainer draws from (seed, iteration, device), so that a
+                 resumed run draws the same pairs (N = B + the reference rows, see takes_references).
+    takes_references: the loss compares each anchor with every other row, and also accepts extra rows
+                 as keywords `references` [R, D], `reference_labels` [R] (a cross-batch memory, the
+                 other devices' rows): candidates are concat(batch, references), references labelled
+                 -1 are ignored and get no gradient (losses/common.py, candidates and label_masks).
     summary:     one line for --help and the README's loss table.
     """
     name: str
@@ -42,6 +46,7 @@ class LossSpec:
     is_classifier_branch: bool = False
     fixed_k: Optional[int] = None
     takes_noise: bool = False
+    takes_references: bool = False
     summary: str = ""
 
     def __post_init__(self):

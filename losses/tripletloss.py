@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import (check_eager, l2_normalize, label_masks, masked_max, masked_min,
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_per_row, squared_distances)
 from losses.registry import LossSpec
 from utility.errors import UserError
@@ -26,15 +26,18 @@ def tripletloss(features, labels=None, *, margin=0.1):
     return paddle.mean(F.relu(anchor_positive - anchor_negative + margin))
 
 
-def batch_hard_tripletloss(features, labels, *, margin=0.1):
+def batch_hard_tripletloss(features, labels, references=None, reference_labels=None, *, margin=0.1):
     """Batch-hard triplet loss: for each anchor its farthest positive and nearest negative.
 
     Squared distances of the L2-normalised `features` [B, D]; positives and negatives
     come from `labels` [B]; the loss is the mean over anchors of relu(d_ap - d_an + margin).
+    With `references` [R, D] / `reference_labels` [R] the positives and negatives are searched
+    among the batch and the references (losses/common.py, candidates).
     """
     check_eager(check_batch_hard, labels)
-    distances = squared_distances(l2_normalize(features))
-    positive, negative = label_masks(labels)
+    anchors, others, other_labels = candidates(features, labels, references, reference_labels, l2_normalize)
+    distances = squared_distances(anchors, others)
+    positive, negative = label_masks(labels, other_labels)
     hardest_positive = masked_max(distances, positive, axis=1)
     hardest_negative = masked_min(distances, negative, axis=1)
     return paddle.mean(F.relu(hardest_positive - hardest_negative + margin))
@@ -65,6 +68,6 @@ SPEC = LossSpec(
     summary="random (anchor, positive, negative) triplets: relu(d_ap - d_an + margin)")
 
 BATCH_HARD_SPEC = LossSpec(
-    name="batchhardtripletloss", layout="pk", check_batch=check_batch_hard,
+    name="batchhardtripletloss", layout="pk", check_batch=check_batch_hard, takes_references=True,
     build=lambda options, embedding_dim, num_classes: partial(batch_hard_tripletloss, margin=options.margin),
     summary="batch-hard triplets on P x K batches: farthest positive, nearest negative per anchor")

@@ -100,6 +100,9 @@ def _train(p):
     g.add_argument("--dac_clusters", type=int, default=0, help="divide and conquer: K learners on K clusters of the data (0 = off)")
     g.add_argument("--dac_period", type=int, default=2, help="divide and conquer: re-cluster every N passes")
     g.add_argument("--dac_full_from", type=int, default=None, help="divide and conquer: from this pass on, train the whole embedding on all data")
+    g.add_argument("--xbm_size", type=int, default=0, help="cross-batch memory: the pair loss also compares each anchor with this device's last N embeddings (0 = off)")
+    g.add_argument("--xbm_start_iter", type=int, default=0, help="cross-batch memory: fill and use it from this iteration on")
+    g.add_argument("--gather_embeddings", type=str2bool, default=False, help="several devices: the pair loss also compares each anchor with the other devices' batch rows")
     g.add_argument("--checkpoint", default=None, help="resume from this checkpoint directory (or its 'latest' pointer)")
     g.add_argument("--model_save_dir", default="output", help="checkpoints go to MODEL_SAVE_DIR/MODEL/N")
     g.add_argument("--overwrite", type=str2bool, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
@@ -215,6 +218,9 @@ def _check_training_numbers(args):
     if args.dac_clusters < 0 or args.dac_clusters == 1 or args.dac_period <= 0:
         raise UserError(f"--dac_clusters must be 0 (off) or 2 or more and --dac_period positive, "
                         f"got {args.dac_clusters} and {args.dac_period}")
+    for name in ("xbm_size", "xbm_start_iter"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be 0 or more, got {getattr(args, name)}")
     if args.warmup_iter < 0:
         raise UserError(f"--warmup_iter must be 0 or more, got {args.warmup_iter}")
     if any(step < 0 for step in args.lr_steps):

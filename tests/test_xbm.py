@@ -1,0 +1,310 @@
+"""Cross-batch memory (engine/xbm.py) and negatives gathered from every device (--gather_embeddings)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.xbm import CrossBatchMemory
+from engine.trainer import Trainer
+from utility.errors import UserError
+from test_train import read_log, run_train, _final_parameters
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- the ring on the host
+
+def batches(count, rows, dim, rng, devices=1):
+    return [(rng.normal(size=(devices * rows, dim)).astype(np.float32), rng.integers(0, 50, size=devices * rows))
+            for _ in range(count)]
+
+
+@pytest.mark.parametrize("size,rows", [(8, 3), (6, 3), (4, 6), (5, 5)])
+def test_memory_holds_the_last_rows_oldest_first(size, rows):
+    rng = np.random.default_rng(size * 10 + rows)
+    memory = CrossBatchMemory(size, 4)
+    steps = batches(5, rows, 4, rng)
+    for t, (features, labels) in enumerate(steps):
+        memory.update(t, features, labels)
+        all_features = np.concatenate([f for f, _ in steps[:t + 1]])
+        all_labels = np.concatenate([y for _, y in steps[:t + 1]])
+        got_features, got_labels = memory.contents()
+        np.testing.assert_array_equal(got_features, all_features[-size:])
+        np.testing.assert_array_equal(got_labels, all_labels[-size:])
+    # What the program is fed: every slot, in slot order; never-written slots are labelled -1.
+    fed = memory.feed(5)
+    assert sorted(fed["xbm_labels"].tolist()) == sorted(memory.contents()[1].tolist())
+
+
+def test_empty_slots_and_the_start_iteration():
+    memory = CrossBatchMemory(10, 3, start_iter=2)
+    rng = np.random.default_rng(1)
+    (f0, y0), (f1, y1), (f2, y2) = batches(3, 4, 3, rng)
+    assert (memory.feed(0)["xbm_labels"] == -1).all()
+    memory.update(0, f0, y0)
+    memory.update(1, f1, y1)
+    assert memory.contents()[0].shape == (0, 3), "nothing is written before --xbm_start_iter"
+    memory.update(2, f2, y2)
+    assert (memory.feed(1)["xbm_labels"] == -1).all(), "before --xbm_start_iter every slot is fed as -1"
+    fed = memory.feed(2)
+    np.testing.assert_array_equal(fed["xbm_labels"], np.concatenate([y2, np.full(6, -1)]))
+    np.testing.assert_array_equal(fed["xbm_features"][:4], f2)
+
+
+def test_every_device_ring_and_the_fed_one():
+    rng = np.random.default_rng(2)
+    memory = CrossBatchMemory(6, 2, world_size=3, rank=1)
+    steps = batches(3, 4, 2, rng, devices=3)
+    for t, (features, labels) in enumerate(steps):
+        memory.update(t, features, labels)
+    for rank in range(3):
+        want = np.concatenate([f[4 * rank:4 * rank + 4] for f, _ in steps])[-6:]
+        np.testing.assert_array_equal(memory.contents(rank)[0], want)
+    np.testing.assert_array_equal(np.sort(memory.feed(3)["xbm_labels"]),
+                                  np.sort(np.concatenate([y[4:8] for _, y in steps])[-6:]))
+
+
+def test_state_round_trips_exactly_through_json():
+    rng = np.random.default_rng(3)
+    memory = CrossBatchMemory(7, 5, world_size=2)
+    for t, (features, labels) in enumerate(batches(3, 3, 5, rng, devices=2)):
+        memory.update(t, features * 1e-30 if t == 1 else features, labels)  # tiny values survive too
+    restored = CrossBatchMemory(7, 5, world_size=2)
+    assert restored.restore(json.loads(json.dumps(memory.state())))
+    for rank in range(2):
+        for got, want in zip(restored.contents(rank), memory.contents(rank)):
+            np.testing.assert_array_equal(got, want)
+    assert (restored.write, restored.filled) == (memory.write, memory.filled)
+    assert not restored.restore(None)
+    with pytest.raises(UserError, match="memory of 7 rows x 5 dims on 2 device"):
+        CrossBatchMemory(8, 5, world_size=2).restore(memory.state())
+
+
+# ---------------------------------------------------------------- train.py
+
+PK = ["--loss_name=quadrupletloss", "--samples_each_class=3", "--lr=0.05", "--test_iter_step=100"]
+
+
+@pytest.fixture
+def recorded_steps(monkeypatch):
+    """(iteration, labels) of every training step train.py runs."""
+    steps = []
+    original = Trainer._step
+
+    def step(self, position, images, labels, reader_s):
+        steps.append((position.iteration, np.array(images), np.array(labels)))
+        return original(self, position, images, labels, reader_s)
+
+    monkeypatch.setattr(Trainer, "_step", step)
+    return steps
+
+
+def batch_embedding(checkpoint_dir, images, labels):
+    """The training forward pass's embedding of a batch, with the parameters of `checkpoint_dir`."""
+    import paddle
+
+    from engine import checkpoint, programs
+    from utility.config import resolve
+
+    config = resolve("train", [*PK, "--model=ResNet18", "--image_shape=3,32,32", "--train_list=unused",
+                               "--total_iter_num=1", "--xbm_size=30"])
+    paddle.enable_static()
+    try:
+        graph = programs.build_train_graph(config, 8, 10)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(graph.startup)
+        checkpoint.restore(graph.main, checkpoint_dir)
+        feed = {"image": images, "label": labels, "xbm_features": np.zeros((30, 512), np.float32),
+                "xbm_labels": np.full(30, -1)}
+        embedding, = exe.run(graph.main, feed=feed, fetch_list=[graph.memory_rows[0]])
+    finally:
+        paddle.disable_static()
+    return embedding
+
+
+def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_path, capsys, recorded_steps):
+    out = str(tmp_path / "xbm")
+    run_train(tiny_dataset, out, *PK, "--xbm_size=30", "--xbm_start_iter=1", "--save_iter_step=1", iters=4)
+    capsys.readouterr()
+    with open(os.path.join(out, "ResNet18", "4", "state.json")) as f:
+        state = json.load(f)["xbm"]
+    memory = CrossBatchMemory(30, state["dim"])
+    memory.restore(state)
+    features, labels = memory.contents()
+    # Written after iterations 1, 2, 3 (12 rows each): the ring keeps the last 30 of those 36 rows.
+    assert [t for t, _, _ in recorded_steps] == [0, 1, 2, 3]
+    want_labels = np.concatenate([y for _, _, y in recorded_steps[1:]])[-30:]
+    np.testing.assert_array_equal(labels, want_labels)
+    want = np.concatenate([batch_embedding(os.path.join(out, "ResNet18", str(t)), images, y)
+                           for t, images, y in recorded_steps[1:]])[-30:]
+    np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
+
+
+def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dataset, tmp_path, capsys):
+    plain, memory = str(tmp_path / "plain"), str(tmp_path / "memory")
+    run_train(tiny_dataset, plain, *PK, iters=3)
+    run_train(tiny_dataset, memory, *PK, "--xbm_size=24", "--xbm_start_iter=1", iters=3)
+    capsys.readouterr()
+    without = [r["loss_metric"] for r in read_log(plain) if "loss_metric" in r]
+    with_memory = [r["loss_metric"] for r in read_log(memory) if "loss_metric" in r]
+    # Iteration 0: before the start, all slots -1. Iteration 1: started, but nothing written yet.
+    # (Equal up to float32 rounding: the distances against batch + memory are computed as a [B, B + N]
+    # product, whose gradient rounds differently from the plain [B, B] one.)
+    assert with_memory[0] == pytest.approx(without[0], rel=1e-6)
+    assert with_memory[1] == pytest.approx(without[1], rel=2e-5)
+    # Iteration 2: the rows of iteration 1 are candidates (and harder: the quadruplet loss can only grow).
+    assert with_memory[2] > without[2] + 1e-4
+
+
+@pytest.mark.parametrize("loss, extra", [("quadrupletloss", ["--samples_each_class=3"]),
+                                         ("marginloss", ["--samples_each_class=3"])])
+def test_resume_with_memory_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys, loss, extra):
+    common = [f"--loss_name={loss}", *extra, "--xbm_size=24", "--lr_steps=3", "--save_iter_step=2",
+              "--test_iter_step=100", "--lr=0.05", "--alpha=0.5"]
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    run_train(tiny_dataset, straight, *common, iters=4, loss=loss)
+    run_train(tiny_dataset, resumed, *common, f"--checkpoint={straight}/ResNet18/2", iters=4, loss=loss)
+    capsys.readouterr()
+    first = [r for r in read_log(straight) if "loss_metric" in r]
+    second = [r for r in read_log(resumed) if "loss_metric" in r]
+    assert [r["iter"] for r in second] == [2, 3]
+    for a, b in zip(first[2:], second):
+        assert b["loss_metric"] == pytest.approx(a["loss_metric"], rel=1e-5, abs=1e-6)
+    want, got = _final_parameters(f"{straight}/ResNet18/4"), _final_parameters(f"{resumed}/ResNet18/4")
+    for name in ("conv1_weights", "bn_conv1_mean", "res5b_branch2b_weights", "classifier_fc_weights"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    states = []
+    for run in (straight, resumed):
+        with open(f"{run}/ResNet18/4/state.json") as f:
+            states.append(CrossBatchMemory(24, 512))
+            states[-1].restore(json.load(f)["xbm"])
+    np.testing.assert_allclose(states[1].contents()[0], states[0].contents()[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(states[1].contents()[1], states[0].contents()[1])
+    # Without the memory in the checkpoint, the resumed run would differ: the memory does matter.
+    assert (states[0].contents()[1] != -1).all()
+
+
+@pytest.mark.parametrize("flag", ["--xbm_size=16", "--gather_embeddings=True"])
+@pytest.mark.parametrize("loss", ["tripletloss", "npairsloss", "softmax", "arcmargin"])
+def test_references_with_a_loss_that_takes_none_stop_at_start(tiny_dataset, tmp_path, flag, loss):
+    with pytest.raises(UserError, match=f"{flag.split('=')[0]} needs a loss that compares each anchor"):
+        run_train(tiny_dataset, str(tmp_path), flag, loss=loss)
+    assert not os.path.exists(tmp_path / "log.jsonl")
+
+
+@pytest.mark.parametrize("flag", ["--xbm_size=-1", "--xbm_start_iter=-3"])
+def test_negative_memory_flags_are_refused(tiny_dataset, tmp_path, flag):
+    with pytest.raises(UserError, match="must be 0 or more"):
+        run_train(tiny_dataset, str(tmp_path), flag, "--loss_name=emlloss")
+
+
+# ---------------------------------------------------------------- two devices (paddle.distributed.launch)
+
+def launch(script_args, log_dir, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+                             str(log_dir), *script_args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    logs = [(log_dir / f"workerlog.{rank}").read_text() for rank in range(2)]
+    assert result.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
+    return logs
+
+
+def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
+    from test_losses_references import np_batch_hard, np_eml, np_margin, np_ms, np_quadruplet, np_rll
+
+    logs = launch([os.path.join(REPO, "tests", "gather_two_devices.py")], tmp_path / "logs")
+    results = [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
+    embeddings = [np.array(r["embedding"]) for r in results]
+    labels = [np.array(r["labels"]) for r in results]
+    numpy_losses = {"batchhardtripletloss": lambda *a: np_batch_hard(*a, margin=0.3),
+                    "quadrupletloss": lambda *a: np_quadruplet(*a, margin=0.3), "emlloss": np_eml,
+                    "rankedlistloss": np_rll, "multisimilarityloss": np_ms}
+    for rank, result in enumerate(results):
+        other = 1 - rank
+        # The references are exactly the other device's rows, in rank order.
+        np.testing.assert_array_equal(result["references"], result_rows(results[other]))
+        assert result["reference_labels"] == results[other]["labels"]
+        for name, numpy_loss in numpy_losses.items():
+            want = numpy_loss(embeddings[rank], labels[rank], embeddings[other], labels[other])
+            alone = numpy_loss(embeddings[rank], labels[rank], embeddings[other][:0], labels[other][:0])
+            assert result["losses"][name] == pytest.approx(want, rel=1e-4, abs=1e-6), name
+            if name == "batchhardtripletloss":
+                assert abs(want - alone) > 1e-3, "the other device's rows must change this case"
+        noise = np.array(result["noise"])
+        want = np_margin(embeddings[rank], labels[rank], embeddings[other], labels[other], noise, np.full(10, 1.2))
+        assert result["losses"]["marginloss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+    # One data-parallel step of batchhardtripletloss: each device differentiates its own rows only
+    # (the gathered rows are constants), and the gradients are averaged over the devices.
+    before = np.array(results[0]["weights_before"], dtype=float)
+    inputs = [np.array(r["inputs"], dtype=float) for r in results]
+    fixed = [x @ before for x in inputs]
+
+    def device_loss(weights, rank):
+        return np_batch_hard(inputs[rank] @ weights, labels[rank], fixed[1 - rank], labels[1 - rank], margin=0.3)
+
+    gradient = np.zeros_like(before)
+    for index in np.ndindex(*before.shape):
+        up, down = before.copy(), before.copy()
+        up[index] += 1e-6
+        down[index] -= 1e-6
+        gradient[index] = np.mean([(device_loss(up, r) - device_loss(down, r)) / 2e-6 for r in range(2)])
+    assert np.abs(gradient).max() > 1e-3
+    for result in results:
+        np.testing.assert_allclose(result["weights_after"], before - 0.5 * gradient, rtol=1e-4, atol=1e-5)
+
+
+def result_rows(result):
+    return np.array(result["embedding"], dtype=np.float32)
+
+
+def test_train_py_gathers_and_keeps_every_device_memory(tiny_dataset, tmp_path):
+    data_dir, train_list, val_list = tiny_dataset
+    logs = launch([os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
+                   f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
+                   "--loss_name=batchhardtripletloss", "--samples_each_class=3", "--train_batch_size=12",
+                   "--total_iter_num=3", "--xbm_size=9", "--gather_embeddings=True", "--num_workers=0",
+                   "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"], tmp_path / "logs")
+    assert "Pass 0, trainbatch 2," in logs[0]
+    with open(tmp_path / "out" / "ResNet18" / "3" / "state.json") as f:
+        state = json.load(f)["xbm"]
+    assert (state["size"], state["world_size"], state["filled"]) == (9, 2, 9)
+    memory = CrossBatchMemory(9, state["dim"], world_size=2)
+    memory.restore(state)
+    for rank in range(2):
+        features, labels = memory.contents(rank)
+        assert (labels != -1).all() and np.isfinite(features).all() and np.abs(features).max() > 0
+    assert not np.array_equal(memory.contents(0)[0], memory.contents(1)[0])
+
+
+def test_two_device_resume_with_gathered_rows_and_memory_equals_uninterrupted(tiny_dataset, tmp_path):
+    # Device 0 saves every device's ring; device 1 restores its own from that checkpoint.
+    data_dir, train_list, val_list = tiny_dataset
+    common = [os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
+              f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss",
+              "--samples_each_class=3", "--train_batch_size=12", "--total_iter_num=4", "--xbm_size=9",
+              "--gather_embeddings=True", "--save_iter_step=2", "--test_iter_step=100", "--lr=0.05",
+              "--num_workers=0", "--display_iter_step=1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch([*common, f"--model_save_dir={straight}"], tmp_path / "logs1")
+    logs = launch([*common, f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/2"], tmp_path / "logs2")
+    assert "holds no cross-batch memory" not in logs[0]
+    first = [r for r in read_log(str(straight)) if "loss_metric" in r]
+    second = [r for r in read_log(str(resumed)) if "loss_metric" in r]
+    assert [r["iter"] for r in second] == [2, 3]
+    for a, b in zip(first[2:], second):
+        assert b["loss_metric"] == pytest.approx(a["loss_metric"], rel=1e-5, abs=1e-6)
+    want, got = _final_parameters(f"{straight}/ResNet18/4"), _final_parameters(f"{resumed}/ResNet18/4")
+    for name in ("conv1_weights", "bn_conv1_mean", "res5b_branch2b_weights"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    memories = []
+    for run in (straight, resumed):
+        with open(run / "ResNet18" / "4" / "state.json") as f:
+            state = json.load(f)["xbm"]
+        memories.append(CrossBatchMemory(9, state["dim"], world_size=2))
+        memories[-1].restore(state)
+    for rank in range(2):
+        np.testing.assert_allclose(memories[1].contents(rank)[0], memories[0].contents(rank)[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(memories[1].contents(rank)[1], memories[0].contents(rank)[1])
