@@ -77,13 +77,25 @@ def save_checkpoint(program, model_dir, name, state):
         _fsync_dir(tmp)
         _install(model_dir, name, tmp)
     except OSError as err:
-        _remove_quietly(tmp)
+        _abandon(model_dir, name)
         where = err.filename or model_dir
         raise UserError(f"cannot save checkpoint {final}: {err.strerror or err} ({where})") from None
-    except BaseException:
-        _remove_quietly(tmp)
+    except BaseException:  # Ctrl-C, and errors that are not the disk's
+        _abandon(model_dir, name)
         raise
     return final
+
+
+def _abandon(model_dir, name):
+    """After a failed save: `latest` back on a complete checkpoint, then this process's temporaries removed."""
+    try:
+        _repair_latest(model_dir)
+        keep = _latest_target(model_dir)
+    except (OSError, UserError):
+        keep = None
+    for entry in (f"{TMP}{name}-{os.getpid()}", f"{OLD}{name}-{os.getpid()}", f"{TMP}{LATEST}-{os.getpid()}"):
+        if entry != keep:
+            _remove_quietly(os.path.join(model_dir, entry))
 
 
 def program_state(program):
@@ -100,7 +112,7 @@ def program_state(program):
         var = scope.find_var(value.name)
         if var is None:
             raise RuntimeError(f"{value.name} is not in the scope: run the startup program first")
-        array = np.ascontiguousarray(np.array(var.get_tensor()))
+        array = np.asarray(np.array(var.get_tensor()), order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
         (params if value.name in parameter_names else slots)[value.name] = array
     return params, slots
 
@@ -115,7 +127,7 @@ def non_finite_names(arrays):
 def _install(model_dir, name, tmp):
     """Rename the complete `tmp` to model_dir/name and point `latest` at it, `latest` valid throughout."""
     final = os.path.join(model_dir, name)
-    old = None
+    old, follows = None, False
     if os.path.lexists(final):
         old_name = f"{OLD}{name}-{os.getpid()}"
         old = os.path.join(model_dir, old_name)
@@ -129,9 +141,8 @@ def _install(model_dir, name, tmp):
     try:
         os.rename(tmp, final)
     except OSError:
-        if old and not os.path.lexists(final):        # put the old one back; latest is repaired below
-            os.rename(old, final)
-            _point_latest(model_dir, name)
+        if old and not follows and not os.path.lexists(final):  # put the old one back (when latest is
+            os.rename(old, final)                                # on it, _abandon finishes the move instead)
         raise
     _point_latest(model_dir, name)
     if old:
@@ -198,7 +209,7 @@ def remove_stale_temporaries(model_dir):
         _repair_latest(model_dir)
         for entry in sorted(os.listdir(model_dir)):
             leftover = entry.startswith((TMP, OLD)) or _LEGACY_LEFTOVER.match(entry)
-            if not leftover or _owned_by_other_live_process(entry):
+            if not leftover or _owned_by_other_live_process(entry) or entry == _latest_target(model_dir):
                 continue
             _remove(os.path.join(model_dir, entry))
             removed.append(entry)
@@ -208,13 +219,17 @@ def remove_stale_temporaries(model_dir):
 
 
 def _repair_latest(model_dir):
+    """Point a `latest` left on a temporary copy of <N> back at <N>, finishing the move of a new <N> if needed."""
     target = _latest_target(model_dir)
     if not target or not target.startswith((TMP, OLD)) or _owned_by_other_live_process(target):
         return
-    name = target[len(TMP if target.startswith(TMP) else OLD):].rsplit("-", 1)[0]
+    name, pid = target[len(TMP if target.startswith(TMP) else OLD):].rsplit("-", 1)
     final = os.path.join(model_dir, name)
-    if not _is_complete(final) and _is_complete(os.path.join(model_dir, target)) and not os.path.lexists(final):
-        os.rename(os.path.join(model_dir, target), final)
+    new, old = f"{TMP}{name}-{pid}", f"{OLD}{name}-{pid}"
+    if not os.path.lexists(final) and _is_complete(os.path.join(model_dir, new)):
+        if target == new and _is_complete(os.path.join(model_dir, old)):
+            _point_latest(model_dir, old)  # latest stays on a complete copy while the new one moves
+        os.rename(os.path.join(model_dir, new), final)
     if _is_complete(final):
         _point_latest(model_dir, name)
 
@@ -521,12 +536,8 @@ def program_parameters(program):
 def restore(program, directory):
     """Load parameters and optimizer state of a checkpoint into `program`, to resume training."""
     expected, state = _fitting_state(program, directory, with_optimizer=True)
-    slots = {v.name: tuple(v.shape) for v in program.list_vars() if v.persistable and v.name not in expected}
-    wrong = sorted(f"{n} {tuple(state[n].shape)} -> {slots[n]}" for n in slots
-                   if n in state and tuple(state[n].shape) != slots[n])
-    if wrong:
-        raise UserError(f"the optimizer state in {directory} does not fit this network (other shape: {_few(wrong)})")
-    _set(program, {name: state[name] for name in list(expected) + list(slots) if name in state}, directory)
+    slots = [v.name for v in program.list_vars() if v.persistable and v.name not in expected]
+    _set(program, {name: state[name] for name in list(expected) + slots if name in state}, directory)
 
 
 def load_all_parameters(program, directory):
@@ -551,19 +562,23 @@ def _fitting_state(program, directory, with_optimizer):
 
 
 def _set(program, arrays, directory):
-    """Put arrays into the scope tensors of `program` (same shapes), converting between float widths."""
+    """Put arrays into the scope tensors of `program`, converting between float widths; shapes must match."""
     import numpy as np
     import paddle
 
     scope = paddle.static.global_scope()
-    converted = {}
+    converted, wrong = {}, []
     for name, value in arrays.items():
-        want = np.array(scope.find_var(name).get_tensor()).dtype
-        if value.dtype != want:
-            if value.dtype.kind != want.kind or want.kind not in "fiu":
-                raise UserError(f"{name} in {directory} is {value.dtype}, this network needs {want}")
-            value = value.astype(want)
+        current = np.array(scope.find_var(name).get_tensor())
+        if value.shape != current.shape:
+            wrong.append(f"{name} {value.shape} -> {current.shape}")
+        elif value.dtype != current.dtype:
+            if value.dtype.kind != current.dtype.kind or current.dtype.kind not in "fiu":
+                raise UserError(f"{name} in {directory} is {value.dtype}, this network needs {current.dtype}")
+            value = value.astype(current.dtype)
         converted[name] = value
+    if wrong:
+        raise UserError(f"{directory} does not fit this network (other shape: {_few(sorted(wrong))})")
     paddle.static.set_program_state(program, converted)
 
 
