@@ -366,11 +366,14 @@ def _allowed_globals():
             raise _RefusedGlobal("_codecs.encode with codec", encoding)
         return codecs.encode(text, "latin1", errors)
 
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+    frombuffer = np.ones(1).__reduce_ex__(5)[0]         # numpy's _frombuffer (pickle protocol 5)
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("builtins", "tuple"): tuple,
                ("collections", "OrderedDict"): collections.OrderedDict, ("_codecs", "encode"): latin1_encode}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = reconstruct
         allowed[(module, "scalar")] = scalar
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(module, "_frombuffer")] = frombuffer
     return allowed
 
 
@@ -405,8 +408,13 @@ def _read_pickled_arrays(path):
     if not isinstance(loaded, dict):
         raise UserError(f"{path} is not a Paddle parameter file (it holds a {type(loaded).__name__}, not a dict)")
     loaded = _join_split_tensors(loaded, path)
-    return {str(k): v for k, v in loaded.items()
-            if isinstance(v, np.ndarray) and v.dtype.kind in "biufc"}   # leaves out names tables, LR state
+    arrays = {}
+    for key, value in loaded.items():
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+            value = value[1]  # paddle.save of a Tensor: (its name, its array)
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+            arrays[str(key)] = value  # leaves out the names table, LR scheduler state, plain numbers
+    return arrays
 
 
 def _join_split_tensors(loaded, path):

@@ -120,21 +120,26 @@ def test_a_malicious_pdopt_never_runs_on_resume(program, tmp_path):
 
 
 def test_paddle_pickle_files_still_load(program, tmp_path):
-    """Old checkpoints (paddle.static.save) and paddle.save files, protocols 2 and 4, load exactly."""
+    """Old checkpoints (paddle.static.save) and paddle.save files (arrays, protocol 2; eager Tensors) load exactly."""
     want = {name: scope_value(name) for name in ("fc_weights", "fc_offset", "fc_weights_velocity_0")}
     old = tmp_path / "old"
     paddle.static.save(program, str(old / "model"))
-    foreign = tmp_path / "foreign"
+    foreign, tensors = tmp_path / "foreign", tmp_path / "tensors"
     foreign.mkdir()
+    tensors.mkdir()
     paddle.save({k: want[k] for k in ("fc_weights", "fc_offset")}, str(foreign / "net.pdparams"), protocol=2)
+    paddle.disable_static()
+    paddle.save({k: paddle.to_tensor(want[k]) for k in ("fc_weights", "fc_offset")}, str(tensors / "t.pdparams"))
+    paddle.enable_static()
     for name in want:
         set_scope_value(name, np.full_like(want[name], 7.0))
     checkpoint.restore(program, str(old))
     for name in want:
         np.testing.assert_array_equal(scope_value(name), want[name])
-    set_scope_value("fc_weights", np.zeros((4, 3), np.float32))
-    checkpoint.load_all_parameters(program, str(foreign))
-    np.testing.assert_array_equal(scope_value("fc_weights"), want["fc_weights"])
+    for directory in (foreign, tensors):
+        set_scope_value("fc_weights", np.zeros((4, 3), np.float32))
+        checkpoint.load_all_parameters(program, str(directory))
+        np.testing.assert_array_equal(scope_value("fc_weights"), want["fc_weights"])
 
 
 def test_safetensors_checkpoint_round_trips_parameters_and_optimizer_state(program, tmp_path):
