@@ -88,3 +88,34 @@ def test_corrupt_files_raise(tmp_path, content):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(BadImageError, match="cannot read image"):
         load_rgb(str(tmp_path / "none.png"))
+
+
+def test_palette_with_transparency_is_composited_on_white(tmp_path):
+    image = Image.fromarray(RGB).convert("P")
+    transparent = image.getpixel((0, 0))
+    path = _save(tmp_path, image, "a.png", transparency=transparent)
+    rgb = load_rgb(path)
+    _check_rgb(rgb)
+    reference = np.asarray(Image.alpha_composite(Image.new("RGBA", (16, 12), (255, 255, 255, 255)),
+                                                 Image.open(path).convert("RGBA")).convert("RGB"))
+    assert np.array_equal(rgb, reference) and rgb[0, 0].tolist() == [255, 255, 255]
+
+
+def test_compositing_matches_exact_rounding():
+    from reader.decode import _composite_on_white
+
+    colour, alpha = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    bgra = np.stack([colour, colour, colour, alpha], axis=2).astype(np.uint8)
+    expected = np.floor((colour * alpha + 255 * (255 - alpha)) / 255 + 0.5).astype(np.uint8)
+    out = _composite_on_white(bgra)
+    assert all(np.array_equal(out[:, :, c], expected) for c in range(3))
+
+
+def test_files_pillow_cannot_size_are_still_held_to_the_limit(tmp_path):
+    import cv2
+
+    path = str(tmp_path / "a.pfm")  # a format OpenCV decodes and Pillow does not size here
+    cv2.imwrite(path, np.full((30, 40, 3), 0.5, np.float32))
+    assert load_rgb(path, max_pixels=None).shape == (30, 40, 3)
+    with pytest.raises(BadImageError, match="more than the limit of 1000"):
+        load_rgb(path, max_pixels=1000)

@@ -1,0 +1,407 @@
+"""Fault cases of checkpoint I/O and image decoding: each test fails without the handling it names.
+
+Loading never runs code; damaged files are one UserError naming them; a save killed at any
+instant leaves `latest` on a complete checkpoint; saving never writes through a planted link;
+disk errors and NaN parameters never move `latest`; decoding stays within a pixel budget.
+"""
+import errno
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from engine import checkpoint
+from reader.decode import BadImageError, load_rgb
+from utility.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- a tiny train program: two parameters, their momentum velocities -------------------------
+
+def build_program(out_features=3):
+    """x [N, 4] -> Linear(4, out_features) -> mean, with Momentum: 2 parameters + 2 velocities."""
+    paddle.enable_static()
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+        x = paddle.static.data("x", [None, 4], "float32")
+        layer = paddle.nn.Linear(4, out_features, weight_attr=paddle.ParamAttr(name="fc_weights"),
+                                 bias_attr=paddle.ParamAttr(name="fc_offset"))
+        loss = layer(x).mean()
+        paddle.optimizer.Momentum(0.1, momentum=0.9).minimize(loss)
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    exe.run(startup)
+    exe.run(main, feed={"x": np.ones((2, 4), np.float32)}, fetch_list=[loss])  # velocities become non-zero
+    return main
+
+
+def scope_value(name):
+    return np.array(paddle.static.global_scope().find_var(name).get_tensor())
+
+
+def set_scope_value(name, value):
+    paddle.static.global_scope().find_var(name).get_tensor().set(value, paddle.CPUPlace())
+
+
+@pytest.fixture
+def program():
+    return build_program()
+
+
+def saved(program, model_dir, name="1", iteration=1):
+    return checkpoint.save_checkpoint(program, str(model_dir), name, {"position": {"iteration": iteration},
+                                                                      "args": {"model": "Tiny"}})
+
+
+# --- 1. loading cannot run code ---------------------------------------------------------------
+
+class Payload:
+    """Unpickling this runs a shell command that creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class EvalPayload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return eval, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def _infer_loader(program, directory):
+    """What eval.py and infer.py load with: the embedder's program and checkpoint.load_all_parameters."""
+    from engine.embedder import CheckpointEmbedder
+    from utility import parse_args
+
+    args = parse_args("infer", ["--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32"])
+    CheckpointEmbedder(args, directory)
+
+
+LOADERS = {"restore": checkpoint.restore, "load_all_parameters": checkpoint.load_all_parameters,
+           "load_matching": checkpoint.load_matching, "eval/infer embedder": _infer_loader}
+
+
+@pytest.mark.parametrize("payload", [Payload, EvalPayload])
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_a_malicious_pdparams_never_runs_through_any_loader(program, tmp_path, loader, payload):
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    tensors = {"fc_weights": np.zeros((4, 3), np.float32), "fc_offset": np.zeros(3, np.float32),
+               "conv1_weights": payload(marker)}
+    (directory / "model.pdparams").write_bytes(pickle.dumps(tensors, protocol=4))
+    with pytest.raises(UserError, match=r"refusing to load .*model\.pdparams: it asks to run (posix\.system|builtins\.eval)"):
+        LOADERS[loader](program, str(directory))
+    assert not marker.exists()
+
+
+def test_a_malicious_pdopt_never_runs_on_resume(program, tmp_path):
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    params = {"fc_weights": np.zeros((4, 3), np.float32), "fc_offset": np.zeros(3, np.float32)}
+    (directory / "model.pdparams").write_bytes(pickle.dumps(params, protocol=2))
+    (directory / "model.pdopt").write_bytes(pickle.dumps({"fc_weights_velocity_0": Payload(marker)}))
+    with pytest.raises(UserError, match=r"model\.pdopt"):
+        checkpoint.restore(program, str(directory))
+    assert not marker.exists()
+
+
+def test_paddle_pickle_files_still_load(program, tmp_path):
+    """Old checkpoints (paddle.static.save) and paddle.save files (arrays, protocol 2; eager Tensors) load exactly."""
+    want = {name: scope_value(name) for name in ("fc_weights", "fc_offset", "fc_weights_velocity_0")}
+    old = tmp_path / "old"
+    paddle.static.save(program, str(old / "model"))
+    foreign, tensors = tmp_path / "foreign", tmp_path / "tensors"
+    foreign.mkdir()
+    tensors.mkdir()
+    paddle.save({k: want[k] for k in ("fc_weights", "fc_offset")}, str(foreign / "net.pdparams"), protocol=2)
+    paddle.disable_static()
+    paddle.save({k: paddle.to_tensor(want[k]) for k in ("fc_weights", "fc_offset")}, str(tensors / "t.pdparams"))
+    paddle.enable_static()
+    for name in want:
+        set_scope_value(name, np.full_like(want[name], 7.0))
+    checkpoint.restore(program, str(old))
+    for name in want:
+        np.testing.assert_array_equal(scope_value(name), want[name])
+    for directory in (foreign, tensors):
+        set_scope_value("fc_weights", np.zeros((4, 3), np.float32))
+        checkpoint.load_all_parameters(program, str(directory))
+        np.testing.assert_array_equal(scope_value("fc_weights"), want["fc_weights"])
+
+
+def test_safetensors_checkpoint_round_trips_parameters_and_optimizer_state(program, tmp_path):
+    path = saved(program, tmp_path)
+    assert sorted(os.listdir(path)) == ["model.safetensors", "optimizer.safetensors", "state.json"]
+    want = {name: scope_value(name) for name in ("fc_weights", "fc_offset", "fc_weights_velocity_0",
+                                                 "fc_offset_velocity_0")}
+    assert np.abs(want["fc_weights_velocity_0"]).sum() > 0
+    for name in want:
+        set_scope_value(name, np.zeros_like(want[name]))
+    checkpoint.restore(program, path)
+    for name in want:
+        np.testing.assert_array_equal(scope_value(name), want[name])
+
+
+# --- damaged files: one UserError naming the file ---------------------------------------------
+
+def _paddle1_file(path, value):
+    from paddle.base import core
+
+    tensor = core.DenseTensor()
+    tensor.set(value, paddle.CPUPlace())
+    core.save_dense_tensor(tensor, str(path))
+
+
+def _damage(kind, program, directory):
+    """Write a damaged parameter file of `kind` into directory; return its path."""
+    rng = np.random.default_rng(0)
+    if kind.startswith("safetensors"):
+        path = saved(program, directory.parent / "m", "1") + "/model.safetensors"
+        directory.rmdir()
+        os.rename(os.path.dirname(path), directory)
+        path = directory / "model.safetensors"
+    elif kind.startswith("pdparams"):
+        path = directory / "model.pdparams"
+        paddle.static.save(program, str(directory / "model"))
+    else:
+        path = directory / "fc_weights"
+        _paddle1_file(path, rng.standard_normal((4, 3)).astype(np.float32))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if kind.endswith("truncated") else rng.bytes(len(data)))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["safetensors truncated", "safetensors random", "pdparams truncated",
+                                  "pdparams random", "paddle1 truncated", "paddle1 random"])
+def test_a_damaged_parameter_file_is_one_user_error_naming_it(program, tmp_path, kind):
+    directory = tmp_path / "ckpt"
+    directory.mkdir()
+    path = _damage(kind, program, directory)
+    for load in (checkpoint.load_all_parameters, checkpoint.load_matching):
+        with pytest.raises(UserError, match="damaged") as info:
+            load(program, str(directory))
+        assert path in str(info.value)
+
+
+def test_a_truncated_state_json_is_one_user_error_naming_it(program, tmp_path):
+    path = saved(program, tmp_path)
+    state_file = os.path.join(path, "state.json")
+    with open(state_file, "r+") as f:
+        f.truncate(10)
+    with pytest.raises(UserError, match="damaged") as info:
+        checkpoint.read_state(path)
+    assert state_file in str(info.value)
+
+
+# --- 2. the checkpoint directory ---------------------------------------------------------------
+
+def _latest_is_complete(model_dir):
+    latest = os.path.join(model_dir, "latest")
+    return os.path.isfile(os.path.join(latest, "state.json")) and os.path.isfile(os.path.join(latest, "model.safetensors"))
+
+
+class Killed(BaseException):
+    """The process dies here: nothing after it runs, no clean-up either."""
+
+
+FS_CALLS = ("rename", "replace", "symlink", "mkdir", "remove", "unlink", "rmdir", "fsync")
+
+
+def _fail_at(monkeypatch, count, mode, model_dir, checks):
+    """Make the count-th file-system call fail; check `latest` after every call that ran.
+
+    mode "kill": that call and every later one raise Killed (a SIGKILL: no clean-up runs);
+    mode "error": that call raises an OSError and the save cleans up after itself.
+    """
+    done = [0]
+
+    def wrap(real):
+        def call(*args, **kwargs):
+            done[0] += 1
+            if done[0] - 1 == count or (mode == "kill" and done[0] - 1 > count):
+                if mode == "kill":
+                    raise Killed
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            result = real(*args, **kwargs)
+            checks.append(_latest_is_complete(model_dir))
+            return result
+        return call
+
+    for name in FS_CALLS:
+        monkeypatch.setattr(os, name, wrap(getattr(os, name)))
+    return done
+
+
+@pytest.mark.parametrize("mode", ["kill", "error"])
+def test_latest_names_a_complete_checkpoint_whatever_instant_a_save_fails(program, tmp_path, monkeypatch, mode):
+    count = 0
+    while True:
+        model_dir = str(tmp_path / f"run{count}")
+        saved(program, model_dir, "10", iteration=10)       # latest -> 10, to be replaced by a new 10
+        saved(program, model_dir, "5", iteration=5)
+        saved(program, model_dir, "10", iteration=11)       # latest -> 10 again
+        checks = []
+        with monkeypatch.context() as patch:
+            calls = _fail_at(patch, count, mode, model_dir, checks)
+            try:
+                saved(program, model_dir, "10", iteration=12)
+                finished = True
+            except (Killed, UserError):
+                finished = False
+        assert all(checks), f"latest dangled after file-system call {checks.index(False) + 1} (failing call {count})"
+        assert _latest_is_complete(model_dir), f"failing call {count}"
+        if mode == "error":   # the failed save cleaned up after itself
+            assert sorted(os.listdir(model_dir)) == ["10", "5", "latest"], f"failing call {count}"
+        checkpoint.remove_stale_temporaries(model_dir)
+        assert _latest_is_complete(model_dir)
+        assert sorted(os.listdir(model_dir)) == ["10", "5", "latest"]
+        iteration = checkpoint.read_state(checkpoint.resolve(model_dir))["position"]["iteration"]
+        assert iteration in (11, 12) and (iteration == 12 or not finished)
+        if calls[0] <= count:   # the save made fewer calls: every one of them has failed once
+            assert finished
+            break
+        count += 1
+    assert count > 15   # every call of a full save was a failure point (21 calls here)
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, program):
+    model_dir = tmp_path / "m"
+    saved(program, model_dir, "3")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for entry in (f".tmp-4-{dead}", f".old-3-{dead}", f"3.old-{dead}"):
+        (model_dir / entry).mkdir()
+    (model_dir / f".tmp-latest-{dead}").symlink_to("3")
+    live = model_dir / f".tmp-9-{os.getppid()}"   # another live process's save in progress is left alone
+    live.mkdir()
+    removed = checkpoint.remove_stale_temporaries(str(model_dir))
+    assert sorted(removed) == sorted([f".tmp-4-{dead}", f".old-3-{dead}", f"3.old-{dead}", f".tmp-latest-{dead}"])
+    assert sorted(os.listdir(model_dir)) == [live.name, "3", "latest"]
+
+
+def test_a_planted_symlink_is_replaced_never_written_through(program, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "7").symlink_to(outside)                                 # in place of a checkpoint
+    (model_dir / f".tmp-7-{os.getpid()}").symlink_to(outside)            # in place of the temporary
+    (model_dir / "latest").symlink_to(outside)
+    path = saved(program, model_dir, "7")
+    assert sorted(os.listdir(outside)) == ["precious.txt"] and (outside / "precious.txt").read_text() == "keep me"
+    assert not os.path.islink(path) and os.path.isfile(os.path.join(path, "model.safetensors"))
+    assert os.readlink(model_dir / "latest") == "7"
+    assert sorted(os.listdir(model_dir)) == ["7", "latest"]
+
+
+@pytest.mark.parametrize("fault", ["save dir under a regular file", "disk full", "read-only file system"])
+def test_disk_errors_are_one_user_error_and_leave_no_temporary(program, tmp_path, monkeypatch, fault):
+    model_dir = tmp_path / "m"
+    saved(program, model_dir, "1")
+    target = model_dir
+    if fault == "save dir under a regular file":
+        (tmp_path / "file").write_text("")
+        target = tmp_path / "file" / "m"
+    elif fault == "disk full":
+        def full(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(os, "fsync", full)
+    else:
+        def read_only(path, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        monkeypatch.setattr(os, "mkdir", read_only)
+    with pytest.raises(UserError, match=r"cannot save checkpoint .*(Not a directory|No space|Read-only)") as info:
+        saved(program, target, "2")
+    assert str(target) in str(info.value)
+    monkeypatch.undo()
+    assert sorted(os.listdir(model_dir)) == ["1", "latest"] and os.readlink(model_dir / "latest") == "1"
+
+
+def test_non_finite_parameters_are_never_saved(program, tmp_path):
+    model_dir = tmp_path / "m"
+    saved(program, model_dir, "1")
+    weights = scope_value("fc_weights")
+    weights[0, 0] = np.nan
+    set_scope_value("fc_weights", weights)
+    with pytest.raises(checkpoint.NonFiniteError, match="fc_weights hold NaN or infinite"):
+        saved(program, model_dir, "2")
+    assert sorted(os.listdir(model_dir)) == ["1", "latest"] and os.readlink(model_dir / "latest") == "1"
+
+
+def test_finetuning_from_another_model_says_so(program, tmp_path):
+    path = saved(program, tmp_path / "m")                       # its state.json says model Tiny
+    lines = []
+    checkpoint.load_matching(program, path, log=lines.append, model="Tiny2")
+    assert "The checkpoint was trained as Tiny; this network is Tiny2: loaded 2 of 2" in lines
+    lines.clear()
+    checkpoint.load_matching(program, path, log=lines.append, model="Tiny")
+    assert lines == [f"Loaded 2 of 2 parameters from {path}"]
+
+
+# --- 3. bounded decoding -----------------------------------------------------------------------
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    path = tmp_path / "bomb.png"
+    Image.new("1", (4000, 3000)).save(path)       # a few kB on disk, 12 Mpixels decoded
+    assert path.stat().st_size < 10_000
+    with pytest.raises(BadImageError, match=r"4000x3000 is 12000000 pixels, more than the limit of 1000000"):
+        load_rgb(str(path), max_pixels=1_000_000)
+    assert load_rgb(str(path), max_pixels=None).shape == (3000, 4000, 3)
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_at_reduced_size(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = np.kron(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), np.ones((10, 10, 1), np.uint8))
+    path = str(tmp_path / "big.jpg")
+    Image.fromarray(pixels).save(path, quality=95)
+    half = load_rgb(path, max_pixels=200 * 150)
+    assert half.shape == (150, 200, 3)
+    reference = np.asarray(Image.fromarray(pixels).resize((200, 150), Image.BOX), dtype=int)
+    assert np.abs(half.astype(int) - reference).mean() < 6
+    assert load_rgb(path, max_pixels=100 * 75).shape == (75, 100, 3)
+    with pytest.raises(BadImageError, match="even at 1/8 size"):
+        load_rgb(path, max_pixels=1000)
+
+
+def test_compositing_a_large_rgba_png_needs_no_full_size_float_copies(tmp_path):
+    """Peak memory of a child decoding a 4000x3000 RGBA PNG: about the image (48 MB) plus the output (36 MB).
+
+    The float compositing this replaces grew the peak by about 550 MB; this grows it by about 100 MB.
+    """
+    import cv2
+
+    height, width = 3000, 4000
+    rgba = np.zeros((height, width, 4), np.uint8)
+    rgba[:, :, :3] = 90
+    rgba[:, :, 3] = np.arange(width, dtype=np.uint32) % 256
+    path = str(tmp_path / "big.png")
+    cv2.imwrite(path, rgba, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    code = textwrap.dedent(f"""
+        import json
+        import resource
+        from reader.decode import load_rgb
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        image = load_rgb({path!r}, max_pixels=None)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps([image.shape, image[0, 0].tolist(), image[0, 255].tolist(), (after - before) // 1024]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    shape, first, last, grown = json.loads(out.strip().splitlines()[-1])
+    assert shape == [height, width, 3]
+    assert first == [255, 255, 255] and last == [90, 90, 90]  # alpha 0 -> white, alpha 255 -> the colour
+    raw_mb = height * width * 4 // 2**20
+    assert grown < 3 * raw_mb, f"decoding grew the peak by {grown} MB for a {raw_mb} MB image"
