@@ -4,6 +4,8 @@
 
 See README.md for the flags, checkpoints, resuming and finetuning.
 """
+import os
+
 import reader
 from engine import checkpoint
 from utility import print_arguments, run_cli
@@ -30,10 +32,14 @@ def main(argv=None):
     train_list = reader.read_image_list(config.train_list, config.data_dir)
     val_list = reader.read_image_list(config.val_list, config.data_dir)
     spec = losses.get(config.loss_name)
+    if leader:  # a save killed mid-way leaves temporary folders, and perhaps `latest` on one of them
+        removed = checkpoint.remove_stale_temporaries(os.path.join(config.model_save_dir, config.model))
+        _print(leader, f"Removed leftovers of interrupted saves: {', '.join(removed)}" if removed else "")
+    resume_dir = checkpoint.resolve(config.checkpoint)
     if config.dac_clusters and spec.layout == "shuffle":
         raise UserError(f"--dac_clusters needs a pair loss (P x K or triplet batches), not {config.loss_name}")
     xbm.check_options(config, spec)
-    resume_state = _resume_state(config.checkpoint, train_list) if config.checkpoint else None
+    resume_state = _resume_state(resume_dir, train_list) if resume_dir else None
     claim_save_dir(config, resuming=resume_state is not None)
     place = device.place(config.use_gpu)
     # Worker processes are forked here, before Paddle starts its threads.
@@ -61,12 +67,13 @@ def main(argv=None):
 
         start = Position()
         if resume_state:
-            checkpoint.restore(graph.main, config.checkpoint)
+            checkpoint.restore(graph.main, resume_dir)
             graph.scheduler.set_state_dict(resume_state["scheduler"])
             start = Position(**resume_state["position"])
-            _print(leader, f"Resumed from {config.checkpoint} at iteration {start.iteration} (pass {start.pass_id})")
+            _print(leader, f"Resumed from {resume_dir} at iteration {start.iteration} (pass {start.pass_id})")
         elif config.pretrained_model:
-            checkpoint.load_matching(graph.main, config.pretrained_model, log=lambda line: _print(leader, line))
+            checkpoint.load_matching(graph.main, config.pretrained_model, log=lambda line: _print(leader, line),
+                                     model=config.model)
 
         dac = None
         if config.dac_clusters:
@@ -77,8 +84,8 @@ def main(argv=None):
                                    graph.test_embedding.shape[-1], world_size, rank)
             dac.restore((resume_state or {}).get("dac"))
         memory = xbm.CrossBatchMemory.of(config, graph.test_embedding.shape[-1], world_size, rank)
-        if memory and resume_state and not memory.restore(resume_state.get("xbm"), config.checkpoint):
-            _print(leader, f"Note: {config.checkpoint} holds no cross-batch memory; it starts empty")
+        if memory and resume_state and not memory.restore(resume_state.get("xbm"), resume_dir):
+            _print(leader, f"Note: {resume_dir} holds no cross-batch memory; it starts empty")
         trainer = Trainer(config=config, graph=graph, exe=exe, loader=loader,
                           validator=Validator(val_loader, val_list.labels), classes=train_list.classes,
                           schedule=schedule, check_batch=spec.check_batch, takes_noise=spec.takes_noise,
@@ -103,7 +110,7 @@ def _resume_state(directory, train_list):
 
 
 def _print(leader, line):
-    if leader:
+    if leader and line:
         print(line, flush=True)
 
 

@@ -85,8 +85,8 @@ def test_resume_with_divide_and_conquer_equals_the_uninterrupted_run(tiny_datase
     first, second = _read_log(straight), _read_log(resumed)
     assert [r["iter"] for r in second] == [5]
     assert second[0]["loss_metric"] == pytest.approx(first[5]["loss_metric"], rel=1e-5, abs=1e-6)
-    import paddle
-    want = paddle.static.load_program_state(os.path.join(straight, "ResNet18", "6", "model"))
-    got = paddle.static.load_program_state(os.path.join(resumed, "ResNet18", "6", "model"))
+    from engine.checkpoint import load_checkpoint_state
+    want = load_checkpoint_state(os.path.join(straight, "ResNet18", "6"))
+    got = load_checkpoint_state(os.path.join(resumed, "ResNet18", "6"))
     for name in ("conv1_weights", "embedding_fc_weights"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)

@@ -82,11 +82,11 @@ class EvalPayload:
 
 def _infer_loader(program, directory):
     """What eval.py and infer.py load with: the embedder's program and checkpoint.load_all_parameters."""
-    from engine.embedder import CheckpointEmbedder
-    from utility import parse_args
+    from engine.embedder import checkpoint_embedder
+    from utility.args import defaults
 
-    args = parse_args("infer", ["--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32"])
-    CheckpointEmbedder(args, directory)
+    checkpoint_embedder(defaults("infer", model="ResNet18", embedding_size=16, image_shape=(3, 32, 32),
+                                 pretrained_model=directory, use_gpu=False))
 
 
 LOADERS = {"restore": checkpoint.restore, "load_all_parameters": checkpoint.load_all_parameters,

@@ -112,8 +112,8 @@ def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
 
 
 def _final_parameters(checkpoint_dir):
-    import paddle
-    return paddle.static.load_program_state(os.path.join(checkpoint_dir, "model"))
+    from engine.checkpoint import load_checkpoint_state
+    return load_checkpoint_state(checkpoint_dir)
 
 
 def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):

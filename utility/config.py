@@ -45,9 +45,10 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
     _settle_loss_name(values)
     if script == "train" and values["num_epochs"] is None and values["total_iter_num"] is None:
         values["total_iter_num"] = DEFAULT_ITERATIONS
-    for flag in ("checkpoint", "pretrained_model"):
-        if flag in values:
-            values[flag] = _checkpoint_dir(values[flag])
+    if values.get("checkpoint"):  # train.py resolves it after cleaning up killed saves
+        _checkpoint_dir(values["checkpoint"])
+    if values.get("pretrained_model"):
+        values["pretrained_model"] = _checkpoint_dir(values["pretrained_model"])
 
     needs_data = not (script == "eval" and values["query_list"]) and not (script == "infer" and values["infer_list"])
     digits = data.default_dataset(typed, values["train_list"], digits_dir) if needs_data else None
