@@ -5,8 +5,9 @@ Definition, on the pool P of all query and gallery images (the probes take part 
 other's neighbourhoods, as in the authors' evaluation):
 
 - d(i, j): squared Euclidean distance between the (L2-normalised, with feat_norm)
-  embeddings, divided by the largest such distance in the pool, so that it lies in
-  [0, 1] like the Jaccard distance it is mixed with, whatever the feature scale.
+  embeddings, divided by (2 R)^2, R the largest embedding norm in the pool, so that it
+  lies in [0, 1] like the Jaccard distance it is mixed with, whatever the feature scale.
+  For normalised embeddings that is d(i, j) = (1 - cos(i, j)) / 2.
 - N(i, k): i itself and its k nearest other images (ties by index).
 - R(i, k) = {j in N(i, k) : i in N(j, k)}: the k-reciprocal neighbours (i included).
 - R*(i, k1) = R(i, k1) together with every R(q, k1/2), q in R(i, k1), that shares at
@@ -24,7 +25,6 @@ faiss in blocks (evaluation.metrics.nearest_neighbors), the vectors V are sparse
 (about k2 * |R*| non-zeros per image), and the query x gallery distances are produced a
 block of queries at a time, for evaluation.reid.reid_metrics(distance_fn=...).
 """
-import faiss
 import numpy as np
 from scipy import sparse
 
@@ -60,7 +60,7 @@ class KReciprocalReranker:
         self.k1 = min(k1, len(pool) - 1)
         self.k2 = min(k2, len(pool))
 
-        self.scale = _largest_squared_distance(pool)
+        self.scale = _distance_scale(pool)
         neighbors = _neighbor_table(pool, self.k1)
         expanded = _expanded_reciprocal_sets(neighbors, self.k1, int(round(self.k1 / 2)))
         vectors = _weighted_vectors(pool, expanded, self.scale)
@@ -106,18 +106,10 @@ def re_rank(query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, fea
     return reranker(0, reranker.num_query)
 
 
-def _largest_squared_distance(pool):
-    """max over i, j of |x_i - x_j|^2, exactly, without a pool x pool matrix.
-
-    The farthest x_i from x_j maximises |x_i|^2 - 2 x_i . x_j = [x_i, |x_i|^2] . [-2 x_j, 1]:
-    one maximum-inner-product search over the pool.
-    """
-    norms = np.einsum("ij,ij->i", pool, pool)
-    base = np.ascontiguousarray(np.hstack([pool, norms[:, None]]), dtype=np.float32)
-    probe = np.ascontiguousarray(np.hstack([-2 * pool, np.ones((len(pool), 1), np.float32)]))
-    best, _ = faiss.knn(probe, base, 1, metric=faiss.METRIC_INNER_PRODUCT)
-    largest = float(np.max(best[:, 0] + norms))
-    return largest if largest > 0 else 1.0  # every image the same: any scale will do
+def _distance_scale(pool):
+    """(2 R)^2, R the largest norm: no two embeddings are farther apart (squared) than that."""
+    largest = 4.0 * float(np.einsum("ij,ij->i", pool, pool).max())
+    return largest if largest > 0 else 1.0  # every embedding zero: any scale will do
 
 
 def _neighbor_table(pool, k):

@@ -15,7 +15,7 @@ def brute_force(query, gallery, k1, k2, lam, feat_norm=True):
         pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
     n, nq = len(pool), len(query)
     dist = np.array([[float(np.sum((pool[i] - pool[j]) ** 2)) for j in range(n)] for i in range(n)])
-    dist /= dist.max()
+    dist /= 4 * max(float(np.sum(x ** 2)) for x in pool)
     k1 = min(k1, n - 1)
     ranking = [[i] + sorted((j for j in range(n) if j != i), key=lambda j: (dist[i, j], j)) for i in range(n)]
 
