@@ -127,7 +127,7 @@ def draw_threshold_plot(pos_hist, neg_hist, threshold, path, hist_max=2.0, accur
     """Write a PNG of the same-class and different-class distance distributions and the threshold.
 
     pos_hist/neg_hist: counts over equal bins of [0, hist_max] (as verification_threshold
-    returns them); they are summed into about PLOT_BINS bars over the occupied range and each
+    returns them); they are summed into about PLOT_BINS bars over the range the distances occupy and each
     drawn as a share of its own pairs, so that the far more numerous negatives do not hide
     the positives. Uses matplotlib's Agg canvas (no display needed).
     """
@@ -138,18 +138,18 @@ def draw_threshold_plot(pos_hist, neg_hist, threshold, path, hist_max=2.0, accur
     if pos_hist.shape != neg_hist.shape or pos_hist.ndim != 1:
         raise ValueError(f"histograms must be two 1-D arrays of one length, got {pos_hist.shape} and {neg_hist.shape}")
     occupied = np.flatnonzero(pos_hist + neg_hist)
-    last = int(occupied[-1]) + 1 if len(occupied) else len(pos_hist)
-    group = max(1, -(-last // PLOT_BINS))
-    bars = -(-last // group)
+    first, last = (int(occupied[0]), int(occupied[-1]) + 1) if len(occupied) else (0, len(pos_hist))
+    group = max(1, -(-(last - first) // PLOT_BINS))
+    bars = -(-(last - first) // group)
     width = hist_max / len(pos_hist)
 
     def coarse(hist):
         padded = np.zeros(bars * group)
-        padded[:last] = hist[:last]
+        padded[:last - first] = hist[first:last]
         summed = padded.reshape(bars, group).sum(axis=1)
         return summed / max(summed.sum(), 1)
 
-    left = np.arange(bars) * group * width
+    left = (first + np.arange(bars) * group) * width
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots()
@@ -161,6 +161,6 @@ def draw_threshold_plot(pos_hist, neg_hist, threshold, path, hist_max=2.0, accur
     axes.axvline(threshold, color="black", linestyle="--", label=text)
     axes.set_xlabel("Euclidean distance between embeddings")
     axes.set_ylabel("share of pairs")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, format="png")
