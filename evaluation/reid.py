@@ -155,3 +155,20 @@ def _ids(values, features, name):
     if not np.issubdtype(values.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got {values.dtype}")
     return values.astype(np.int64, copy=False)
+
+
+def evaluate_reid(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
+                  feat_norm=True, re_ranking=False, max_rank=10, block_size=None):
+    """reid_metrics on Euclidean distances, or on k-reciprocal re-ranked ones (paper defaults).
+
+    Returns reid_metrics' dict plus "re_ranking" (bool), ready for eval.py's report.
+    """
+    distance_fn = None
+    if re_ranking:
+        from evaluation.reranking import KReciprocalReranker
+
+        distance_fn = KReciprocalReranker(query_features, gallery_features, feat_norm=feat_norm)
+    results = reid_metrics(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
+                           max_rank=max_rank, block_size=block_size, feat_norm=feat_norm, distance_fn=distance_fn)
+    results["re_ranking"] = bool(re_ranking)
+    return results

@@ -194,3 +194,16 @@ def test_re_ranking_flag_needs_query_and_gallery():
     args = parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt",
                                "--with_camera=True"])
     assert args.re_ranking and args.with_camera
+
+
+def test_evaluate_reid_with_and_without_re_ranking():
+    from evaluation.reid import evaluate_reid
+    from evaluation.reranking import KReciprocalReranker
+
+    data = fake_reid(8)
+    plain = evaluate_reid(*data)
+    assert plain == {**reid_metrics(*data), "re_ranking": False}
+    reranked = evaluate_reid(*data, re_ranking=True)
+    expected = reid_metrics(*data, distance_fn=KReciprocalReranker(data[0], data[3]))
+    assert reranked == {**expected, "re_ranking": True}
+    assert reranked["map"] != plain["map"]
