@@ -191,6 +191,8 @@ def test_max_rank_and_bad_input():
 def test_re_ranking_flag_needs_query_and_gallery():
     with pytest.raises(UserError, match="--re_ranking"):
         parse_args("eval", ["--re_ranking=True"])
+    with pytest.raises(UserError, match="--with_camera True"):
+        parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt"])
     args = parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt",
                                "--with_camera=True"])
     assert args.re_ranking and args.with_camera

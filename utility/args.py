@@ -190,8 +190,9 @@ def _check(script, args):
             raise UserError("--query_list and --gallery_list go together")
         if not args.recall_k or min(args.recall_k) <= 0:
             raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
-        if args.re_ranking and args.query_list is None:
-            raise UserError("--re_ranking re-ranks a query set against a gallery: give --query_list and --gallery_list")
+        if args.re_ranking and (args.query_list is None or not args.with_camera):
+            raise UserError("--re_ranking re-ranks a query list against a gallery list under the re-identification "
+                            "protocol: give --query_list, --gallery_list and --with_camera True")
         if args.threshold_plot and not args.threshold:
             if "threshold" in args.explicit:
                 raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
