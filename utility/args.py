@@ -50,6 +50,8 @@ def _common(p):
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
     g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")
     g.add_argument("--val_list", default=DEFAULT_VAL_LIST, help="evaluation list, same format")
+    g.add_argument("--with_camera", type=str2bool, default=False,
+                   help="lists have a camera column: 'relative/path.jpg LABEL CAMERA' (re-identification)")
     g.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes (0 decodes in the main process)")
     g.add_argument("--test_batch_size", type=int, default=50, help="batch size for embedding evaluation images")
     g.add_argument("--pretrained_model", default=None, help="directory of parameters to load (a checkpoint or pretrained weights)")
@@ -118,6 +120,12 @@ def _eval(p):
     g.add_argument("--nmi", type=str2bool, default=True, help="also compute NMI (k-means; minutes at 60k images)")
     g.add_argument("--query_list", default=None, help="separate query list (with --gallery_list)")
     g.add_argument("--gallery_list", default=None, help="separate gallery list (with --query_list)")
+    g.add_argument("--re_ranking", type=str2bool, default=False,
+                   help="re-identification: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before mAP/CMC")
+    g.add_argument("--threshold", type=str2bool, default=False,
+                   help="also find the distance threshold that best separates same-class from different-class pairs")
+    g.add_argument("--threshold_plot", default=None,
+                   help="draw the same/different-class distance histograms and the threshold to this PNG")
     g.add_argument("--metrics_out", default=None, help="append the metrics as one JSON line to this file")
     g.add_argument("--visualize", type=int, default=0, help="draw N queries with their top-k results to --visualize_file")
     g.add_argument("--visualize_file", default="retrieval.png")
@@ -201,6 +209,13 @@ def _check(script, args):
             raise UserError("--query_list and --gallery_list go together")
         if not args.recall_k or min(args.recall_k) <= 0:
             raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
+        if args.re_ranking and (args.query_list is None or not args.with_camera):
+            raise UserError("--re_ranking re-ranks a query list against a gallery list under the re-identification "
+                            "protocol: give --query_list, --gallery_list and --with_camera True")
+        if args.threshold_plot and not args.threshold:
+            if "threshold" in args.explicit:
+                raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
+            args.threshold = True
 
 
 def _check_training_numbers(args):

@@ -1,0 +1,170 @@
+"""k-reciprocal re-ranking (Zhong, Zheng, Cao, Li: "Re-ranking Person Re-identification with
+k-reciprocal Encoding", CVPR 2017), in memory that grows linearly with the number of images.
+
+Definition, on the pool P of all query and gallery images (the probes take part in each
+other's neighbourhoods, as in the authors' evaluation):
+
+- d(i, j): squared Euclidean distance between the (L2-normalised, with feat_norm)
+  embeddings, divided by (2 R)^2, R the largest embedding norm in the pool, so that it
+  lies in [0, 1] like the Jaccard distance it is mixed with, whatever the feature scale.
+  For normalised embeddings that is d(i, j) = (1 - cos(i, j)) / 2.
+- N(i, k): i itself and its k nearest other images (ties by index).
+- R(i, k) = {j in N(i, k) : i in N(j, k)}: the k-reciprocal neighbours (i included).
+- R*(i, k1) = R(i, k1) together with every R(q, k1/2), q in R(i, k1), that shares at
+  least 2/3 of its members with R(i, k1) (k1/2 rounded to the nearest integer).
+- V_i: a vector over the pool, V_i[j] = exp(-d(i, j)) for j in R*(i, k1), 0 elsewhere.
+- Local query expansion: V_i is replaced by the mean of V_t over the k2 images t
+  nearest to i, i itself included (k2 = 1: no expansion).
+- Jaccard distance d_J(i, j) = 1 - sum_c min(V_i[c], V_j[c]) / sum_c max(V_i[c], V_j[c]).
+- Final distance d*(q, g) = (1 - lambda) d_J(q, g) + lambda d(q, g).
+
+Defaults k1 = 20, k2 = 6, lambda = 0.3 are the paper's Market-1501 settings.
+
+Memory. Nothing of size pool x pool is ever built: the nearest neighbours come from
+faiss in blocks (evaluation.metrics.nearest_neighbors), the vectors V are sparse
+(about k2 * |R*| non-zeros per image), and the query x gallery distances are produced a
+block of queries at a time, for evaluation.reid.reid_metrics(distance_fn=...).
+"""
+import numpy as np
+from scipy import sparse
+
+from evaluation.metrics import _as_matrix, _l2_normalized, nearest_neighbors
+from evaluation.reid import squared_distance_fn
+
+# Pairs whose distance is computed at once when weighting R* (2 x D floats each).
+_PAIR_CHUNK = 4096
+# Entries gathered at once when intersecting a block of query vectors with the gallery's.
+_GATHER_CHUNK = 4_000_000
+
+
+class KReciprocalReranker:
+    """Re-ranked query x gallery distances, block by block: reranker(start, stop) -> [stop - start, Ng].
+
+    Building it does the pool-wide work (neighbours, k-reciprocal sets, the sparse
+    vectors V); each call then costs one block of queries against the gallery.
+    """
+
+    def __init__(self, query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, feat_norm=True):
+        query = _as_matrix(query_features, "query features")
+        gallery = _as_matrix(gallery_features, "gallery features")
+        if query.shape[1] != gallery.shape[1]:
+            raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
+        if k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
+            raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1, got {k1}, {k2}, {lambda_value}")
+        pool = np.concatenate([query, gallery])
+        if feat_norm:
+            pool = _l2_normalized(pool)
+        self.num_query, self.num_gallery = len(query), len(gallery)
+        self.lambda_value = lambda_value
+        # With fewer images than k1 + 1, every image is everyone's neighbour.
+        self.k1 = min(k1, len(pool) - 1)
+        self.k2 = min(k2, len(pool))
+
+        self.scale = _distance_scale(pool)
+        neighbors = _neighbor_table(pool, self.k1)
+        expanded = _expanded_reciprocal_sets(neighbors, self.k1, int(round(self.k1 / 2)))
+        vectors = _weighted_vectors(pool, expanded, self.scale)
+        vectors = _query_expansion(vectors, neighbors[:, :self.k2])
+        self.vector_sums = np.asarray(vectors.sum(axis=1)).ravel()
+        self.query_vectors = vectors[:self.num_query]
+        # Column c of the gallery vectors as a row: the gallery images whose vector uses c.
+        self.gallery_by_column = vectors[self.num_query:].T.tocsr()
+        self.original = squared_distance_fn(pool[:self.num_query], pool[self.num_query:], feat_norm=False)
+
+    def __call__(self, start, stop):
+        original = self.original(start, stop).astype(np.float64) / self.scale
+        jaccard = self.jaccard(start, stop)
+        return (1 - self.lambda_value) * jaccard + self.lambda_value * original
+
+    def jaccard(self, start, stop):
+        """Jaccard distances [stop - start, Ng] between query and gallery vectors."""
+        block = self.query_vectors[start:stop]
+        overlap = np.zeros((stop - start, self.num_gallery))
+        row_of_entry = np.repeat(np.arange(stop - start), np.diff(block.indptr))
+        columns = self.gallery_by_column
+        lengths = columns.indptr[block.indices + 1] - columns.indptr[block.indices]
+        # Intersect in chunks of query entries so the gathered arrays stay bounded.
+        ends = np.cumsum(lengths)
+        first = 0
+        while first < len(lengths):
+            last = max(first + 1, int(np.searchsorted(ends, ends[first] - lengths[first] + _GATHER_CHUNK, "right")))
+            chunk = slice(first, last)
+            counts = lengths[chunk]
+            flat = np.repeat(columns.indptr[block.indices[chunk]] - np.cumsum(counts) + counts, counts)
+            flat += np.arange(counts.sum())
+            smaller = np.minimum(np.repeat(block.data[chunk], counts), columns.data[flat])
+            cells = np.repeat(row_of_entry[chunk] * self.num_gallery, counts) + columns.indices[flat]
+            overlap += np.bincount(cells, weights=smaller, minlength=overlap.size).reshape(overlap.shape)
+            first = last
+        union = (self.vector_sums[start:stop, None] + self.vector_sums[None, self.num_query:]) - overlap
+        return 1.0 - overlap / union
+
+
+def re_rank(query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, feat_norm=True):
+    """The whole re-ranked query x gallery distance matrix (small sets; eval uses the blocks)."""
+    reranker = KReciprocalReranker(query_features, gallery_features, k1, k2, lambda_value, feat_norm)
+    return reranker(0, reranker.num_query)
+
+
+def _distance_scale(pool):
+    """(2 R)^2, R the largest norm: no two embeddings are farther apart (squared) than that."""
+    largest = 4.0 * float(np.einsum("ij,ij->i", pool, pool).max())
+    return largest if largest > 0 else 1.0  # every embedding zero: any scale will do
+
+
+def _neighbor_table(pool, k):
+    """[N, k + 1]: each image itself, then its k nearest others (ties by index)."""
+    if k == 0:
+        return np.arange(len(pool))[:, None]
+    others, _ = nearest_neighbors(pool, pool, k, exclude_self=True, feat_norm=False)
+    return np.hstack([np.arange(len(pool))[:, None], others])
+
+
+def _reciprocal_sets(neighbors, k, rows=4096):
+    """R(i, k) for every i, as Python sets (each holds i itself)."""
+    table = neighbors[:, :k + 1]
+    sets = []
+    for start in range(0, len(table), rows):
+        block = table[start:start + rows]
+        own = np.arange(start, start + len(block))
+        # Is i among the k + 1 entries of each of its own neighbours?
+        back = (table[block] == own[:, None, None]).any(axis=2)
+        sets.extend(set(row[keep].tolist()) for row, keep in zip(block, back))
+    return sets
+
+
+def _expanded_reciprocal_sets(neighbors, k1, k_half):
+    """R*(i, k1): R(i, k1) plus the R(q, k_half) that share at least 2/3 of their members with it."""
+    full, half = _reciprocal_sets(neighbors, k1), _reciprocal_sets(neighbors, k_half)
+    expanded = []
+    for members in full:
+        grown = set(members)
+        for q in members:
+            candidate = half[q]
+            if 3 * len(candidate & members) >= 2 * len(candidate):
+                grown |= candidate
+        expanded.append(np.fromiter(sorted(grown), np.int64, len(grown)))
+    return expanded
+
+
+def _weighted_vectors(pool, expanded, scale):
+    """Sparse [N, N] V with V[i, j] = exp(-d(i, j)) for j in R*(i)."""
+    rows = np.repeat(np.arange(len(expanded)), [len(members) for members in expanded])
+    cols = np.concatenate(expanded)
+    weights = np.empty(len(rows))
+    for start in range(0, len(rows), _PAIR_CHUNK):
+        i, j = rows[start:start + _PAIR_CHUNK], cols[start:start + _PAIR_CHUNK]
+        difference = pool[i] - pool[j]
+        weights[start:start + _PAIR_CHUNK] = np.einsum("ij,ij->i", difference, difference)
+    return sparse.csr_matrix((np.exp(-weights / scale), (rows, cols)), shape=(len(pool), len(pool)))
+
+
+def _query_expansion(vectors, nearest):
+    """Each row replaced by the mean of the rows of its k2 nearest images (itself included)."""
+    if nearest.shape[1] == 1:
+        return vectors
+    count = len(nearest)
+    averaging = sparse.csr_matrix((np.full(nearest.size, 1.0 / nearest.shape[1]),
+                                   (np.repeat(np.arange(count), nearest.shape[1]), nearest.ravel())),
+                                  shape=(count, count))
+    return (averaging @ vectors).tocsr()
