@@ -1,50 +1,75 @@
-"""Evaluate a trained network: Recall@K, MAP@R and NMI on the evaluation list.
+"""Evaluate a trained network: Recall@K, MAP@R and NMI on the evaluation list; ReID mAP/CMC; a verification threshold.
 
     python eval.py --model=ResNet50 --pretrained_model=output/ResNet50/latest
 
-Every evaluation image is a query against all the others (leave-one-out), or
---query_list against --gallery_list. See README.md for the metrics.
+Every evaluation image is a query against all the others (leave-one-out), or --query_list
+against --gallery_list; with --with_camera True the latter follows the person re-identification
+protocol (evaluation/reid.py). See README.md for the metrics.
 """
 import json
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 import reader
 from evaluation import metrics
+from reader.image_list import check_unique_paths
 from utility import print_arguments, run_cli
 from utility.config import check_model_and_loss, resolve
 from utility.errors import UserError
+
+
+class Embedded(NamedTuple):
+    """The readable images of a list, embedded."""
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list
+    cameras: Optional[np.ndarray]
 
 
 def main(argv=None):
     config = resolve("eval", argv)
     check_model_and_loss(config)
     print_arguments(config)
-    separate = config.query_list is not None
-    gallery_list = reader.read_image_list(config.gallery_list if separate else config.val_list, config.data_dir)
-    query_list = reader.read_image_list(config.query_list, config.data_dir) if separate else None
-    if gallery_list.num_classes < 2:
-        raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
+    gallery_list, query_list = _read_lists(config)
 
     from engine.embedder import checkpoint_embedder
 
     embedder = checkpoint_embedder(config)
-    embedded = _embed(embedder, gallery_list, config, "gallery")
-    query = _embed(embedder, query_list, config, "query") if separate else None
-    if embedded is None:
+    gallery = _embed(embedder, gallery_list, config, "gallery")
+    query = _embed(embedder, query_list, config, "query") if query_list else None
+    if gallery is None:
         return  # another process of paddle.distributed.launch: device 0 reports
-    gallery, gallery_labels, gallery_paths = embedded
 
-    results = metrics.evaluate(gallery, gallery_labels, ks=config.recall_k, feat_norm=config.feat_norm,
-                               query=query[:2] if separate else None, with_nmi=config.nmi)
-    results["test_loss"] = test_loss(config, gallery, gallery_labels)
+    if query is not None and config.with_camera:
+        results = _reid_metrics(config, query, gallery)
+    else:
+        results = metrics.evaluate(gallery.features, gallery.labels, ks=config.recall_k, feat_norm=config.feat_norm,
+                                   query=query[:2] if query is not None else None, with_nmi=config.nmi)
+        results["test_loss"] = test_loss(config, gallery.features, gallery.labels)
+    if config.threshold:
+        results.update(_verification_threshold(config, gallery if query is None else _joined(query, gallery)))
     report(config, results)
     if config.visualize > 0:
-        _visualize(config, gallery, gallery_labels, gallery_paths, query)
+        _visualize(config, gallery, query)
+
+
+def _read_lists(config):
+    """(gallery, query or None): the evaluation list, or --gallery_list and --query_list; each image once."""
+    def read(path):
+        image_list = reader.read_image_list(path, config.data_dir, with_camera=config.with_camera)
+        check_unique_paths(image_list)  # a duplicate would be its copy's perfect match
+        return image_list
+
+    separate = config.query_list is not None
+    gallery_list = read(config.gallery_list if separate else config.val_list)
+    if gallery_list.num_classes < 2:
+        raise UserError(f"{gallery_list.source} holds a single class: retrieval metrics need at least two")
+    return gallery_list, read(config.query_list) if separate else None
 
 
 def _embed(embedder, image_list, config, name):
-    """(features, labels, paths) of the readable images of `image_list`; None on devices other than 0."""
+    """The Embedded readable images of `image_list`; None on devices other than 0."""
     import tempfile
 
     from engine.embedder import embed_shards, exchange_folder
@@ -53,7 +78,48 @@ def _embed(embedder, image_list, config, name):
                                   skip_bad=config.skip_bad_images)
     if features is None:
         return None
-    return features, image_list.labels[rows], [image_list.paths[i] for i in rows]
+    cameras = image_list.cameras[rows] if image_list.cameras is not None else None
+    return Embedded(features, image_list.labels[rows], [image_list.paths[i] for i in rows], cameras)
+
+
+def _reid_metrics(config, query, gallery):
+    from evaluation.reid import evaluate_reid
+
+    results = evaluate_reid(query.features, query.labels, query.cameras, gallery.features, gallery.labels,
+                            gallery.cameras, feat_norm=config.feat_norm, re_ranking=config.re_ranking)
+    if results["num_valid_queries"] == 0:
+        raise UserError(f"no query of {config.query_list} has an image of its identity under another camera in "
+                        f"{config.gallery_list}: are both lists from one data set, with cameras?")
+    return results
+
+
+def _joined(query, gallery):
+    return Embedded(np.concatenate([query.features, gallery.features]), np.concatenate([query.labels, gallery.labels]),
+                    query.paths + gallery.paths, None)
+
+
+def _verification_threshold(config, embedded):
+    """Threshold figures over all pairs of the evaluated images.
+
+    With re-identification lists, junk (-1) and distractor (0000) images take part in no pair:
+    the distractors share one label without being one person.
+    """
+    from data.reid_lists import DISTRACTOR
+    from evaluation import reid, threshold
+
+    ignore = (reid.JUNK_ID, DISTRACTOR) if config.with_camera else ()
+    try:
+        found = threshold.verification_threshold(embedded.features, embedded.labels, feat_norm=config.feat_norm,
+                                                 ignore_labels=ignore)
+    except ValueError as err:
+        raise UserError(f"--threshold: {err}") from None
+    if config.threshold_plot:
+        threshold.draw_threshold_plot(found["pos_hist"], found["neg_hist"], found["threshold"], config.threshold_plot,
+                                      hist_max=found["hist_max"], accuracy=found["accuracy"])
+        print(f"Wrote {config.threshold_plot}", flush=True)
+    return {"threshold": found["threshold"], "threshold_accuracy": found["accuracy"],
+            "tpr@fpr1e-3": found["tpr_at_fpr"], "num_positive_pairs": found["num_positive_pairs"],
+            "num_negative_pairs": found["num_negative_pairs"]}
 
 
 def test_loss(config, features, labels):
@@ -90,13 +156,24 @@ def _loss_value(loss_fn, features, labels, noise):
 
 
 def report(config, results):
-    print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
-    for k in config.recall_k:
-        print(f"Recall@{k}: {results[f'recall@{k}']:.4f}")
-    print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
-          f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their class)")
-    if "nmi" in results:
-        print(f"NMI: {results['nmi']:.4f}")
+    if "map" in results:
+        print(f"Re-identification: mAP {results['map']:.4f}, CMC@1 {results['cmc@1']:.4f}, "
+              f"CMC@5 {results['cmc@5']:.4f}, CMC@10 {results['cmc@10']:.4f} ({results['num_skipped_queries']} of "
+              f"{results['num_queries']} queries have no match under another camera and are left out; "
+              f"re-ranking {'on' if results['re_ranking'] else 'off'})", flush=True)
+    else:
+        print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
+        for k in config.recall_k:
+            print(f"Recall@{k}: {results[f'recall@{k}']:.4f}")
+        print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
+              f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their "
+              "class)")
+        if "nmi" in results:
+            print(f"NMI: {results['nmi']:.4f}")
+    if "threshold" in results:
+        print(f"Verification: threshold {results['threshold']:.4f}, accuracy {results['threshold_accuracy']:.4f} "
+              f"over {results['num_positive_pairs']} same-class and {results['num_negative_pairs']} different-class "
+              f"pairs; TPR {results['tpr@fpr1e-3']:.4f} at FPR 1e-3")
     if config.metrics_out:
         record = {"checkpoint": config.pretrained_model, "model": config.model, **results}
         with open(config.metrics_out, "a") as f:
@@ -104,20 +181,21 @@ def report(config, results):
         print(f"Wrote the metrics to {config.metrics_out}")
 
 
-def _visualize(config, gallery, gallery_labels, gallery_paths, query):
+def _visualize(config, gallery, query):
     from evaluation.visualize import draw_retrieval
 
-    top_k = min(max(config.recall_k), len(gallery) - (query is None))
+    top_k = min(max(config.recall_k), len(gallery.features) - (query is None))
     if query is None:
-        chosen = np.random.default_rng(config.seed).choice(len(gallery), min(config.visualize, len(gallery)), replace=False)
-        q_feat, q_labels, q_paths = gallery[chosen], gallery_labels[chosen], [gallery_paths[i] for i in chosen]
-        ranked, _ = metrics.nearest_neighbors(q_feat, gallery, top_k + 1, feat_norm=config.feat_norm)
+        chosen = np.random.default_rng(config.seed).choice(len(gallery.features),
+                                                           min(config.visualize, len(gallery.features)), replace=False)
+        q_feat, q_labels, q_paths = gallery.features[chosen], gallery.labels[chosen], [gallery.paths[i] for i in chosen]
+        ranked, _ = metrics.nearest_neighbors(q_feat, gallery.features, top_k + 1, feat_norm=config.feat_norm)
         neighbors = np.array([[j for j in row if j != own][:top_k] for row, own in zip(ranked, chosen)])
     else:
-        q_feat, q_labels, q_paths = (part[: config.visualize] for part in query)
-        neighbors, _ = metrics.nearest_neighbors(q_feat, gallery, top_k, feat_norm=config.feat_norm)
-    draw_retrieval(q_paths, q_labels, [[gallery_paths[j] for j in row] for row in neighbors],
-                   gallery_labels[neighbors], config.visualize_file)
+        q_feat, q_labels, q_paths = (part[: config.visualize] for part in query[:3])
+        neighbors, _ = metrics.nearest_neighbors(q_feat, gallery.features, top_k, feat_norm=config.feat_norm)
+    draw_retrieval(q_paths, q_labels, [[gallery.paths[j] for j in row] for row in neighbors],
+                   gallery.labels[neighbors], config.visualize_file)
     print(f"Wrote {config.visualize_file}: {len(q_paths)} queries with their top {top_k}", flush=True)
 
 

@@ -22,7 +22,8 @@ def main(argv=None):
     config = resolve("infer", argv)
     check_model_and_loss(config)
     print_arguments(config)
-    image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False)
+    image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False,
+                                        with_camera=config.with_camera)
 
     from engine.embedder import embed_shards, exchange_folder
 

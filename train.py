@@ -29,8 +29,8 @@ def main(argv=None):
     leader = rank == 0
     if leader:
         print_arguments(config)
-    train_list = reader.read_image_list(config.train_list, config.data_dir)
-    val_list = reader.read_image_list(config.val_list, config.data_dir)
+    train_list = reader.read_image_list(config.train_list, config.data_dir, with_camera=config.with_camera)
+    val_list = reader.read_image_list(config.val_list, config.data_dir, with_camera=config.with_camera)
     spec = losses.get(config.loss_name)
     if leader:  # a save killed mid-way leaves temporary folders, and perhaps `latest` on one of them
         removed = checkpoint.remove_stale_temporaries(os.path.join(config.model_save_dir, config.model))

@@ -162,3 +162,40 @@ def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_pa
     assert np.load(tmp_path / "two" / "labels.npy").tolist() == want_labels.tolist()
     assert (tmp_path / "two" / "paths.txt").read_text().splitlines() == want_paths
     assert sorted(os.listdir(tmp_path / "two")) == ["features.npy", "labels.npy", "paths.txt"]  # hand-over removed
+
+
+def test_reid_protocol_and_verification_threshold_end_to_end(trained, tmp_path, capsys):
+    from evaluation.reid import evaluate_reid
+
+    with open(trained["val_list"]) as f:
+        lines = [line.split() for line in f]
+    with_cameras = [f"{path} {label} {1 + i % 3}\n" for i, (path, label) in enumerate(lines)]
+    (tmp_path / "q.txt").write_text("".join(with_cameras[::6]))
+    (tmp_path / "g.txt").write_text("".join(l for i, l in enumerate(with_cameras) if i % 6))
+    picture = tmp_path / "threshold.png"
+    eval_script.main(data_flags(trained) + ["--with_camera=True", f"--query_list={tmp_path / 'q.txt'}",
+                                            f"--gallery_list={tmp_path / 'g.txt'}", f"--threshold_plot={picture}",
+                                            f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "m.jsonl").read_text())
+    assert re.search(rf"^Re-identification: mAP {record['map']:.4f}, CMC@1 {record['cmc@1']:.4f}", out, re.M)
+    assert record["num_queries"] == 4 and 0 <= record["map"] <= 1 and record["cmc@1"] <= record["cmc@5"]
+    assert 0 <= record["threshold_accuracy"] <= 1
+    assert (record["num_positive_pairs"], record["num_negative_pairs"]) == (4 * 15, 24 * 23 // 2 - 4 * 15)
+    assert picture.stat().st_size > 0
+
+    features, labels, _ = run_infer(trained, str(tmp_path / "dump"))
+    cameras = np.array([1 + i % 3 for i in range(len(labels))])
+    query, gallery = np.arange(len(labels)) % 6 == 0, np.arange(len(labels)) % 6 != 0
+    want = evaluate_reid(features[query], labels[query], cameras[query], features[gallery], labels[gallery],
+                         cameras[gallery])
+    assert record["map"] == pytest.approx(want["map"], abs=1e-5)
+
+
+def test_an_evaluation_list_with_a_path_twice_is_refused(trained, tmp_path):
+    with open(trained["val_list"]) as f:
+        lines = f.readlines()
+    doubled = tmp_path / "doubled.txt"
+    doubled.write_text("".join(lines + lines[:1]))
+    with pytest.raises(UserError, match="listed more than once"):
+        eval_script.main(data_flags(trained) + [f"--val_list={doubled}"])

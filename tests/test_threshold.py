@@ -119,8 +119,13 @@ def test_plot_file_is_written(tmp_path):
     assert ((pixels[:, 1] - pixels[:, 0]) > 60).sum() > 100 and ((pixels[:, 0] - pixels[:, 1]) > 60).sum() > 100
 
 
-def test_threshold_plot_flag_turns_threshold_on():
-    assert parse_args("eval", ["--threshold_plot=t.png"]).threshold is True
-    assert parse_args("eval", []).threshold is False
+def test_threshold_plot_flag_turns_threshold_on(tmp_path):
+    from utility.config import resolve
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    flags = [f"--pretrained_model={checkpoint}", "--val_list=v.txt"]
+    assert resolve("eval", flags + ["--threshold_plot=t.png"]).threshold is True
+    assert resolve("eval", flags).threshold is False
     with pytest.raises(UserError, match="--threshold True"):
         parse_args("eval", ["--threshold_plot=t.png", "--threshold=False"])

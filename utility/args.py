@@ -212,10 +212,8 @@ def _check(script, args):
         if args.re_ranking and (args.query_list is None or not args.with_camera):
             raise UserError("--re_ranking re-ranks a query list against a gallery list under the re-identification "
                             "protocol: give --query_list, --gallery_list and --with_camera True")
-        if args.threshold_plot and not args.threshold:
-            if "threshold" in args.explicit:
-                raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
-            args.threshold = True
+        if args.threshold_plot and not args.threshold and "threshold" in args.explicit:
+            raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
 
 
 def _check_training_numbers(args):

@@ -45,6 +45,8 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
     _settle_loss_name(values)
     if script == "train" and values["num_epochs"] is None and values["total_iter_num"] is None:
         values["total_iter_num"] = DEFAULT_ITERATIONS
+    if script == "eval" and values["threshold_plot"]:
+        values["threshold"] = True  # the plot is of the threshold
     if values.get("checkpoint"):  # train.py resolves it after cleaning up killed saves
         _checkpoint_dir(values["checkpoint"])
     if values.get("pretrained_model"):
