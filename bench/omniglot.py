@@ -41,9 +41,10 @@ TUNING_RESULTS = REPO / "bench" / "results" / "omniglot-tuning.jsonl"
 ROTATIONS = (90, 180, 270)
 
 # Every run: the line-drawing input settings (no flip: a mirrored character is another character;
-# mild crops only; the whole image at evaluation, since strokes reach the border).
+# mild crops only; at evaluation the centre crop, which scored 0.666 against 0.657 for the whole image
+# on held-out small1 characters, the network being trained on 64-100 % crops).
 COMMON = ["--image_shape=3,32,32", "--train_batch_size=64", "--hflip=False", "--crop_area=0.64,1",
-          "--eval_resize=full", "--lr_strategy=cosine", "--warmup_iter=50", "--total_iter_num=1500",
+          "--eval_resize=crop", "--lr_strategy=cosine", "--warmup_iter=50", "--total_iter_num=1500",
           "--test_iter_step=500", "--display_iter_step=20"]
 PK = ["--samples_each_class=4"]
 # loss -> train.py flags on top of COMMON.
