@@ -1,6 +1,6 @@
 """Retrieval quality on real data: train and evaluate on the project's Omniglot split.
 
-    python bench/omniglot.py --quick                       # the best recipe of one loss, < 15 min on 2 CPU cores
+    python bench/omniglot.py --quick                       # the best recipe found, < 15 min on 2 CPU cores
     python bench/omniglot.py --losses softmax,emlloss      # the table: each loss with ResNet18 (default: all)
     python bench/omniglot.py --validation 40 --losses softmax -- --lr 0.2    # tuning, on training characters
 
@@ -57,7 +57,9 @@ RECIPES = {
     "emlloss": ["--lr=0.1", *PK],
     "npairsloss": ["--lr=0.1"],
 }
-QUICK_LOSS = "softmax"  # the loss whose recipe --quick runs
+# --quick: the loss whose recipe it runs, with rotated classes (chosen on held-out small1 characters:
+# Recall@1 0.721 with them against 0.666 without, bench/results/omniglot-tuning.jsonl).
+QUICK_LOSS = "softmax"
 
 
 def hold_out_alphabets(train_entries, min_characters):
@@ -203,7 +205,8 @@ def parse(argv):
     parser.add_argument("--small2", default=str(DEFAULT_SMALL2), help="images_background_small2.zip (test alphabets)")
     parser.add_argument("--data_dir", default=str(REPO / "data" / "omniglot"), help="where the images are unpacked")
     parser.add_argument("--output_dir", default=str(REPO / "output" / "omniglot"), help="one folder per run")
-    parser.add_argument("--quick", action="store_true", help=f"one run: the {QUICK_LOSS} recipe with ResNet18")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one run: the {QUICK_LOSS} recipe with ResNet18 and --rotated_classes")
     parser.add_argument("--losses", default=",".join(RECIPES), help="comma-separated losses of the table")
     parser.add_argument("--models", default="ResNet18", help="comma-separated models of the table")
     parser.add_argument("--validation", type=int, default=0,
@@ -219,7 +222,7 @@ def parse(argv):
     args.losses = [name for name in args.losses.split(",") if name]
     args.models = [name for name in args.models.split(",") if name]
     if args.quick:
-        args.losses, args.models = [QUICK_LOSS], ["ResNet18"]
+        args.losses, args.models, args.rotated_classes = [QUICK_LOSS], ["ResNet18"], True
     unknown = [name for name in args.losses if name not in RECIPES]
     if unknown:
         raise UserError(f"no recipe for loss(es) {', '.join(unknown)}; recipes: {', '.join(RECIPES)}")

@@ -87,10 +87,11 @@ def test_rotated_classes_are_new_classes_with_rotated_images(zips, tmp_path):
 def test_arguments(tmp_path):
     args = bench.parse(["--quick", "--validation", "40", "--", "--lr", "0.2"])
     assert args.losses == [bench.QUICK_LOSS] and args.models == ["ResNet18"] and args.extra == ["--lr", "0.2"]
+    assert args.rotated_classes
     assert args.results.endswith("omniglot-tuning.jsonl")
     args = bench.parse(["--losses", "softmax,emlloss", "--models", "ResNet18,ResNet34"])
     assert args.losses == ["softmax", "emlloss"] and args.models == ["ResNet18", "ResNet34"]
-    assert args.results.endswith("bench/results/omniglot.jsonl") and args.extra == []
+    assert args.results.endswith("bench/results/omniglot.jsonl") and args.extra == [] and not args.rotated_classes
     assert set(bench.parse([]).losses) == set(bench.RECIPES)
     for bad, message in ((["--losses", "nosuchloss"], "no recipe"), (["--losses", ","], "at least one"),
                          (["--validation", "-1"], "validation")):
