@@ -23,6 +23,7 @@ def main(argv=None):
 
     import losses
     from engine import device, programs, xbm
+    from engine.embedder import test_loader
     from engine.trainer import Position, Schedule, Trainer, Validator, claim_save_dir
 
     world_size, rank = programs.distributed_env()
@@ -47,14 +48,10 @@ def main(argv=None):
         train_list, image_shape=config.image_shape, batch_size=config.train_batch_size, layout=spec.layout,
         samples_each_class=spec.samples_each_class(config.samples_each_class), num_workers=config.num_workers,
         seed=config.seed + 1, world_size=world_size, rank=rank,
-        augment={"color_jitter": config.color_jitter, "rotate": config.rotate,
-                 "random_erasing": config.random_erasing})
+        augment=reader.loaders.augment_from_args(config))
     # An unreadable validation image is reported and left out: it must not end a long run.
-    val_loader = reader.TestLoader(val_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
-                                   num_workers=config.num_workers if leader else 0, skip_bad=True)
-    cluster_loader = reader.TestLoader(train_list, image_shape=config.image_shape,
-                                       batch_size=config.test_batch_size, num_workers=config.num_workers,
-                                       skip_bad=True) if config.dac_clusters and leader else None
+    val_loader = test_loader(config, val_list, skip_bad=True, num_workers=config.num_workers if leader else 0)
+    cluster_loader = test_loader(config, train_list, skip_bad=True) if config.dac_clusters and leader else None
     try:
         schedule = Schedule.of(config, loader.batches_per_epoch)
         if world_size > 1:

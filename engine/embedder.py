@@ -20,7 +20,6 @@ from utility.progress import Progress
 
 EXPORT_PREFIX = "inference"
 EXPORT_INFO = "preprocess.json"
-INPUT_DESCRIPTION = "RGB, resize short side, centre crop, ImageNet mean/std, NCHW float32"
 
 
 def read_export_info(model_dir):
@@ -48,9 +47,24 @@ def export(exe, program, image, embedding, out_dir, config):
                                        program=program)
     info = {"model": config.model, "embedding_size": config.embedding_size, "neck": config.neck,
             "neck_feat": config.neck_feat, "last_stride": config.last_stride,
-            "image_shape": list(config.image_shape), "input": INPUT_DESCRIPTION}
+            "image_shape": list(config.image_shape), "eval_resize": config.eval_resize,
+            **preprocess_description(config.eval_resize)}
     with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
         json.dump(info, f, indent=1)
+
+
+def preprocess_description(eval_resize):
+    """The preprocessing an exported model expects, as fields of preprocess.json."""
+    from reader.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
+
+    resize = ("resize the short side to round(side * resize_ratio) of the input size, then the centre crop"
+              if eval_resize == "crop" else "resize the whole image to the input size")
+    fields = {"color": "RGB", "resize": resize, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
+              "scale": "pixel / 255, then (x - mean) / std", "layout": "NCHW float32",
+              "input": f"RGB, {resize}, ImageNet mean/std, NCHW float32"}
+    if eval_resize == "crop":
+        fields["resize_ratio"] = RESIZE_RATIO
+    return fields
 
 
 class Embedder:
@@ -134,6 +148,13 @@ def embed_list(embedder, loader, show_progress=True):
     return np.concatenate(features), np.concatenate(rows)
 
 
+def test_loader(config, image_list, *, skip_bad, rows=None, num_workers=None):
+    """A reader.TestLoader of `image_list` with the run's input shape, evaluation resize and batch size."""
+    return reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
+                             num_workers=config.num_workers if num_workers is None else num_workers,
+                             skip_bad=skip_bad, rows=rows, eval_resize=config.eval_resize)
+
+
 def embed_shards(embedder, image_list, config, exchange_dir, skip_bad):
     """embed_list over the whole of `image_list`, shared out among the processes of paddle.distributed.launch.
 
@@ -145,8 +166,7 @@ def embed_shards(embedder, image_list, config, exchange_dir, skip_bad):
 
     world_size, rank = distributed_env()
     share = np.array_split(np.arange(len(image_list.paths)), world_size)[rank]
-    with reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
-                           num_workers=config.num_workers, skip_bad=skip_bad, rows=share) as loader:
+    with test_loader(config, image_list, skip_bad=skip_bad, rows=share) as loader:
         features, rows = embed_list(embedder, loader, show_progress=rank == 0)
     if world_size == 1:
         return features, rows

@@ -21,6 +21,7 @@ from utility.progress import format_duration
 
 CLASSIFIER_FIGURES = ("loss_cls", "acc1", "acc5")
 LOG_FILE = "log.jsonl"
+CURVES_FILE = "curves.png"
 
 
 @dataclass
@@ -234,7 +235,15 @@ class Trainer:
               f"train_acc5 {means['acc5']:.5f}, test_recall {recall:.5f}", flush=True)
         self.log.write({"pass": pass_id, "iter": position.iteration, "test_recall": recall,
                         **{f"train_{name}": value for name, value in means.items()}})
+        self._plot()
         self.window_start, self.window_images = time.time(), 0  # keep evaluation time out of img/s
+
+    def _plot(self):
+        """Redraw <model_save_dir>/curves.png from log.jsonl: losses, learning rate, test Recall@1."""
+        from evaluation.plot import plot_training
+
+        self.log.file.flush()
+        plot_training(self.log.file.name, os.path.join(self.config.model_save_dir, CURVES_FILE))
 
     def _save(self, position):
         if not self.leader:

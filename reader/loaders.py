@@ -9,12 +9,15 @@ import numpy as np
 
 from reader.decode import BadImageError, load_rgb
 from reader.samplers import PKSampler, ShuffleSampler, TripletSampler, class_members
-from reader.transforms import test_transform, train_transform
+from reader.transforms import CROP_AREA, CROP_ASPECT, EVAL_RESIZES, test_transform, train_transform
 from reader.worker_pool import WorkerPool, run_in_process
 from utility.errors import UserError
 
 LAYOUTS = ("triplet", "pk", "shuffle")
-AUGMENTATIONS = ("color_jitter", "rotate", "random_erasing")
+# Training augmentation settings (keys of `augment`) and their defaults: the ImageNet recipe.
+AUGMENT_DEFAULTS = {"color_jitter": False, "rotate": False, "random_erasing": False,
+                    "crop_area": CROP_AREA, "crop_aspect": CROP_ASPECT, "hflip": True, "rotation_degrees": 0.0}
+AUGMENTATIONS = tuple(AUGMENT_DEFAULTS)
 CLASSES_NAMED = 5  # how many classes a note about small classes names
 
 
@@ -25,7 +28,8 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     layout: "triplet" (anchor, positive, negative triplets), "pk" (P classes x
     K=samples_each_class images) or "shuffle" (random batches). batch_size is
     the global batch; this device gets batch_size // world_size images.
-    augment: dict with optional keys color_jitter, rotate, random_erasing.
+    augment: dict with any of the keys of AUGMENT_DEFAULTS (the rest keep their defaults);
+    `augment_from_args(args)` builds it from train.py's flags.
     Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
     """
     augment = _check_augment(augment)
@@ -148,19 +152,29 @@ class TrainBatchJob:
         yield from rng.permutation(others).tolist()
 
 
+def augment_from_args(args):
+    """The `augment` dict of make_train_loader from train.py's flags."""
+    return {name: getattr(args, name) for name in AUGMENTATIONS}
+
+
 class TestLoader(_Workers):
     """Batches of a whole list in order, for embedding; its worker processes live until close().
 
+    eval_resize: "crop" (resize to 256/224 of the input size, centre crop) or "full" (the whole image
+    resized to the input size); see reader.transforms.test_transform.
     `batches()` yields (images float32 [b, 3, H, W], row_indices int64 [b]), batch_size rows
     each (the last may be shorter), as often as it is called: a validation list is decoded by
     the same workers at every evaluation of a training run. An unreadable image raises UserError
     naming it, unless skip_bad: then it is reported on stderr and its row left out.
     """
 
-    def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None):
+    def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None,
+                 eval_resize="crop"):
         if batch_size <= 0:
             raise UserError(f"test batch size must be positive, got {batch_size}")
-        super().__init__(TestBatchJob(image_list.paths, tuple(image_shape)), num_workers, batch_size)
+        if eval_resize not in EVAL_RESIZES:
+            raise UserError(f"--eval_resize must be one of {', '.join(EVAL_RESIZES)}, got {eval_resize!r}")
+        super().__init__(TestBatchJob(image_list.paths, tuple(image_shape), eval_resize), num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
         # `rows`: only these rows of the list (one device's share), in this order; default all.
@@ -189,18 +203,19 @@ def _bad_images_message(bad_paths):
 
 
 class TestBatchJob:
-    """Decode and centre-crop one batch; unreadable rows are flagged, not raised."""
+    """Decode and resize one batch for evaluation; unreadable rows are flagged, not raised."""
 
-    def __init__(self, paths, image_shape):
+    def __init__(self, paths, image_shape, eval_resize="crop"):
         self.paths = paths
         self.image_shape = image_shape
+        self.eval_resize = eval_resize
 
     def __call__(self, rows, out):
         readable = np.ones(len(rows), dtype=bool)
         bad_paths = []
         for i, row in enumerate(rows):
             try:
-                out[i] = test_transform(load_rgb(self.paths[row]), self.image_shape)
+                out[i] = test_transform(load_rgb(self.paths[row]), self.image_shape, self.eval_resize)
             except BadImageError as err:
                 readable[i] = False
                 bad_paths.append((err.path, err.reason))
@@ -212,7 +227,19 @@ def _check_augment(augment):
     unknown = set(augment) - set(AUGMENTATIONS)
     if unknown:
         raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {AUGMENTATIONS}")
-    return {name: bool(augment.get(name, False)) for name in AUGMENTATIONS}
+    out = {**AUGMENT_DEFAULTS, **augment}
+    for name in ("color_jitter", "rotate", "random_erasing", "hflip"):
+        out[name] = bool(out[name])
+    low, high = out["crop_area"] = tuple(float(v) for v in out["crop_area"])
+    if not 0 < low <= high <= 1:
+        raise UserError(f"--crop_area MIN,MAX needs 0 < MIN <= MAX <= 1, got {low:g},{high:g}")
+    low, high = out["crop_aspect"] = tuple(float(v) for v in out["crop_aspect"])
+    if not 0 < low <= high:
+        raise UserError(f"--crop_aspect MIN,MAX needs 0 < MIN <= MAX, got {low:g},{high:g}")
+    out["rotation_degrees"] = float(out["rotation_degrees"])
+    if not 0 <= out["rotation_degrees"] <= 180:
+        raise UserError(f"--rotation_degrees must be in 0..180, got {out['rotation_degrees']:g}")
+    return out
 
 
 def _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed):

@@ -10,12 +10,13 @@ import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-RESIZE_RATIO = 256 / 224        # test: resize to this times the crop, then centre crop
-CROP_AREA = (0.08, 1.0)         # random-resized crop: fraction of the image area
-CROP_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))
+RESIZE_RATIO = 256 / 224        # eval_resize "crop": resize to this times the crop, then centre crop
+EVAL_RESIZES = ("crop", "full")  # evaluation: centre crop of a slightly larger image, or the whole image
+CROP_AREA = (0.08, 1.0)         # random-resized crop: fraction of the image area (--crop_area)
+CROP_ASPECT = (3 / 4, 4 / 3)    # random-resized crop: aspect ratio range (--crop_aspect)
 CROP_ATTEMPTS = 10
 JITTER_STRENGTH = 0.4           # brightness/contrast/saturation factors in [0.6, 1.4]
-MAX_ROTATION_DEGREES = 10.0
+MAX_ROTATION_DEGREES = 10.0     # --rotate True without --rotation_degrees
 ERASE_PROBABILITY = 0.5
 ERASE_AREA = (0.02, 0.33)       # random erasing (Zhong et al. 2017): fraction of the image area
 ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
@@ -24,17 +25,23 @@ _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
-def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, random_erasing=False):
+def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, random_erasing=False,
+                    crop_area=CROP_AREA, crop_aspect=CROP_ASPECT, hflip=True, rotation_degrees=0.0):
     """Random-resized crop to (H, W), random horizontal flip, optional augmentations.
 
-    image_shape is (3, H, W). Returns CHW float32, normalised.
+    image_shape is (3, H, W). crop_area: (min, max) fraction of the image area the crop
+    covers; crop_aspect: (min, max) aspect ratio of the crop, relative to the output's own
+    (log-uniform). hflip: flip left-right with probability 1/2. Rotation by a uniform angle
+    in +-rotation_degrees when it is positive; rotate=True alone means +-MAX_ROTATION_DEGREES.
+    The defaults are the ImageNet recipe. Returns CHW float32, normalised.
     """
     height, width = image_shape[1], image_shape[2]
-    image = random_resized_crop(rgb, height, width, rng)
-    if rng.random() < 0.5:
+    image = random_resized_crop(rgb, height, width, rng, crop_area, crop_aspect)
+    if hflip and rng.random() < 0.5:
         image = cv2.flip(image, 1)
-    if rotate:
-        image = random_rotation(image, rng)
+    degrees = rotation_degrees if rotation_degrees > 0 else (MAX_ROTATION_DEGREES if rotate else 0.0)
+    if degrees > 0:
+        image = random_rotation(image, rng, degrees)
     if color_jitter:
         image = jitter_colours(image, rng)
     chw = normalize(image)
@@ -43,10 +50,19 @@ def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, ran
     return chw
 
 
-def test_transform(rgb, image_shape):
-    """Resize so that the crop is 224/256 of the image (short side of a square crop
-    becomes round(H * 256 / 224)), then take the centre (H, W) crop."""
+def test_transform(rgb, image_shape, eval_resize="crop"):
+    """Evaluation preprocessing to (H, W).
+
+    eval_resize "crop" (the ImageNet protocol): resize so that the crop is 224/256 of the
+    image (short side of a square crop becomes round(H * 256 / 224)), then take the centre
+    (H, W) crop. "full": resize the whole image to (H, W), nothing cut off (for drawings
+    whose strokes reach the border).
+    """
     height, width = image_shape[1], image_shape[2]
+    if eval_resize == "full":
+        return normalize(resize(rgb, height, width))
+    if eval_resize != "crop":
+        raise ValueError(f"eval_resize must be one of {EVAL_RESIZES}, got {eval_resize!r}")
     src_h, src_w = rgb.shape[:2]
     scale = RESIZE_RATIO * max(height / src_h, width / src_w)
     new_h = max(height, round(src_h * scale))
@@ -70,24 +86,25 @@ def resize(image, height, width):
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
 
-def random_resized_crop(image, height, width, rng):
+def random_resized_crop(image, height, width, rng, crop_area=CROP_AREA, crop_aspect=CROP_ASPECT):
     """Crop a random area fraction and aspect ratio, resized to (height, width).
 
-    The aspect ratio is drawn around the output's own width/height ratio, so
-    non-square outputs are not systematically stretched.
+    The aspect ratio is drawn log-uniformly in crop_aspect around the output's own
+    width/height ratio, so non-square outputs are not systematically stretched.
     """
     src_h, src_w = image.shape[:2]
-    top, left, crop_h, crop_w = _crop_box(src_h, src_w, width / height, rng)
+    top, left, crop_h, crop_w = _crop_box(src_h, src_w, width / height, rng, crop_area, crop_aspect)
     return resize(image[top:top + crop_h, left:left + crop_w], height, width)
 
 
-def _crop_box(src_h, src_w, target_ratio, rng):
+def _crop_box(src_h, src_w, target_ratio, rng, crop_area=CROP_AREA, crop_aspect=CROP_ASPECT):
     area = src_h * src_w
+    log_ratio = (math.log(crop_aspect[0]), math.log(crop_aspect[1]))
     for _ in range(CROP_ATTEMPTS):
-        crop_area = area * rng.uniform(*CROP_AREA)
-        ratio = target_ratio * math.exp(rng.uniform(*CROP_LOG_RATIO))
-        crop_w = round(math.sqrt(crop_area * ratio))
-        crop_h = round(math.sqrt(crop_area / ratio))
+        crop_area_px = area * rng.uniform(*crop_area)
+        ratio = target_ratio * math.exp(rng.uniform(*log_ratio))
+        crop_w = round(math.sqrt(crop_area_px * ratio))
+        crop_h = round(math.sqrt(crop_area_px / ratio))
         if 0 < crop_w <= src_w and 0 < crop_h <= src_h:
             top = int(rng.integers(0, src_h - crop_h + 1))
             left = int(rng.integers(0, src_w - crop_w + 1))
@@ -98,9 +115,9 @@ def _crop_box(src_h, src_w, target_ratio, rng):
     return (src_h - crop_h) // 2, (src_w - crop_w) // 2, crop_h, crop_w
 
 
-def random_rotation(image, rng):
-    """Rotate by a uniform angle in +-MAX_ROTATION_DEGREES about the centre; borders mirrored."""
-    angle = rng.uniform(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES)
+def random_rotation(image, rng, degrees=MAX_ROTATION_DEGREES):
+    """Rotate by a uniform angle in +-degrees about the centre; borders mirrored."""
+    angle = rng.uniform(-degrees, degrees)
     rows, cols = image.shape[:2]
     matrix = cv2.getRotationMatrix2D(((cols - 1) / 2, (rows - 1) / 2), angle, 1.0)
     return cv2.warpAffine(image, matrix, (cols, rows), flags=cv2.INTER_LINEAR,

@@ -114,3 +114,141 @@ def test_crop_box_fallback_on_extreme_aspect_ratio():
     top, left, crop_h, crop_w = _crop_box(4, 400, 1.0, np.random.default_rng(0))
     assert (crop_h, crop_w) == (4, 4) and top == 0 and left == 198
     assert math.isclose(crop_w / crop_h, 1.0)
+
+
+# --- Augmentation and evaluation-resize settings -------------------------------------------------
+
+def _digest(arrays):
+    import hashlib
+    return hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("augment, expected", [
+    ({}, "7931d864336abcec"),
+    ({"rotate": True}, "e329c6994d58e08f"),
+    ({"color_jitter": True, "rotate": True, "random_erasing": True}, "72c4645372e602eb"),
+])
+def test_default_settings_reproduce_the_previous_transform_bit_for_bit(augment, expected):
+    # Digests of the transform as it was before the settings existed (commit 81515bd), same inputs.
+    rgb = np.random.default_rng(11).integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    implicit = [train_transform(rgb, (3, 24, 20), np.random.default_rng(seed), **augment) for seed in range(8)]
+    assert _digest(implicit) == expected
+    from reader.loaders import AUGMENT_DEFAULTS, _check_augment
+    explicit = [train_transform(rgb, (3, 24, 20), np.random.default_rng(seed), **_check_augment(augment))
+                for seed in range(8)]
+    assert _digest(explicit) == expected and set(_check_augment({})) == set(AUGMENT_DEFAULTS)
+    assert _digest([reader.test_transform(rgb, (3, 24, 20))]) == "8de58e87ca2c0475"
+    assert _digest([reader.test_transform(rgb, (3, 24, 20), "crop")]) == "8de58e87ca2c0475"
+
+
+def test_hflip_off_never_flips():
+    rgb = np.zeros((32, 32, 3), dtype=np.uint8)
+    rgb[:, 16:] = 255
+    for seed in range(60):
+        out = train_transform(rgb, (3, 16, 16), np.random.default_rng(seed), hflip=False,
+                              crop_area=(0.9, 1.0), crop_aspect=(1.0, 1.0))
+        assert out[0, :, 0].mean() < out[0, :, -1].mean()
+
+
+def test_whole_image_crop_is_a_plain_resize():
+    rgb = _random_rgb(40, 40, seed=2)
+    out = train_transform(rgb, (3, 20, 20), np.random.default_rng(0), hflip=False, crop_area=(1.0, 1.0),
+                          crop_aspect=(1.0, 1.0))
+    # Area averaging of uint8 rounds to whole grey levels: within half a level (0.5 / 255 / std).
+    assert np.allclose(out, _by_hand(rgb.reshape(20, 2, 20, 2, 3).mean(axis=(1, 3))), atol=0.01)
+
+
+@pytest.mark.parametrize("area, aspect", [((0.64, 1.0), (0.75, 4 / 3)), ((0.3, 0.5), (1.0, 1.0)),
+                                          ((0.5, 0.5), (0.5, 2.0))])
+def test_crop_boxes_follow_the_given_ranges(area, aspect):
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        top, left, crop_h, crop_w = _crop_box(300, 300, 1.0, rng, area, aspect)
+        assert 0 <= top and top + crop_h <= 300 and 0 <= left and left + crop_w <= 300
+        if (crop_h, crop_w) != (300, 300):  # not the fallback
+            assert area[0] - 0.01 <= crop_h * crop_w / 300 ** 2 <= area[1] + 0.01
+            assert aspect[0] - 0.02 <= crop_w / crop_h <= aspect[1] + 0.02
+
+
+def test_rotation_degrees():
+    rgb = _random_rgb(33, 33, seed=3)
+    plain = dict(hflip=False, crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0))
+    # --rotate True alone is +-10 degrees: the same as rotation_degrees=10.
+    a = train_transform(rgb, (3, 33, 33), np.random.default_rng(4), rotate=True, **plain)
+    b = train_transform(rgb, (3, 33, 33), np.random.default_rng(4), rotation_degrees=10, **plain)
+    assert np.array_equal(a, b)
+    # rotation_degrees wins over --rotate's +-10.
+    c = train_transform(rgb, (3, 33, 33), np.random.default_rng(4), rotate=True, rotation_degrees=90, **plain)
+    assert not np.array_equal(a, c)
+    outs = [train_transform(rgb, (3, 16, 16), np.random.default_rng(s), rotation_degrees=45) for s in (7, 7, 8)]
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
+    low, high = _by_hand(np.zeros((1, 1, 3))), _by_hand(np.full((1, 1, 3), 255.0))
+    for out in outs:
+        assert out.shape == (3, 16, 16) and out.dtype == np.float32
+        assert (out >= low - 1e-5).all() and (out <= high + 1e-5).all()
+    # A 180-degree turn of a left-dark, right-bright image can put the bright half on the left.
+    half = np.zeros((32, 32, 3), dtype=np.uint8)
+    half[:, 16:] = 255
+    turned = sum(train_transform(half, (3, 16, 16), np.random.default_rng(s), rotation_degrees=180, **plain)[0, :, 0].mean()
+                 > 0 for s in range(40))
+    assert 5 < turned < 35
+
+
+def test_eval_resize_full_keeps_the_whole_image():
+    # Strokes at the very border survive "full" and are cut off by "crop".
+    rgb = np.full((64, 64, 3), 255, dtype=np.uint8)
+    rgb[:, :2] = 0
+    full = reader.test_transform(rgb, (3, 32, 32), "full")
+    assert np.allclose(full, _by_hand(rgb.reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))), atol=1e-5)
+    assert full[0, :, 0].max() < 0
+    crop = reader.test_transform(rgb, (3, 32, 32), "crop")
+    assert crop.shape == (3, 32, 32) and crop[0, :, 0].min() > 0
+    assert reader.test_transform(_random_rgb(50, 20), (3, 24, 32), "full").shape == (3, 24, 32)
+    with pytest.raises(ValueError, match="eval_resize"):
+        reader.test_transform(rgb, (3, 32, 32), "stretch")
+
+
+@pytest.mark.parametrize("augment, message", [({"crop_area": (0.0, 1.0)}, "crop_area"),
+                                              ({"crop_area": (0.5, 1.5)}, "crop_area"),
+                                              ({"crop_aspect": (2.0, 1.0)}, "crop_aspect"),
+                                              ({"rotation_degrees": -1}, "rotation_degrees")])
+def test_bad_settings_are_user_errors(augment, message):
+    from reader.loaders import _check_augment
+    from utility.errors import UserError
+    with pytest.raises(UserError, match=message):
+        _check_augment(augment)
+
+
+def test_settings_from_flags():
+    from reader.loaders import augment_from_args
+    from utility.args import parse_args
+    from utility.errors import UserError
+    args = parse_args("train", ["--crop_area=0.64,1", "--hflip=False", "--rotation_degrees=15", "--eval_resize=full"])
+    augment = augment_from_args(args)
+    assert augment["crop_area"] == (0.64, 1.0) and augment["hflip"] is False and augment["rotation_degrees"] == 15
+    assert augment["crop_aspect"] == (3 / 4, 4 / 3) and args.eval_resize == "full"
+    defaults = augment_from_args(parse_args("train", []))
+    from reader.loaders import AUGMENT_DEFAULTS
+    assert defaults == AUGMENT_DEFAULTS and parse_args("eval", []).eval_resize == "crop"
+    for bad in (["--crop_area=1"], ["--crop_area=0.9,0.5"], ["--crop_area=0,1"], ["--crop_aspect=-1,2"],
+                ["--rotation_degrees=181"], ["--eval_resize=stretch"], ["--hflip=maybe"]):
+        with pytest.raises(UserError):
+            parse_args("train", bad)
+
+
+def test_test_loader_passes_eval_resize(tmp_path):
+    import cv2
+    from reader.image_list import read_image_list
+    from utility.errors import UserError
+    rgb = np.full((64, 64, 3), 255, dtype=np.uint8)
+    rgb[:, :2] = 0
+    cv2.imwrite(str(tmp_path / "a.png"), rgb)
+    (tmp_path / "list.txt").write_text("a.png 0\n")
+    image_list = read_image_list(str(tmp_path / "list.txt"), str(tmp_path))
+    for mode in ("crop", "full"):
+        with reader.TestLoader(image_list, image_shape=(3, 32, 32), batch_size=4, num_workers=0,
+                               eval_resize=mode) as loader:
+            (images, rows), = loader.batches()
+        assert np.array_equal(images[0], reader.test_transform(rgb, (3, 32, 32), mode))
+    with pytest.raises(UserError, match="eval_resize"):
+        reader.TestLoader(image_list, image_shape=(3, 32, 32), batch_size=4, num_workers=0, eval_resize="stretch")

@@ -32,6 +32,17 @@ def int_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
 
 
+def float_pair(text):
+    """MIN,MAX: two numbers, MIN <= MAX."""
+    try:
+        values = [float(part) for part in str(text).split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (two numbers), got {text!r}")
+    if len(values) != 2 or values[0] > values[1]:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX with MIN <= MAX, got {text!r}")
+    return tuple(values)
+
+
 def image_shape(text):
     shape = int_list(text)
     if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0:
@@ -54,6 +65,10 @@ def _common(p):
                    help="lists have a camera column: 'relative/path.jpg LABEL CAMERA' (re-identification)")
     g.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes (0 decodes in the main process)")
     g.add_argument("--test_batch_size", type=int, default=50, help="batch size for embedding evaluation images")
+    g.add_argument("--eval_resize", choices=["crop", "full"], default="crop",
+                   help="evaluation preprocessing: 'crop' resizes the short side to 256/224 of the input size and "
+                        "takes the centre crop (ImageNet protocol); 'full' resizes the whole image to the input "
+                        "size, nothing cut off (drawings, characters)")
     g.add_argument("--pretrained_model", default=None, help="directory of parameters to load (a checkpoint or pretrained weights)")
     g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
@@ -97,7 +112,11 @@ def _train(p):
     g.add_argument("--alpha", type=float, default=0.0, help="weight of the softmax branch: loss = metric + alpha * softmax")
     g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the softmax branch")
     g.add_argument("--color_jitter", type=str2bool, default=False, help="augment: random brightness, contrast, saturation")
-    g.add_argument("--rotate", type=str2bool, default=False, help="augment: small random rotation")
+    g.add_argument("--rotate", type=str2bool, default=False, help="augment: small random rotation (+-10 degrees, or +-D with --rotation_degrees D)")
+    g.add_argument("--rotation_degrees", type=float, default=0.0, help="augment: random rotation by up to +-D degrees (0 = off, or +-10 with --rotate True)")
+    g.add_argument("--crop_area", type=float_pair, default=(0.08, 1.0), help="augment: MIN,MAX fraction of the image area the random-resized crop covers (1,1 = whole image)")
+    g.add_argument("--crop_aspect", type=float_pair, default=(3 / 4, 4 / 3), help="augment: MIN,MAX aspect ratio of the random-resized crop (1,1 = never stretch)")
+    g.add_argument("--hflip", type=str2bool, default=True, help="augment: random horizontal flip (turn off for characters and text)")
     g.add_argument("--random_erasing", type=str2bool, default=False, help="augment: erase a random rectangle")
     g.add_argument("--dac_clusters", type=int, default=0, help="divide and conquer: K learners on K clusters of the data (0 = off)")
     g.add_argument("--dac_period", type=int, default=2, help="divide and conquer: re-cluster every N passes")
@@ -204,6 +223,13 @@ def _check(script, args):
             if value is not None and value <= 0:
                 raise UserError(f"--{name} must be positive, got {value}")
         _check_training_numbers(args)
+        low, high = args.crop_area
+        if not 0 < low <= high <= 1:
+            raise UserError(f"--crop_area MIN,MAX needs 0 < MIN <= MAX <= 1, got {as_flag(args.crop_area)}")
+        if args.crop_aspect[0] <= 0:
+            raise UserError(f"--crop_aspect MIN,MAX needs 0 < MIN <= MAX, got {as_flag(args.crop_aspect)}")
+        if not 0 <= args.rotation_degrees <= 180:
+            raise UserError(f"--rotation_degrees must be in 0..180, got {args.rotation_degrees:g}")
     if script == "eval":
         if (args.query_list is None) != (args.gallery_list is None):
             raise UserError("--query_list and --gallery_list go together")

@@ -1,0 +1,119 @@
+"""bench/omniglot.py: list preparation and argument handling on tiny fake zips (no training)."""
+import importlib.util
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utility.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("bench_omniglot", REPO / "bench" / "omniglot.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+SMALL1 = {"Greek": 3, "Latin": 2, "Korean": 4}   # alphabet: characters
+SMALL2 = {"Greek": 3, "Tagalog": 2, "Sanskrit": 1}
+DRAWINGS = 2
+
+
+def _png(value):
+    image = np.full((10, 10), 255, dtype=np.uint8)
+    image[0, :3] = value % 200        # an asymmetric mark, so rotations differ
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+def _zip(tmp_path, set_name, alphabets):
+    path = tmp_path / f"{set_name}.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for a, (alphabet, characters) in enumerate(alphabets.items()):
+            for c in range(1, characters + 1):
+                for d in range(1, DRAWINGS + 1):
+                    archive.writestr(f"{set_name}/{alphabet}/character{c:02d}/{d:02d}.png", _png(a * 10 + c))
+    return path
+
+
+@pytest.fixture
+def zips(tmp_path):
+    return _zip(tmp_path, "images_background_small1", SMALL1), _zip(tmp_path, "images_background_small2", SMALL2)
+
+
+def _read(path):
+    return [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in Path(path).read_text().splitlines()]
+
+
+def test_test_split_is_data_omniglot_s(zips, tmp_path):
+    train_list, eval_list, summary = bench.prepare_lists(*zips, str(tmp_path / "d"))
+    assert Path(train_list).name == "train.txt" and Path(eval_list).name == "val.txt"
+    assert summary == {"train_classes": 9}
+    assert {p.split("/")[1] for p, _ in _read(eval_list)} == {"Tagalog", "Sanskrit"}
+
+
+def test_validation_holds_out_whole_small1_alphabets_and_never_lists_the_test_alphabets(zips, tmp_path):
+    data_dir = tmp_path / "d"
+    train_list, eval_list, summary = bench.prepare_lists(*zips, str(data_dir), validation=3)
+    train, held = _read(train_list), _read(eval_list)
+    # Smallest alphabet first: Latin (2 characters), then Greek (3) to reach 3 characters.
+    assert {p.split("/")[1] for p, _ in held} == {"Latin", "Greek"}
+    assert {p.split("/")[1] for p, _ in train} == {"Korean"}
+    assert summary == {"validation_characters": 5, "train_classes": 4}
+    assert sorted({label for _, label in train}) == [0, 1, 2, 3]
+    assert sorted({label for _, label in held}) == [4, 5, 6, 7, 8]
+    assert all(p.startswith("images_background_small1/") for p, _ in train + held)
+    assert all((data_dir / p).is_file() for p, _ in train + held)
+    with pytest.raises(UserError, match="nothing left to train on"):
+        bench.prepare_lists(*zips, str(tmp_path / "e"), validation=9)
+
+
+def test_rotated_classes_are_new_classes_with_rotated_images(zips, tmp_path):
+    data_dir = tmp_path / "d"
+    train_list, _, summary = bench.prepare_lists(*zips, str(data_dir), validation=2, rotated_classes=True)
+    train = _read(train_list)
+    assert summary["train_classes"] == 4 * 7 and len(train) == 4 * 7 * DRAWINGS
+    original = dict(train[:7 * DRAWINGS])
+    for k, angle in enumerate(bench.ROTATIONS, start=1):
+        part = train[k * 7 * DRAWINGS:(k + 1) * 7 * DRAWINGS]
+        for (path, label), (source, source_label) in zip(part, original.items()):
+            assert path == f"rotated/{angle}/{source}" and label == source_label + 7 * k
+            image = cv2.imread(str(data_dir / path), cv2.IMREAD_GRAYSCALE)
+            expected = np.rot90(cv2.imread(str(data_dir / source), cv2.IMREAD_GRAYSCALE), -angle // 90)
+            assert np.array_equal(image, expected)
+
+
+def test_arguments(tmp_path):
+    args = bench.parse(["--quick", "--validation", "40", "--", "--lr", "0.2"])
+    assert args.losses == [bench.QUICK_LOSS] and args.models == ["ResNet18"] and args.extra == ["--lr", "0.2"]
+    assert args.rotated_classes
+    assert args.results.endswith("omniglot-tuning.jsonl")
+    args = bench.parse(["--losses", "softmax,emlloss", "--models", "ResNet18,ResNet34"])
+    assert args.losses == ["softmax", "emlloss"] and args.models == ["ResNet18", "ResNet34"]
+    assert args.results.endswith("bench/results/omniglot.jsonl") and args.extra == [] and not args.rotated_classes
+    assert set(bench.parse([]).losses) == set(bench.RECIPES)
+    for bad, message in ((["--losses", "nosuchloss"], "no recipe"), (["--losses", ","], "at least one"),
+                         (["--validation", "-1"], "validation")):
+        with pytest.raises(UserError, match=message):
+            bench.parse(bad)
+
+
+def test_train_command_puts_the_user_s_flags_after_the_recipe():
+    command = bench.train_command("ResNet18", "softmax", "D", "T", "V", "OUT", ["--lr", "0.3", "--total_iter_num=7"])
+    assert command[:2] == [sys.executable, "train.py"]
+    assert bench.last_flag(command, "lr", float) == 0.3 and bench.last_flag(command, "total_iter_num", int) == 7
+    assert bench.last_flag(command, "image_shape") == "3,32,32" and bench.last_flag(command, "nope") is None
+    assert "--val_list=V" in command and "--model_save_dir=OUT" in command
+    from utility.args import parse_args
+    parsed = parse_args("train", command[2:])   # every recipe is a valid train.py command line
+    assert parsed.lr == 0.3 and parsed.hflip is False
+    for loss in bench.RECIPES:
+        parse_args("train", bench.train_command("ResNet18", loss, "D", "T", "V", "O", [])[2:])
+
+
+def test_prepare_only_prints_the_lists(zips, tmp_path, capsys):
+    bench.main(["--small1", str(zips[0]), "--small2", str(zips[1]), "--data_dir", str(tmp_path / "d"),
+                "--validation", "1", "--prepare_only"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["eval_list"].endswith("validation1.txt") and line["validation_characters"] == 2
