@@ -252,7 +252,7 @@ def torch_models():
 def torch_worker(opts):
     import torch
 
-    torch.set_num_threads(cores())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or cores()))
     torch.manual_seed(0)
     model_name, size, batch = parse_case(opts.case)
     net = torch_models()[model_name](NUM_CLASSES).train()
@@ -293,20 +293,24 @@ def run_worker(python, role, case, steps, env=None):
 
 def compare_torch(opts):
     python = torch_python(opts.torch_requirement)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    thread_counts = opts.threads.split(",") if opts.threads else [""]
     print(f"{cores()} cores, {opts.steps} timed steps after 2 warm-up steps, fixed random batches, "
           f"rounds alternate Paddle / PyTorch; load before {os.getloadavg()[0]:.2f}", flush=True)
     for case in opts.cases.split(","):
-        rates = {"paddle": [], "torch": []}
+        rates = {(role, t): [] for t in thread_counts for role in ("paddle", "torch")}
         for round_id in range(opts.rounds):
-            for role, exe in (("paddle", sys.executable), ("torch", python)):
-                result = run_worker(exe, f"{role}-worker", case, opts.steps, env)
-                rates[role].append(result["img_per_s"])
-                print(f"  {case} round {round_id + 1} {role:6s} {result['img_per_s']:6.2f} img/s  "
-                      f"[{result['setup']}] (load {os.getloadavg()[0]:.2f})", flush=True)
-        paddle_rate, torch_rate = statistics.median(rates["paddle"]), statistics.median(rates["torch"])
-        print(f"{case}: Paddle {paddle_rate:.2f} img/s, PyTorch {torch_rate:.2f} img/s, "
-              f"ratio {paddle_rate / torch_rate:.2f}", flush=True)
+            for t in thread_counts:
+                env = dict(base_env, **({"OMP_NUM_THREADS": t} if t else {}))
+                for role, exe in (("paddle", sys.executable), ("torch", python)):
+                    result = run_worker(exe, f"{role}-worker", case, opts.steps, env)
+                    rates[role, t].append(result["img_per_s"])
+                    print(f"  {case} round {round_id + 1} {role:6s} {result['img_per_s']:6.2f} img/s  "
+                          f"[{result['setup']}] (load {os.getloadavg()[0]:.2f})", flush=True)
+        for t in thread_counts:
+            paddle_rate, torch_rate = statistics.median(rates["paddle", t]), statistics.median(rates["torch", t])
+            print(f"{case}{f' {t} threads' if t else ''}: Paddle {paddle_rate:.2f} img/s, "
+                  f"PyTorch {torch_rate:.2f} img/s, ratio {paddle_rate / torch_rate:.2f}", flush=True)
     print(f"load after {os.getloadavg()[0]:.2f}")
 
 
@@ -316,9 +320,11 @@ def main():
     parser.add_argument("--iters", type=int, default=30, help="settings: train.py iterations per run")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs", default="plain,switch1,switch2,dp2,onednn", help="settings: which configurations")
-    parser.add_argument("--cases", default="ResNet50:64:32,SE_ResNeXt50_32x4d:64:32,ResNet50:224:16,"
-                                           "SE_ResNeXt50_32x4d:224:16", help="MODEL:SIZE:BATCH,...")
+    parser.add_argument("--cases", help="MODEL:SIZE:BATCH,... (torch: ResNet50 and SE_ResNeXt50_32x4d at "
+                                        "64:32 and 224:16; profile: ResNet50:64:30)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", default="", help="torch/profile: OMP_NUM_THREADS values to try on both "
+                                                      "sides (default: utility.runtime's choice)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
     parser.add_argument("--torch_requirement", default="torch",
                         help="what pip installs into bench/.torch-venv (e.g. a CPU build: 'torch==2.13.0+cpu')")
@@ -327,6 +333,9 @@ def main():
     opts = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     opts.rest = rest  # settings: train.py flags, after --
     opts.profile = opts.mode == "profile"
+    if opts.cases is None:
+        opts.cases = ("ResNet50:64:30" if opts.profile else
+                      "ResNet50:64:32,SE_ResNeXt50_32x4d:64:32,ResNet50:224:16,SE_ResNeXt50_32x4d:224:16")
     if opts.mode == "settings":
         compare_settings(opts)
     elif opts.mode == "torch":

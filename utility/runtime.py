@@ -46,12 +46,12 @@ def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     vendor, model = cpu_vendor(cpuinfo_path)
     cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     chosen = cpu_settings(vendor, cores)
+    yours = {name for name in chosen if name in environ}
     for name, value in chosen.items():
         environ.setdefault(name, value)
     environ.setdefault("GLOG_minloglevel", "2")
     quiet_python_warnings()
-    parts = [f"{name}={environ[name]}" + ("" if environ[name] == chosen[name] else " (yours)")
-             for name in chosen]
+    parts = [f"{name}={environ[name]}" + (" (yours)" if name in yours else "") for name in chosen]
     return f"CPU: {model or vendor or 'unknown'}, {cores} cores; " + ", ".join(parts)
 
 
