@@ -129,15 +129,22 @@ def parse_case(text):
     return model, int(size), int(batch)
 
 
-def triplet_batch(batch, size, seed=0):
-    """A fixed random batch in train.py's triplet layout: rows (anchor, positive, negative)."""
+def loss_for(batch):
+    """tripletloss (rows anchor, positive, negative) when the batch holds whole triplets, else
+    batchhardtripletloss on a P x 2 batch: both cost next to nothing beside the network."""
+    return "tripletloss" if batch % 3 == 0 else "batchhardtripletloss"
+
+
+def fixed_batch(batch, size, seed=0):
+    """A fixed random batch with labels in the layout of loss_for(batch)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((batch, 3, size, size)).astype("float32")
-    labels = np.zeros(batch, "int64")
-    for t in range(batch // 3):
-        labels[3 * t: 3 * t + 3] = [t % NUM_CLASSES, t % NUM_CLASSES, (t + 1) % NUM_CLASSES]
+    if loss_for(batch) == "tripletloss":
+        labels = np.array([[t, t, t + 1] for t in range(batch // 3)], "int64").ravel() % NUM_CLASSES
+    else:
+        labels = (np.arange(batch) // 2 % NUM_CLASSES).astype("int64")
     return images, labels
 
 
@@ -154,13 +161,13 @@ def paddle_worker(opts):
 
     model, size, batch = parse_case(opts.case)
     args = defaults("train", model=model, image_shape=(3, size, size), train_batch_size=batch,
-                    loss_name="tripletloss", total_iter_num=1000)
+                    loss_name=loss_for(batch), samples_each_class=2, total_iter_num=1000)
     paddle.enable_static()
     paddle.seed(0)
     graph = programs.build_train_graph(args, NUM_CLASSES, 1000)
     exe = paddle.static.Executor(paddle.CPUPlace())
     exe.run(graph.startup)
-    images, labels = triplet_batch(batch, size)
+    images, labels = fixed_batch(batch, size)
     feed = {programs.IMAGE: images, programs.LABEL: labels}
     fetch = [graph.fetch["loss_metric"]]
 
@@ -257,12 +264,22 @@ def torch_worker(opts):
     model_name, size, batch = parse_case(opts.case)
     net = torch_models()[model_name](NUM_CLASSES).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    images, labels = (torch.from_numpy(a) for a in triplet_batch(batch, size))
+    images, labels = (torch.from_numpy(a) for a in fixed_batch(batch, size))
+    same = labels[:, None] == labels[None, :]
+
+    def metric_loss(embedding):
+        embedding = torch.nn.functional.normalize(embedding, dim=1)
+        if loss_for(batch) == "tripletloss":
+            a, p, n = embedding[0::3], embedding[1::3], embedding[2::3]
+            return (((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + 0.1).clamp(min=0).mean()
+        dist = torch.cdist(embedding, embedding)
+        hardest_pos = (dist * same).max(1).values
+        hardest_neg = (dist + 1e6 * same).min(1).values
+        return (hardest_pos - hardest_neg + 0.1).clamp(min=0).mean()
 
     def step():
         embedding, logits = net(images)
-        a, p, n = embedding[0::3], embedding[1::3], embedding[2::3]
-        metric = (((a - p) ** 2).sum(1) - ((a - n) ** 2).sum(1) + 0.1).clamp(min=0).mean()
+        metric = metric_loss(embedding)
         loss = metric + 0.0 * torch.nn.functional.cross_entropy(logits, labels)  # train.py's alpha=0 branch
         optimizer.zero_grad()
         loss.backward()
