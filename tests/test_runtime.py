@@ -33,41 +33,39 @@ def cpuinfo(tmp_path):
     return write
 
 
-def test_amd_gets_the_mkl_switch_and_all_cores(cpuinfo):
+def test_amd_gets_the_mkl_switch_and_one_thread(cpuinfo):
     environ = {}
     line = runtime.configure(environ, cpuinfo(AMD), cores=2)
     assert environ["MKL_DEBUG_CPU_TYPE"] == "5"
-    assert environ["OMP_NUM_THREADS"] == "2"
-    assert line == "CPU: AMD EPYC 7B13, 2 cores; OMP_NUM_THREADS=2, MKL_DEBUG_CPU_TYPE=5"
+    assert environ["OMP_NUM_THREADS"] == "1"  # measured: a second thread does not speed Paddle up
+    assert line == "CPU: AMD EPYC 7B13, 2 cores; OMP_NUM_THREADS=1, MKL_DEBUG_CPU_TYPE=5"
 
 
 def test_intel_gets_threads_but_no_mkl_switch(cpuinfo):
     environ = {}
     line = runtime.configure(environ, cpuinfo(INTEL), cores=4)
     assert "MKL_DEBUG_CPU_TYPE" not in environ
-    assert environ["OMP_NUM_THREADS"] == "4"
-    assert line == "CPU: Intel(R) Xeon(R) Gold 6148, 4 cores; OMP_NUM_THREADS=4"
+    assert environ["OMP_NUM_THREADS"] == "1"
+    assert line == "CPU: Intel(R) Xeon(R) Gold 6148, 4 cores; OMP_NUM_THREADS=1"
 
 
 def test_the_users_own_settings_win_and_are_marked(cpuinfo):
-    environ = {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": ""}
+    environ = {"OMP_NUM_THREADS": "2", "MKL_DEBUG_CPU_TYPE": ""}
     line = runtime.configure(environ, cpuinfo(AMD), cores=2)
-    assert environ["OMP_NUM_THREADS"] == "1" and environ["MKL_DEBUG_CPU_TYPE"] == ""
-    assert line.endswith("; OMP_NUM_THREADS=1 (yours), MKL_DEBUG_CPU_TYPE= (yours)")
+    assert environ["OMP_NUM_THREADS"] == "2" and environ["MKL_DEBUG_CPU_TYPE"] == ""
+    assert line.endswith("; OMP_NUM_THREADS=2 (yours), MKL_DEBUG_CPU_TYPE= (yours)")
     # A value the user set is theirs even when it equals what configure() would pick.
-    environ = {"OMP_NUM_THREADS": "2"}
+    environ = {"OMP_NUM_THREADS": "1"}
     assert runtime.configure(environ, cpuinfo(AMD), cores=2).endswith(
-        "; OMP_NUM_THREADS=2 (yours), MKL_DEBUG_CPU_TYPE=5")
+        "; OMP_NUM_THREADS=1 (yours), MKL_DEBUG_CPU_TYPE=5")
 
 
 def test_cores_come_from_the_affinity_mask(cpuinfo, monkeypatch):
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity on this platform")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5})
-    environ = {}
-    line = runtime.configure(environ, cpuinfo(AMD))
-    assert environ["OMP_NUM_THREADS"] == "3"
-    assert ", 3 cores;" in line
+    line = runtime.configure({}, cpuinfo(AMD))
+    assert line.startswith("CPU: AMD EPYC 7B13, 3 cores;")
 
 
 def test_unreadable_cpuinfo_means_no_switch(tmp_path):
