@@ -65,7 +65,7 @@ def make_predictor(model_dir, kind):
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.disable_glog_info()
     config.disable_gpu()
-    config.set_cpu_math_library_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    config.set_cpu_math_library_num_threads(len(os.sched_getaffinity(0)))  # as many as InferenceEmbedder
     config.enable_onednn()
     if kind == "bf16":
         config.enable_onednn_bfloat16()

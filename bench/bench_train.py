@@ -9,8 +9,8 @@ settings: runs train.py itself (the offline digits set unless data flags follow 
     round, and reports the median img/s of log.jsonl (the first progress window, which includes
     start-up, is left out) and the peak resident memory from `/usr/bin/time -v`:
       plain    OMP_NUM_THREADS=1, MKL_DEBUG_CPU_TYPE unset-equivalent (empty): Paddle's own default
-      switch1  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=1
-      switch2  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=<cores>  (what utility/runtime.py sets on AMD)
+      switch1  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=1  (what utility/runtime.py sets on AMD)
+      switch2  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=<cores>
       onednn   switch2 + FLAGS_use_onednn=1
       dp2      2 data-parallel processes (paddle.distributed.launch), switch + 1 thread each
 torch: the train.py training step (engine.programs.build_train_graph + Executor, triplet loss,
