@@ -153,10 +153,20 @@ def paddle_worker(opts):
     sys.path.insert(0, REPO)
     from utility import runtime
 
+    if opts.variant == "onednn-mask":
+        os.environ["FLAGS_use_onednn"] = "1"
     setup = runtime.configure()
     import paddle
 
     from engine import programs
+
+    if opts.variant == "onednn-mask":
+        # oneDNN's max-pool gradient crashes static training; max_pool2d with return_mask lowers to
+        # max_pool2d_with_index, which trains. Bench-only experiment (models/ keep MaxPool2D).
+        def max_pool_with_mask(self, x):
+            return paddle.nn.functional.max_pool2d(x, 3, 2, 1, return_mask=True)[0]
+        paddle.nn.MaxPool2D.forward = max_pool_with_mask
+        setup += ", FLAGS_use_onednn=1 + max_pool2d(return_mask=True)"
     from utility.args import defaults
 
     model, size, batch = parse_case(opts.case)
@@ -171,13 +181,15 @@ def paddle_worker(opts):
     feed = {programs.IMAGE: images, programs.LABEL: labels}
     fetch = [graph.fetch["loss_metric"]]
 
+    losses = []
+
     def step():
-        exe.run(graph.main, feed=feed, fetch_list=fetch)
+        losses.append(round(exe.run(graph.main, feed=feed, fetch_list=fetch)[0].item(), 5))
 
     if opts.profile:
         return profile_steps(step, opts.steps, setup)
     rate = timed(step, batch, opts.steps)
-    print(json.dumps({"img_per_s": rate, "setup": setup}))
+    print(json.dumps({"img_per_s": rate, "setup": setup, "losses": losses}))
 
 
 def timed(step, batch, steps, warmup=2):
@@ -340,6 +352,7 @@ def main():
     parser.add_argument("--cases", help="MODEL:SIZE:BATCH,... (torch: ResNet50 and SE_ResNeXt50_32x4d at "
                                         "64:32 and 224:16; profile: ResNet50:64:30)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="", help=argparse.SUPPRESS)  # paddle-worker: onednn-mask
     parser.add_argument("--threads", default="", help="torch/profile: OMP_NUM_THREADS values to try on both "
                                                       "sides (default: utility.runtime's choice)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
