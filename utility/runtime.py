@@ -34,13 +34,13 @@ def cpu_settings(vendor, cores):
     path on AMD CPUs without it (a 1024x1024 matmul 47 -> 124 GFLOP/s, train.py ResNet50 64x64
     batch 30 9.5 -> 25 img/s here); newer MKL ignores it. Training reaches the same numbers to
     float32 rounding (tests/test_runtime.py).
-    OMP_NUM_THREADS=1 whatever `cores` is, measured (bench/README-speed.md): a second thread gave
-    Paddle's training step nothing (fixed batch, ResNet50 64x64: 37 img/s with 1 thread, 35 with 2,
-    while PyTorch went from 58 to 111 in the same time slots; train.py: 25 against 22 img/s), and
-    when another process wants the core its spin-waiting burns 2.7x the CPU time for the same step
-    (8 against 22 img/s). It also leaves the other cores to the image-decoding workers. To use
-    more cores for training, run data-parallel processes (paddle.distributed.launch
-    --nproc_per_node N): 2 processes x 1 thread trained at 36 img/s against 22-25 in one process.
+    OMP_NUM_THREADS=1 whatever `cores` is, measured (bench/README-speed.md): a second thread gives
+    Paddle's training step nothing (fixed batch, ResNet50 64x64, idle machine: 38 img/s with 1
+    thread, 39 with 2, while PyTorch went from 60 to 109), and it costs when the core is busy: in
+    train.py, whose image-decoding workers share the cores, 39 img/s with 1 thread against 21 with
+    2; under other jobs' load the spin-waiting second thread burnt 2.7x the CPU time per step.
+    To use more cores for training, run data-parallel processes (paddle.distributed.launch
+    --nproc_per_node N): 2 processes x 1 thread trained at 36-44 img/s.
     """
     settings = {"OMP_NUM_THREADS": "1"}
     if vendor == "AuthenticAMD":
