@@ -206,6 +206,7 @@ def profile_steps(step, steps, setup):
 
     for _ in range(2):
         step()
+    os.chdir(tempfile.mkdtemp())  # the profiler leaves a profiler_log/ folder in the working directory
     prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU])
     prof.start()
     for _ in range(steps):
