@@ -31,10 +31,18 @@ def cpu_settings(vendor, cores):
     """The environment variables that make Paddle's CPU kernels fast on this CPU.
 
     MKL_DEBUG_CPU_TYPE=5: the MKL bundled with the Paddle 3.3 wheel (2019.0.5) runs a slow SSE2
-    path on AMD CPUs without it (a 1024x1024 matmul 35 -> 92 GFLOP/s here); newer MKL ignores it.
-    OMP_NUM_THREADS: `import paddle` sets it to 1 when unset, which leaves all cores but one idle.
+    path on AMD CPUs without it (a 1024x1024 matmul 47 -> 124 GFLOP/s, train.py ResNet50 64x64
+    batch 30 9.5 -> 25 img/s here); newer MKL ignores it. Training reaches the same numbers to
+    float32 rounding (tests/test_runtime.py).
+    OMP_NUM_THREADS=1 whatever `cores` is, measured (bench/README-speed.md): a second thread gives
+    Paddle's training step nothing (fixed batch, ResNet50 64x64, idle machine: 38 img/s with 1
+    thread, 39 with 2, while PyTorch went from 60 to 109), and it costs when the core is busy: in
+    train.py, whose image-decoding workers share the cores, 39 img/s with 1 thread against 21 with
+    2; under other jobs' load the spin-waiting second thread burnt 2.7x the CPU time per step.
+    To use more cores for training, run data-parallel processes (paddle.distributed.launch
+    --nproc_per_node N): 2 processes x 1 thread trained at 36-44 img/s.
     """
-    settings = {"OMP_NUM_THREADS": str(max(1, cores))}
+    settings = {"OMP_NUM_THREADS": "1"}
     if vendor == "AuthenticAMD":
         settings["MKL_DEBUG_CPU_TYPE"] = "5"
     return settings
@@ -46,12 +54,12 @@ def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     vendor, model = cpu_vendor(cpuinfo_path)
     cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     chosen = cpu_settings(vendor, cores)
+    yours = {name for name in chosen if name in environ}
     for name, value in chosen.items():
         environ.setdefault(name, value)
     environ.setdefault("GLOG_minloglevel", "2")
     quiet_python_warnings()
-    parts = [f"{name}={environ[name]}" + ("" if environ[name] == chosen[name] else " (yours)")
-             for name in chosen]
+    parts = [f"{name}={environ[name]}" + (" (yours)" if name in yours else "") for name in chosen]
     return f"CPU: {model or vendor or 'unknown'}, {cores} cores; " + ", ".join(parts)
 
 
