@@ -260,27 +260,9 @@ def result_rows(result):
     return np.array(result["embedding"], dtype=np.float32)
 
 
-def test_train_py_gathers_and_keeps_every_device_memory(tiny_dataset, tmp_path):
-    data_dir, train_list, val_list = tiny_dataset
-    logs = launch([os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
-                   f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
-                   "--loss_name=batchhardtripletloss", "--samples_each_class=3", "--train_batch_size=12",
-                   "--total_iter_num=3", "--xbm_size=9", "--gather_embeddings=True", "--num_workers=0",
-                   "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"], tmp_path / "logs")
-    assert "Pass 0, trainbatch 2," in logs[0]
-    with open(tmp_path / "out" / "ResNet18" / "3" / "state.json") as f:
-        state = json.load(f)["xbm"]
-    assert (state["size"], state["world_size"], state["filled"]) == (9, 2, 9)
-    memory = CrossBatchMemory(9, state["dim"], world_size=2)
-    memory.restore(state)
-    for rank in range(2):
-        features, labels = memory.contents(rank)
-        assert (labels != -1).all() and np.isfinite(features).all() and np.abs(features).max() > 0
-    assert not np.array_equal(memory.contents(0)[0], memory.contents(1)[0])
-
-
 def test_two_device_resume_with_gathered_rows_and_memory_equals_uninterrupted(tiny_dataset, tmp_path):
-    # Device 0 saves every device's ring; device 1 restores its own from that checkpoint.
+    # train.py with gathered rows and a memory on 2 devices: device 0 saves every device's ring,
+    # and device 1 restores its own from that checkpoint.
     data_dir, train_list, val_list = tiny_dataset
     common = [os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
               f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss",
@@ -308,3 +290,6 @@ def test_two_device_resume_with_gathered_rows_and_memory_equals_uninterrupted(ti
     for rank in range(2):
         np.testing.assert_allclose(memories[1].contents(rank)[0], memories[0].contents(rank)[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(memories[1].contents(rank)[1], memories[0].contents(rank)[1])
+        features, labels = memories[0].contents(rank)
+        assert (labels != -1).all() and np.isfinite(features).all() and np.abs(features).max() > 0  # full rings
+    assert not np.array_equal(memories[0].contents(0)[0], memories[0].contents(1)[0])  # one ring per device
