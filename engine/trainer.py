@@ -125,6 +125,7 @@ class Trainer:
         self.fetch_names = list(graph.fetch)
         self.since_eval = []        # per-step figures since the last evaluation, for the End pass line
         self.last_saved = None
+        self.skipped = 0            # steps undone under --nan_policy=skip_batch
         self.window_start, self.window_images = time.time(), 0
         self.log = RunLog(os.path.join(config.model_save_dir, LOG_FILE) if self.leader else None, fresh_log)
 
@@ -162,6 +163,7 @@ class Trainer:
     def _step(self, position, images, labels, reader_s):
         if self.check_batch:
             self.check_batch(labels)
+        before = checkpoint.program_state(self.graph.main) if self.config.nan_policy == "skip_batch" else None
         feed = {IMAGE: images, LABEL: labels}
         if self.dac:
             feed[DAC_MASK] = self.dac.mask(position)
@@ -183,11 +185,27 @@ class Trainer:
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
         stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
+        if before and not all(map(math.isfinite, stats.values())):
+            self._undo_step(position, stats, before)
+            return
         self._stop_if_diverged(position, stats)
         self.since_eval.append(stats)
         self.window_images += len(labels) * self.world_size  # img/s over all devices
         if position.batch % self.config.display_iter_step == 0:
             self._display(position, lr, stats, step_s, reader_s)
+
+    def _undo_step(self, position, stats, before):
+        """--nan_policy=skip_batch: put back the parameters and optimizer state from before the step."""
+        import paddle
+
+        params, slots = before
+        paddle.static.set_program_state(self.graph.main, {**params, **slots})
+        self.skipped += 1
+        print(f"Skipped the step of iteration {position.iteration}: non-finite "
+              f"{', '.join(name for name, value in stats.items() if not math.isfinite(value))} "
+              f"({self.skipped} skipped so far)", flush=True)
+        self.log.write({"pass": position.pass_id, "iter": position.iteration, "skipped": True,
+                        "skipped_total": self.skipped, **stats})
 
     def _stop_if_diverged(self, position, stats):
         bad = {name: value for name, value in stats.items() if not math.isfinite(value)}

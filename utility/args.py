@@ -126,6 +126,7 @@ def _train(p):
     g.add_argument("--gather_embeddings", type=str2bool, default=False, help="several devices: the pair loss also compares each anchor with the other devices' batch rows")
     g.add_argument("--checkpoint", default=None, help="resume from this checkpoint directory (or its 'latest' pointer)")
     g.add_argument("--model_save_dir", default="output", help="checkpoints go to MODEL_SAVE_DIR/MODEL/N")
+    g.add_argument("--nan_policy", choices=["stop", "skip_batch"], default="stop", help="a non-finite loss stops training (stop), or its step is undone and counted (skip_batch: keeps a copy of the parameters each step)")
     g.add_argument("--overwrite", type=str2bool, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
     g.add_argument("--save_iter_step", type=int, default=1000, help="save every N iterations (with --total_iter_num)")
     g.add_argument("--test_iter_step", type=int, default=1000, help="evaluate Recall@1 every N iterations (with --total_iter_num)")
