@@ -33,11 +33,18 @@ def main(argv=None):
     print_arguments(config)
     gallery_list, query_list = _read_lists(config)
 
-    from engine.embedder import checkpoint_embedder
+    from engine.embedder import checkpoint_embedder, share_loader
 
-    embedder = checkpoint_embedder(config)
-    gallery = _embed(embedder, gallery_list, config, "gallery")
-    query = _embed(embedder, query_list, config, "query") if query_list else None
+    # The loaders' workers are forked before the embedder starts Paddle's threads.
+    loaders = {name: share_loader(config, image_list, skip_bad=config.skip_bad_images)
+               for name, image_list in (("gallery", gallery_list), ("query", query_list)) if image_list}
+    try:
+        embedder = checkpoint_embedder(config)
+        gallery = _embed(embedder, loaders["gallery"], "gallery")
+        query = _embed(embedder, loaders["query"], "query") if query_list else None
+    finally:
+        for loader in loaders.values():
+            loader.close()
     if gallery is None:
         return  # another process of paddle.distributed.launch: device 0 reports
 
@@ -68,16 +75,16 @@ def _read_lists(config):
     return gallery_list, read(config.query_list) if separate else None
 
 
-def _embed(embedder, image_list, config, name):
-    """The Embedded readable images of `image_list`; None on devices other than 0."""
+def _embed(embedder, loader, name):
+    """The Embedded readable images of the loader's list; None on devices other than 0."""
     import tempfile
 
     from engine.embedder import embed_shards, exchange_folder
 
-    features, rows = embed_shards(embedder, image_list, config, exchange_folder(tempfile.gettempdir(), name),
-                                  skip_bad=config.skip_bad_images)
+    features, rows = embed_shards(embedder, loader, exchange_folder(tempfile.gettempdir(), name))
     if features is None:
         return None
+    image_list = loader.image_list
     cameras = image_list.cameras[rows] if image_list.cameras is not None else None
     return Embedded(features, image_list.labels[rows], [image_list.paths[i] for i in rows], cameras)
 

@@ -25,11 +25,11 @@ def main(argv=None):
     image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False,
                                         with_camera=config.with_camera)
 
-    from engine.embedder import embed_shards, exchange_folder
+    from engine.embedder import embed_shards, exchange_folder, share_loader
 
-    embedder = _make_embedder(config)
-    features, rows = embed_shards(embedder, image_list, config, exchange_folder(config.output_dir, "infer"),
-                                  skip_bad=config.skip_bad_images)
+    with share_loader(config, image_list, skip_bad=config.skip_bad_images) as loader:  # before the embedder
+        embedder = _make_embedder(config)
+        features, rows = embed_shards(embedder, loader, exchange_folder(config.output_dir, "infer"))
     if features is None:
         return  # another process of paddle.distributed.launch: device 0 writes the dump
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")

@@ -165,19 +165,30 @@ def test_loader(config, image_list, *, skip_bad, rows=None, num_workers=None):
                              skip_bad=skip_bad, rows=rows, eval_resize=config.eval_resize)
 
 
-def embed_shards(embedder, image_list, config, exchange_dir, skip_bad):
-    """embed_list over the whole of `image_list`, shared out among the processes of paddle.distributed.launch.
+def share_loader(config, image_list, skip_bad):
+    """A test loader of this process's contiguous share of `image_list` (all of it without a launcher).
 
-    Each process embeds a contiguous share of the list; device 0 gathers the shares, in list order,
-    through files in `exchange_dir` (a folder all processes see) and returns (features, rows); the
-    other processes return (None, None). One process alone simply embeds the list.
+    Open it before the embedder: its workers must be forked before Paddle starts its threads
+    (a worker forked from a process with live oneDNN/MKL threads can crash).
     """
     from engine.programs import distributed_env
 
     world_size, rank = distributed_env()
     share = np.array_split(np.arange(len(image_list.paths)), world_size)[rank]
-    with test_loader(config, image_list, skip_bad=skip_bad, rows=share) as loader:
-        features, rows = embed_list(embedder, loader, show_progress=rank == 0)
+    return test_loader(config, image_list, skip_bad=skip_bad, rows=share)
+
+
+def embed_shards(embedder, loader, exchange_dir):
+    """embed_list of a share_loader, the shares of paddle.distributed.launch's processes gathered.
+
+    Device 0 gathers the shares, in list order, through files in `exchange_dir` (a folder all
+    processes see) and returns (features, rows); the other processes return (None, None). One
+    process alone simply embeds the list.
+    """
+    from engine.programs import distributed_env
+
+    world_size, rank = distributed_env()
+    features, rows = embed_list(embedder, loader, show_progress=rank == 0)
     if world_size == 1:
         return features, rows
     os.makedirs(exchange_dir, exist_ok=True)
