@@ -230,6 +230,7 @@ def test_two_processes_with_paddle_distributed_launch(tiny_dataset, tmp_path):
          f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
          "--loss_name=emlloss", "--samples_each_class=3", "--train_batch_size=12", "--total_iter_num=2",
          "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
+         "--xbm_size=9", "--gather_embeddings=True",  # other devices' rows and a memory per device
          "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     leader_log = (tmp_path / "logs" / "workerlog.0").read_text()
@@ -237,4 +238,13 @@ def test_two_processes_with_paddle_distributed_launch(tiny_dataset, tmp_path):
     assert len(PROGRESS.findall(leader_log)) == 2 and len(END_PASS.findall(leader_log)) == 1
     assert not PROGRESS.findall((tmp_path / "logs" / "workerlog.1").read_text())  # only rank 0 reports
     assert "Divide and conquer, pass 0: 2 clusters of" in leader_log
+    # Device 0 saves every device's memory ring (each device restores its own on resume).
+    from engine.xbm import CrossBatchMemory
+    with open(tmp_path / "out" / "ResNet18" / "2" / "state.json") as f:
+        state = json.load(f)["xbm"]
+    memory = CrossBatchMemory(9, state["dim"], world_size=2)
+    memory.restore(state)
+    rings = [memory.contents(rank) for rank in range(2)]
+    assert all((labels != -1).all() and np.isfinite(features).all() for features, labels in rings)
+    assert not np.array_equal(rings[0][0], rings[1][0])
     assert os.path.isdir(tmp_path / "out" / "ResNet18" / "2")

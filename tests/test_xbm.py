@@ -258,38 +258,3 @@ def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
 
 def result_rows(result):
     return np.array(result["embedding"], dtype=np.float32)
-
-
-def test_two_device_resume_with_gathered_rows_and_memory_equals_uninterrupted(tiny_dataset, tmp_path):
-    # train.py with gathered rows and a memory on 2 devices: device 0 saves every device's ring,
-    # and device 1 restores its own from that checkpoint.
-    data_dir, train_list, val_list = tiny_dataset
-    common = [os.path.join(REPO, "train.py"), f"--data_dir={data_dir}", f"--train_list={train_list}",
-              f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss",
-              "--samples_each_class=3", "--train_batch_size=12", "--total_iter_num=4", "--xbm_size=9",
-              "--gather_embeddings=True", "--save_iter_step=2", "--test_iter_step=100", "--lr=0.05",
-              "--num_workers=0", "--display_iter_step=1"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch([*common, f"--model_save_dir={straight}"], tmp_path / "logs1")
-    logs = launch([*common, f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/2"], tmp_path / "logs2")
-    assert "holds no cross-batch memory" not in logs[0]
-    first = [r for r in read_log(str(straight)) if "loss_metric" in r]
-    second = [r for r in read_log(str(resumed)) if "loss_metric" in r]
-    assert [r["iter"] for r in second] == [2, 3]
-    for a, b in zip(first[2:], second):
-        assert b["loss_metric"] == pytest.approx(a["loss_metric"], rel=1e-5, abs=1e-6)
-    want, got = _final_parameters(f"{straight}/ResNet18/4"), _final_parameters(f"{resumed}/ResNet18/4")
-    for name in ("conv1_weights", "bn_conv1_mean", "res5b_branch2b_weights"):
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
-    memories = []
-    for run in (straight, resumed):
-        with open(run / "ResNet18" / "4" / "state.json") as f:
-            state = json.load(f)["xbm"]
-        memories.append(CrossBatchMemory(9, state["dim"], world_size=2))
-        memories[-1].restore(state)
-    for rank in range(2):
-        np.testing.assert_allclose(memories[1].contents(rank)[0], memories[0].contents(rank)[0], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(memories[1].contents(rank)[1], memories[0].contents(rank)[1])
-        features, labels = memories[0].contents(rank)
-        assert (labels != -1).all() and np.isfinite(features).all() and np.abs(features).max() > 0  # full rings
-    assert not np.array_equal(memories[0].contents(0)[0], memories[0].contents(1)[0])  # one ring per device
