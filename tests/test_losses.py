@@ -14,6 +14,7 @@ from losses.softmaxloss import softmax_loss
 from losses.tripletloss import batch_hard_tripletloss, tripletloss
 from utility.args import defaults
 from utility.errors import UserError
+from numeric import numeric_gradient
 from paddle_modes import static_loss_step, static_mode
 
 SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4)]  # (P classes, K per class, D)
@@ -144,13 +145,7 @@ def analytic_and_numeric_gradient(paddle_loss, numpy_loss, x, step=1e-6):
     """Paddle's gradient of paddle_loss at x and the central difference of numpy_loss."""
     x_tensor = tensor(x)
     paddle_loss(x_tensor).backward()
-    numeric = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        numeric[index] = (numpy_loss(up) - numpy_loss(down)) / (2 * step)
-    return x_tensor.grad.numpy(), numeric
+    return x_tensor.grad.numpy(), numeric_gradient(numpy_loss, x, step)
 
 
 # ---------------------------------------------------------------- forward values

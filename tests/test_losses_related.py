@@ -13,6 +13,7 @@ from losses.multisimilarityloss import multisimilarityloss
 from losses.rankedlistloss import rankedlistloss
 from utility.args import defaults
 from utility.errors import UserError
+from numeric import numeric_gradient
 from paddle_modes import static_loss_step, static_mode
 
 SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4), (5, 3, 8)]  # (P classes, K per class, D)
@@ -157,16 +158,6 @@ def default_dtype(dtype):
 def margin_layer(dim, num_classes, beta=1.2, per_class=True, **kwargs):
     with default_dtype("float64"):
         return MarginLoss(dim, num_classes, beta=beta, per_class=per_class, **kwargs)
-
-
-def numeric_gradient(numpy_loss, x, step=1e-6):
-    numeric = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        numeric[index] = (numpy_loss(up) - numpy_loss(down)) / (2 * step)
-    return numeric
 
 
 def build(name, embedding_dim=4, num_classes=3, **flags):
