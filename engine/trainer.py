@@ -34,7 +34,12 @@ class Position:
     def advance(self, batches_per_pass):
         self.iteration += 1
         self.batch += 1
-        if self.batch == batches_per_pass:
+        self.settle(batches_per_pass)
+
+    def settle(self, batches_per_pass):
+        """A position at the end of a pass is the start of the next (checkpoints of earlier versions were
+        saved as (pass, batches_per_pass))."""
+        if self.batch >= batches_per_pass:
             self.pass_id, self.batch = self.pass_id + 1, 0
 
 
@@ -131,6 +136,7 @@ class Trainer:
 
     def run(self, position):
         """Train from `position` to the end of the schedule; returns the last checkpoint saved."""
+        position.settle(self.loader.batches_per_epoch)
         self._print(f"Training {self.schedule.total} iterations ({self.loader.batches_per_epoch} per pass) "
                     f"from iteration {position.iteration}")
         try:

@@ -55,6 +55,18 @@ def test_file_system_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [f"error: [Errno 20] Not a directory: '{blocker / 'log.jsonl'}'"]
 
 
+def test_a_position_at_the_end_of_a_pass_is_the_start_of_the_next():
+    from engine.trainer import Position
+
+    old = Position(iteration=150, pass_id=9, batch=15)  # how earlier versions saved the end of a pass
+    old.settle(15)
+    assert old == Position(iteration=150, pass_id=10, batch=0)
+    moving = Position(iteration=13, pass_id=0, batch=13)
+    moving.advance(15)
+    moving.advance(15)
+    assert moving == Position(iteration=15, pass_id=1, batch=0)
+
+
 def test_epochs_become_iterations():
     assert Schedule.of(defaults("train", num_epochs=3), 7) == Schedule(21, 7, 7)
     schedule = Schedule.of(defaults("train", total_iter_num=10, test_iter_step=4, save_iter_step=5), 7)
