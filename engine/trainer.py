@@ -185,16 +185,16 @@ class Trainer:
         step_start = time.time()
         values = self.exe.run(self.graph.main, feed=feed, fetch_list=fetch_list)
         step_s = time.time() - step_start
-        if self.memory:
-            values, (memory_features, memory_labels) = values[:len(self.fetch_names)], values[len(self.fetch_names):]
-            self.memory.update(position.iteration, memory_features, memory_labels)
+        values, memory_rows = values[:len(self.fetch_names)], values[len(self.fetch_names):]
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
         stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
         if before and not all(map(math.isfinite, stats.values())):
-            self._undo_step(position, stats, before)
+            self._undo_step(position, stats, before)  # (its embeddings stay out of the memory too)
             return
         self._stop_if_diverged(position, stats)
+        if self.memory:
+            self.memory.update(position.iteration, *memory_rows)
         self.since_eval.append(stats)
         self.window_images += len(labels) * self.world_size  # img/s over all devices
         if position.batch % self.config.display_iter_step == 0:
