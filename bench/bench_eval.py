@@ -3,11 +3,12 @@
     python bench/bench_eval.py [--checkpoint=DIR] [--cases=32:50,224:10] [--batches=3] [--rounds=2]
 
 For each image size and batch (SIZE:BATCH) it exports the checkpoint as an inference model
-(CheckpointEmbedder.export, what `infer.py --export_model` runs) and embeds the same fixed random
+(engine.embedder.export, what `infer.py --export_model` runs) and embeds the same fixed random
 batches with
-  executor    engine.embedder.CheckpointEmbedder: build_embed_graph + Executor (what eval.py runs now)
-  predictor   engine.embedder.InferenceEmbedder on the exported model (Paddle Inference, its defaults)
-  onednn      a predictor with enable_onednn() called explicitly
+  executor    the checkpoint's embedding program run by an Executor (what eval.py ran before)
+  predictor   engine.embedder.Embedder on the exported model (Paddle Inference with oneDNN: what
+              eval.py, infer.py and train.py's evaluation run)
+  onednn      the same predictor configured here by hand (a check of the Embedder's settings)
   bf16        a predictor with enable_onednn_bfloat16() (CPUs with avx512_bf16 / AMX only)
 each in a fresh process with utility.runtime's settings, the embedders alternating round by round.
 It prints img/s and, against the executor's features, max |difference| / max |feature|.
@@ -34,38 +35,52 @@ def worker_setup():
     return runtime.configure()
 
 
-def eval_args(checkpoint_dir, size, batch):
-    from engine.embedder import adopt_checkpoint_settings
-    from utility.args import defaults
+def eval_config(checkpoint_dir, size, batch):
+    """eval.py's configuration of the checkpoint at this input size and batch."""
+    from utility.config import resolve
 
-    args = defaults("eval", image_shape=(3, size, size), test_batch_size=batch)
-    args.explicit = {"image_shape", "test_batch_size"}
-    adopt_checkpoint_settings(args, checkpoint_dir)
-    return args
+    return resolve("eval", [f"--pretrained_model={checkpoint_dir}", f"--image_shape=3,{size},{size}",
+                            f"--test_batch_size={batch}", "--val_list=unused.txt", "--use_gpu=False"])
 
 
 def export_worker(opts):
     worker_setup()
-    from engine.embedder import CheckpointEmbedder
+    from engine.embedder import checkpoint_program, export
 
-    args = eval_args(opts.checkpoint, opts.size, opts.batch)
-    CheckpointEmbedder(args, opts.checkpoint).export(opts.model_dir, args)
+    config = eval_config(opts.checkpoint, opts.size, opts.batch)
+    exe, graph = checkpoint_program(config)
+    export(exe, graph.program, graph.image, graph.embedding, opts.model_dir, config)
+
+
+class ExecutorEmbedder:
+    """The checkpoint's embedding program run by an Executor."""
+
+    def __init__(self, config):
+        from engine.embedder import checkpoint_program
+
+        self.exe, self.graph = checkpoint_program(config)
+
+    def __call__(self, images):
+        from engine.programs import IMAGE
+
+        (out,) = self.exe.run(self.graph.program, feed={IMAGE: images}, fetch_list=[self.graph.embedding])
+        return out
 
 
 def make_predictor(model_dir, kind):
-    """InferenceEmbedder as eval.py would use it, or one with the oneDNN option under test."""
+    """The Embedder as eval.py uses it, or one with the oneDNN option under test."""
     import paddle.inference as inference
 
-    from engine.embedder import EXPORT_PREFIX, InferenceEmbedder
+    from engine.embedder import EXPORT_PREFIX, Embedder
 
-    embedder = InferenceEmbedder(model_dir, use_gpu=False)
+    embedder = Embedder(model_dir, use_gpu=False)
     if kind == "predictor":
         return embedder
     prefix = os.path.join(model_dir, EXPORT_PREFIX)
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.disable_glog_info()
     config.disable_gpu()
-    config.set_cpu_math_library_num_threads(len(os.sched_getaffinity(0)))  # as many as InferenceEmbedder
+    config.set_cpu_math_library_num_threads(len(os.sched_getaffinity(0)))  # as many as the Embedder
     config.enable_onednn()
     if kind == "bf16":
         config.enable_onednn_bfloat16()
@@ -80,9 +95,7 @@ def embed_worker(opts):
 
     setup = worker_setup()
     if opts.kind == "executor":
-        from engine.embedder import CheckpointEmbedder
-
-        embedder = CheckpointEmbedder(eval_args(opts.checkpoint, opts.size, opts.batch), opts.checkpoint)
+        embedder = ExecutorEmbedder(eval_config(opts.checkpoint, opts.size, opts.batch))
     else:
         embedder = make_predictor(opts.model_dir, opts.kind)
     rng = np.random.default_rng(0)
