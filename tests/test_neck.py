@@ -1,4 +1,6 @@
 """BNNeck (--neck bnneck, --neck_feat) and --last_stride: shapes, names, training and inference features."""
+import contextlib
+
 import numpy as np
 import paddle
 import pytest
@@ -151,6 +153,18 @@ def train_config(**overrides):
     return defaults("train", **settings)
 
 
+@contextlib.contextmanager
+def started_train_graph(config, num_classes=4):
+    """(train graph, scope, Executor) in static mode, startup run, in a scope of the test's own."""
+    with static_mode():
+        graph = programs.build_train_graph(config, num_classes, 10)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(graph.startup)
+            yield graph, scope, exe
+
+
 def read(scope, name):
     return np.array(scope.find_var(name).get_tensor()).copy()
 
@@ -171,16 +185,11 @@ def eager_copy(config, num_classes, weights):
 
 def test_training_step_keeps_the_neck_offset_and_trains_its_scale():
     config = train_config()
-    with static_mode():
-        graph = programs.build_train_graph(config, 4, 10)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            exe = paddle.static.Executor(paddle.CPUPlace())
-            exe.run(graph.startup)
-            before = {name: read(scope, name) for name in NECK_NAMES}
-            x, y = pk_batch()
-            exe.run(graph.main, feed={programs.IMAGE: x, programs.LABEL: y}, fetch_list=list(graph.fetch.values()))
-            after = {name: read(scope, name) for name in NECK_NAMES}
+    with started_train_graph(config) as (graph, scope, exe):
+        before = {name: read(scope, name) for name in NECK_NAMES}
+        x, y = pk_batch()
+        exe.run(graph.main, feed={programs.IMAGE: x, programs.LABEL: y}, fetch_list=list(graph.fetch.values()))
+        after = {name: read(scope, name) for name in NECK_NAMES}
     np.testing.assert_array_equal(after["neck_bn_offset"], np.zeros(512, "float32"))
     np.testing.assert_array_equal(before["neck_bn_offset"], after["neck_bn_offset"])
     assert not np.allclose(before["neck_bn_scale"], after["neck_bn_scale"])  # the classifier trains it
@@ -190,16 +199,11 @@ def test_training_step_keeps_the_neck_offset_and_trains_its_scale():
 
 def test_metric_loss_sees_the_feature_before_the_neck():
     config = train_config()
-    with static_mode():
-        graph = programs.build_train_graph(config, 4, 10)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            exe = paddle.static.Executor(paddle.CPUPlace())
-            exe.run(graph.startup)
-            x, y = pk_batch()
-            weights = {p.name: read(scope, p.name) for p in graph.main.global_block().all_parameters()}
-            loss_metric, = exe.run(graph.main, feed={programs.IMAGE: x, programs.LABEL: y},
-                                   fetch_list=[graph.fetch["loss_metric"]])
+    with started_train_graph(config) as (graph, scope, exe):
+        x, y = pk_batch()
+        weights = {p.name: read(scope, p.name) for p in graph.main.global_block().all_parameters()}
+        loss_metric, = exe.run(graph.main, feed={programs.IMAGE: x, programs.LABEL: y},
+                               fetch_list=[graph.fetch["loss_metric"]])
     # Eager, in training mode like the train program: the loss of the pre-neck feature is the
     # program's, the loss of the post-neck feature is not.
     model = eager_copy(config, 4, weights)
@@ -216,31 +220,26 @@ def test_test_program_and_export_give_the_normalised_feature(alpha):
     model all give (pre-neck feature - running mean) / sqrt(running variance + eps) * scale."""
     config = train_config(alpha=alpha)
     x = images(batch=5, seed=3)
-    with static_mode():
-        graph = programs.build_train_graph(config, 4, 10)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            exe = paddle.static.Executor(paddle.CPUPlace())
-            exe.run(graph.startup)
-            for step in range(3):
-                batch, labels = pk_batch(seed=step)
-                exe.run(graph.main, feed={programs.IMAGE: batch, programs.LABEL: labels},
-                        fetch_list=list(graph.fetch.values()))
-            # A scale far from its start, so that leaving it out could not pass.
-            scale = np.random.default_rng(5).uniform(0.5, 2.0, 512).astype("float32")
-            scope.find_var("neck_bn_scale").get_tensor().set(scale, paddle.CPUPlace())
-            test_features, = exe.run(graph.test, feed={programs.IMAGE: x}, fetch_list=[graph.test_embedding])
-            neck = {name: read(scope, name) for name in NECK_NAMES}
-            np.testing.assert_array_equal(neck["neck_bn_scale"], scale)
-            # The same parameters in the embedding programs of eval.py / infer.py (names are fixed).
-            embedded = {}
-            for neck_feat in ("after", "before"):
-                embed = programs.build_embed_graph(
-                    defaults("eval", model="ResNet18", image_shape=(3, 32, 32), neck="bnneck",
-                             neck_feat=neck_feat, use_gpu=False))
-                embedded[neck_feat], = exe.run(embed.program, feed={programs.IMAGE: x},
-                                               fetch_list=[embed.embedding])
-            exported = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)(x)
+    with started_train_graph(config) as (graph, scope, exe):
+        for step in range(3):
+            batch, labels = pk_batch(seed=step)
+            exe.run(graph.main, feed={programs.IMAGE: batch, programs.LABEL: labels},
+                    fetch_list=list(graph.fetch.values()))
+        # A scale far from its start, so that leaving it out could not pass.
+        scale = np.random.default_rng(5).uniform(0.5, 2.0, 512).astype("float32")
+        scope.find_var("neck_bn_scale").get_tensor().set(scale, paddle.CPUPlace())
+        test_features, = exe.run(graph.test, feed={programs.IMAGE: x}, fetch_list=[graph.test_embedding])
+        neck = {name: read(scope, name) for name in NECK_NAMES}
+        np.testing.assert_array_equal(neck["neck_bn_scale"], scale)
+        # The same parameters in the embedding programs of eval.py / infer.py (names are fixed).
+        embedded = {}
+        for neck_feat in ("after", "before"):
+            embed = programs.build_embed_graph(
+                defaults("eval", model="ResNet18", image_shape=(3, 32, 32), neck="bnneck",
+                         neck_feat=neck_feat, use_gpu=False))
+            embedded[neck_feat], = exe.run(embed.program, feed={programs.IMAGE: x},
+                                           fetch_list=[embed.embedding])
+        exported = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)(x)
     before = embedded["before"]
     by_hand = (before - neck["neck_bn_mean"]) / np.sqrt(neck["neck_bn_variance"] + EPSILON) * neck["neck_bn_scale"] \
         + neck["neck_bn_offset"]
@@ -255,16 +254,11 @@ def test_test_program_and_export_give_the_normalised_feature(alpha):
 def test_neck_feat_before_exports_the_feature_before_the_neck():
     config = train_config(neck_feat="before")
     x = images(batch=3, seed=4)
-    with static_mode():
-        graph = programs.build_train_graph(config, 4, 10)
-        scope = paddle.static.Scope()
-        with paddle.static.scope_guard(scope):
-            exe = paddle.static.Executor(paddle.CPUPlace())
-            exe.run(graph.startup)
-            batch, labels = pk_batch()
-            exe.run(graph.main, feed={programs.IMAGE: batch, programs.LABEL: labels}, fetch_list=[])
-            test_features, = exe.run(graph.test, feed={programs.IMAGE: x}, fetch_list=[graph.test_embedding])
-            embed = programs.build_embed_graph(defaults("eval", model="ResNet18", image_shape=(3, 32, 32),
-                                                        neck="none", use_gpu=False))
-            plain, = exe.run(embed.program, feed={programs.IMAGE: x}, fetch_list=[embed.embedding])
+    with started_train_graph(config) as (graph, scope, exe):
+        batch, labels = pk_batch()
+        exe.run(graph.main, feed={programs.IMAGE: batch, programs.LABEL: labels}, fetch_list=[])
+        test_features, = exe.run(graph.test, feed={programs.IMAGE: x}, fetch_list=[graph.test_embedding])
+        embed = programs.build_embed_graph(defaults("eval", model="ResNet18", image_shape=(3, 32, 32),
+                                                    neck="none", use_gpu=False))
+        plain, = exe.run(embed.program, feed={programs.IMAGE: x}, fetch_list=[embed.embedding])
     np.testing.assert_allclose(test_features, plain, rtol=1e-4, atol=1e-5)
