@@ -56,6 +56,10 @@ RECIPES = {
     "quadrupletloss": ["--lr=0.1", "--margin=0.2", *PK],
     "emlloss": ["--lr=0.1", *PK],
     "npairsloss": ["--lr=0.1"],
+    "cosface": ["--lr=0.1", "--cos_scale=30", "--cos_margin=0.35"],
+    "rankedlistloss": ["--lr=0.1", *PK],
+    "multisimilarityloss": ["--lr=0.1", *PK],
+    "marginloss": ["--lr=0.1", *PK],
 }
 # --quick: the loss whose recipe it runs, with rotated classes (chosen on held-out small1 characters:
 # Recall@1 0.721 with them against 0.666 without, bench/results/omniglot-tuning.jsonl).
