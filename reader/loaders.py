@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from reader.decode import BadImageError, load_rgb
+from reader.decode import MAX_PIXELS, BadImageError, load_rgb
 from reader.samplers import PKSampler, ShuffleSampler, TripletSampler, class_members
 from reader.transforms import CROP_AREA, CROP_ASPECT, EVAL_RESIZES, test_transform, train_transform
 from reader.worker_pool import WorkerPool, run_in_process
@@ -22,7 +22,7 @@ CLASSES_NAMED = 5  # how many classes a note about small classes names
 
 
 def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_each_class, num_workers,
-                      seed, augment=None, world_size=1, rank=0):
+                      seed, augment=None, world_size=1, rank=0, max_pixels=MAX_PIXELS):
     """A TrainLoader for `image_list` (labelled) on device `rank` of `world_size`.
 
     layout: "triplet" (anchor, positive, negative triplets), "pk" (P classes x
@@ -30,12 +30,13 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     the global batch; this device gets batch_size // world_size images.
     augment: dict with any of the keys of AUGMENT_DEFAULTS (the rest keep their defaults);
     `augment_from_args(args)` builds it from train.py's flags.
+    max_pixels: larger images are unreadable (reader.decode.load_rgb; None = no limit).
     Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
     """
     augment = _check_augment(augment)
     _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed)
     sampler = _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce=rank == 0)
-    job = TrainBatchJob(image_list, tuple(image_shape), augment)
+    job = TrainBatchJob(image_list, tuple(image_shape), augment, max_pixels)
     return TrainLoader(sampler, job, batch_size // world_size, rank, num_workers)
 
 
@@ -119,10 +120,11 @@ class TrainBatchJob:
     """Decode and augment one device batch; an unreadable image is replaced by
     another image of its class, chosen from the sample's own seed."""
 
-    def __init__(self, image_list, image_shape, augment):
+    def __init__(self, image_list, image_shape, augment, max_pixels=MAX_PIXELS):
         self.image_list = image_list
         self.image_shape = image_shape
         self.augment = augment
+        self.max_pixels = max_pixels
         self.members = class_members(image_list.class_ids, image_list.num_classes)
 
     def __call__(self, items, out):
@@ -136,7 +138,7 @@ class TrainBatchJob:
         for candidate in self._candidates(index, rng):
             path = self.image_list.paths[candidate]
             try:
-                rgb = load_rgb(path)
+                rgb = load_rgb(path, self.max_pixels)
             except BadImageError as err:
                 bad_paths.append((path, err.reason))
                 continue
@@ -165,16 +167,18 @@ class TestLoader(_Workers):
     `batches()` yields (images float32 [b, 3, H, W], row_indices int64 [b]), batch_size rows
     each (the last may be shorter), as often as it is called: a validation list is decoded by
     the same workers at every evaluation of a training run. An unreadable image raises UserError
-    naming it, unless skip_bad: then it is reported on stderr and its row left out.
+    naming it, unless skip_bad: then it is reported on stderr and its row left out. An image of more
+    than max_pixels pixels is unreadable (reader.decode.load_rgb; None = no limit).
     """
 
     def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None,
-                 eval_resize="crop"):
+                 eval_resize="crop", max_pixels=MAX_PIXELS):
         if batch_size <= 0:
             raise UserError(f"test batch size must be positive, got {batch_size}")
         if eval_resize not in EVAL_RESIZES:
             raise UserError(f"--eval_resize must be one of {', '.join(EVAL_RESIZES)}, got {eval_resize!r}")
-        super().__init__(TestBatchJob(image_list.paths, tuple(image_shape), eval_resize), num_workers, batch_size)
+        job = TestBatchJob(image_list.paths, tuple(image_shape), eval_resize, max_pixels)
+        super().__init__(job, num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
         # `rows`: only these rows of the list (one device's share), in this order; default all.
@@ -205,17 +209,18 @@ def _bad_images_message(bad_paths):
 class TestBatchJob:
     """Decode and resize one batch for evaluation; unreadable rows are flagged, not raised."""
 
-    def __init__(self, paths, image_shape, eval_resize="crop"):
+    def __init__(self, paths, image_shape, eval_resize="crop", max_pixels=MAX_PIXELS):
         self.paths = paths
         self.image_shape = image_shape
         self.eval_resize = eval_resize
+        self.max_pixels = max_pixels
 
     def __call__(self, rows, out):
         readable = np.ones(len(rows), dtype=bool)
         bad_paths = []
         for i, row in enumerate(rows):
             try:
-                out[i] = test_transform(load_rgb(self.paths[row]), self.image_shape, self.eval_resize)
+                out[i] = test_transform(load_rgb(self.paths[row], self.max_pixels), self.image_shape, self.eval_resize)
             except BadImageError as err:
                 readable[i] = False
                 bad_paths.append((err.path, err.reason))

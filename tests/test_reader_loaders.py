@@ -171,3 +171,34 @@ def test_loaders_work_under_paddle_static_mode(dataset):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("ok")
+
+
+def test_max_pixels_makes_larger_images_unreadable(dataset):
+    """24x24 images (576 pixels) under a 500-pixel limit: named with the flag that sets the limit."""
+    with pytest.raises(UserError, match=r"more than the limit of 500 \(--max_image_pixels\)"):
+        with reader.TestLoader(dataset, image_shape=SHAPE, batch_size=5, num_workers=0, max_pixels=500) as loader:
+            list(loader.batches())
+    with _train_loader(dataset, 0, max_pixels=500) as loader:
+        with pytest.raises(UserError, match="limit of 500"):
+            _epoch(loader, 0)
+    with _train_loader(dataset, 0, max_pixels=576) as loader:
+        assert len(_epoch(loader, 0)) == loader.batches_per_epoch
+
+
+def test_max_image_pixels_flag_reaches_the_loaders(dataset):
+    from types import SimpleNamespace
+
+    from engine.embedder import test_loader
+    from utility.args import parse_args
+
+    for script in ("train", "eval", "infer"):
+        assert parse_args(script, ["--max_image_pixels=500"]).max_image_pixels == 500
+        with pytest.raises(UserError, match="--max_image_pixels must be 0 or more"):
+            parse_args(script, ["--max_image_pixels=-1"])
+    config = SimpleNamespace(image_shape=SHAPE, test_batch_size=5, num_workers=0, eval_resize="crop",
+                             max_image_pixels=500)
+    with test_loader(config, dataset, skip_bad=False) as loader:
+        with pytest.raises(UserError, match="limit of 500"):
+            list(loader.batches())
+    with test_loader(SimpleNamespace(**{**vars(config), "max_image_pixels": 0}), dataset, skip_bad=False) as loader:
+        assert loader._job.max_pixels is None and len(list(loader.batches())) == 5

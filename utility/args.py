@@ -7,6 +7,7 @@ typed (`args.explicit`); utility/config.py turns that into the run's settled con
 import argparse
 import sys
 
+from reader.decode import MAX_PIXELS
 from utility.errors import UserError
 
 DEFAULT_DATA_DIR = "data/CUB_200_2011"
@@ -64,6 +65,8 @@ def _common(p):
     g.add_argument("--with_camera", type=str2bool, default=False,
                    help="lists have a camera column: 'relative/path.jpg LABEL CAMERA' (re-identification)")
     g.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes (0 decodes in the main process)")
+    g.add_argument("--max_image_pixels", type=int, default=MAX_PIXELS,
+                   help="images with more pixels are refused (a JPEG is first decoded at 1/2..1/8 size to fit); 0 = no limit")
     g.add_argument("--test_batch_size", type=int, default=50, help="batch size for embedding evaluation images")
     g.add_argument("--eval_resize", choices=["crop", "full"], default="crop",
                    help="evaluation preprocessing: 'crop' resizes the short side to 256/224 of the input size and "
@@ -212,10 +215,9 @@ def _check(script, args):
             raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more, got {args.seed}")
-    if args.num_workers < 0:
-        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}")
-    if args.embedding_size < 0:
-        raise UserError(f"--embedding_size must be 0 or more, got {args.embedding_size}")
+    for name in ("num_workers", "embedding_size", "max_image_pixels"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name} must be 0 or more, got {getattr(args, name)}")
     if script == "train":
         if args.num_epochs is not None and args.total_iter_num is not None:
             raise UserError("give --num_epochs or --total_iter_num, not both")
