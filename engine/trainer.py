@@ -114,6 +114,12 @@ class Validator:
         return metrics.evaluate(features, self.labels[rows], ks=(1,), with_nmi=False)["recall@1"]
 
 
+def _figures(values, computed, prefix=""):
+    """'name value, ' for each figure the graph computes: without a classifier its figures are left out
+    (log.jsonl has them as null; a printed 'nan' would read as a diverged run)."""
+    return "".join(f"{prefix}{name} {value:.5f}, " for name, value in values.items() if name in computed)
+
+
 class Trainer:
     """Runs the steps of one training run on one device and does everything around them."""
 
@@ -239,9 +245,7 @@ class Trainer:
         self.window_start, self.window_images = now, 0
         eta = (self.schedule.total - position.iteration) * self.config.train_batch_size / max(img_per_s, 1e-9)
         shown = {name: stats.get(name, math.nan) for name in ("loss_metric", *CLASSIFIER_FIGURES)}
-        print(f"Pass {position.pass_id}, trainbatch {position.batch}, lr {lr:.6g}, "
-              f"loss_metric {shown['loss_metric']:.5f}, loss_cls {shown['loss_cls']:.5f}, "
-              f"acc1 {shown['acc1']:.5f}, acc5 {shown['acc5']:.5f}, "
+        print(f"Pass {position.pass_id}, trainbatch {position.batch}, lr {lr:.6g}, {_figures(shown, stats)}"
               f"time {step_s:2.2f} sec, {img_per_s:.1f} img/s, eta {format_duration(eta)}", flush=True)
         self.log.write({"pass": position.pass_id, "iter": position.iteration, "lr": lr, **shown,
                         "img_per_s": img_per_s, "reader_s": reader_s, "step_s": step_s})
@@ -254,9 +258,7 @@ class Trainer:
         means = {name: float(np.mean([s[name] for s in since_eval])) if since_eval and name in self.fetch_names
                  else math.nan for name in ("loss_metric", *CLASSIFIER_FIGURES)}
         pass_id = position.pass_id - (position.batch == 0)  # the pass of the step just done
-        print(f"End pass {pass_id}, train_loss_metric {means['loss_metric']:.5f}, "
-              f"train_loss_cls {means['loss_cls']:.5f}, train_acc1 {means['acc1']:.5f}, "
-              f"train_acc5 {means['acc5']:.5f}, test_recall {recall:.5f}", flush=True)
+        print(f"End pass {pass_id}, {_figures(means, self.fetch_names, 'train_')}test_recall {recall:.5f}", flush=True)
         self.log.write({"pass": pass_id, "iter": position.iteration, "test_recall": recall,
                         **{f"train_{name}": value for name, value in means.items()}})
         self._plot()
