@@ -99,6 +99,7 @@ class WorkerPool:
     def close(self):
         """Stop the workers (idempotent)."""
         self._finalizer()
+        self._in_flight = 0  # gone with the workers: a run abandoned later has nothing to wait for
 
     def _receive(self):
         while True:

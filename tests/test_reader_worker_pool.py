@@ -64,3 +64,21 @@ def test_abandoned_run_is_drained_and_pool_reusable():
     pool.close()
     pool.close()
     assert not mp.active_children()
+
+
+def test_a_run_abandoned_after_close_ends_quietly(monkeypatch):
+    """A second Ctrl-C stops the pool while a run is still open; the run's clean-up must not then
+    wait on the closed queues ("Exception ignored ... Queue is closed" was printed)."""
+    import gc
+    import sys
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    pool = WorkerPool(_fill_with_item, num_workers=2, max_batch=4, row_shape=(2,))
+    run = pool.run([[1, 2]] * 10)
+    next(run)
+    pool.close()
+    del run
+    gc.collect()
+    assert [str(hook.exc_value) for hook in unraisable] == []
+    assert not mp.active_children()
