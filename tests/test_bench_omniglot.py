@@ -117,3 +117,30 @@ def test_prepare_only_prints_the_lists(zips, tmp_path, capsys):
                 "--validation", "1", "--prepare_only"])
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["eval_list"].endswith("validation1.txt") and line["validation_characters"] == 2
+
+
+def test_finetune_trains_softmax_first_then_each_loss_from_it(zips, tmp_path, monkeypatch):
+    runs = []
+
+    def fake_run(model, loss, lists, data_dir, output_dir, extra, tag=""):
+        runs.append((loss, list(extra), tag))
+        return {"model": model, "loss": loss, "checkpoint": f"/ckpt/{loss}"}
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    common = ["--small1", str(zips[0]), "--small2", str(zips[1]), "--data_dir", str(tmp_path / "d"),
+              "--results", str(tmp_path / "r.jsonl"), "--losses", "emlloss,npairsloss", "--finetune"]
+    bench.main([*common, "--", "--seed=3"])
+    assert runs[0] == ("softmax", ["--seed=3"], "")
+    for (loss, extra, tag), expected in zip(runs[1:], ("emlloss", "npairsloss")):
+        assert loss == expected and tag == "ft"
+        assert extra == ["--pretrained_model=/ckpt/softmax", *bench.FINETUNE, "--seed=3"]
+    records = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
+    assert [(r["loss"], r.get("tag"), r.get("finetuned_from")) for r in records] == [
+        ("softmax", None, None), ("emlloss", "ft", "/ckpt/softmax"), ("npairsloss", "ft", "/ckpt/softmax")]
+
+    runs.clear()
+    bench.main([*common, "--pretrained", "/given", "--tag", "x"])
+    assert [(loss, extra[0], tag) for loss, extra, tag in runs] == [
+        ("emlloss", "--pretrained_model=/given", "ft-x"), ("npairsloss", "--pretrained_model=/given", "ft-x")]
+    with pytest.raises(UserError, match="--pretrained goes with --finetune"):
+        bench.parse(["--pretrained", "/given"])
