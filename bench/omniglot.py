@@ -19,7 +19,8 @@ so they override it.
 checkpoint --pretrained names), then each of --losses finetuned from it (FINETUNE's flags), tagged "ft".
 
 --rotated_classes adds each training character rotated by 90, 180 and 270 degrees as three new
-classes (written as new images under the data directory), which is known to help on Omniglot.
+classes (written as new images under the data directory), which is known to help on Omniglot;
+--mirrored_classes adds the mirror image of every class (rotated ones included) the same way.
 """
 import argparse
 import json
@@ -106,26 +107,44 @@ def add_rotated_classes(entries, data_dir):
     data_dir/rotated/<angle>/<path>. Returns the entries followed by the rotated ones."""
     import cv2
 
-    num_classes = len({label for _, label in entries})
     out = list(entries)
-    for k, angle in enumerate(ROTATIONS, start=1):
-        for path, label in entries:
-            rotated = f"rotated/{angle}/{path}"
-            target = Path(data_dir) / rotated
-            if not target.exists():
-                image = cv2.imread(str(Path(data_dir) / path), cv2.IMREAD_UNCHANGED)
-                if image is None:
-                    raise UserError(f"cannot read {Path(data_dir) / path}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(target), cv2.rotate(image, _CV2_ROTATIONS[angle]))
-            out.append((rotated, label + k * num_classes))
+    for angle in ROTATIONS:
+        out += _transformed_class(entries, data_dir, f"rotated/{angle}", lambda image: cv2.rotate(image, _CV2_ROTATIONS[angle]),
+                                  first_label=len({label for _, label in out}))
+    return out
+
+
+def add_mirrored_classes(entries, data_dir):
+    """Each class mirrored left-right as a new class (a mirrored character is another character);
+    the images are written under data_dir/mirrored/<path>. Returns the entries followed by the mirrored ones."""
+    import cv2
+
+    return list(entries) + _transformed_class(entries, data_dir, "mirrored", lambda image: cv2.flip(image, 1),
+                                              first_label=len({label for _, label in entries}))
+
+
+def _transformed_class(entries, data_dir, folder, transform, first_label):
+    """(folder/path, label + first_label) for each entry, the transformed image written once."""
+    import cv2
+
+    out = []
+    for path, label in entries:
+        target_path = f"{folder}/{path}"
+        target = Path(data_dir) / target_path
+        if not target.exists():
+            image = cv2.imread(str(Path(data_dir) / path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise UserError(f"cannot read {Path(data_dir) / path}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target), transform(image))
+        out.append((target_path, label + first_label))
     return out
 
 
 _CV2_ROTATIONS = {90: 0, 180: 1, 270: 2}  # cv2.ROTATE_90_CLOCKWISE, ROTATE_180, ROTATE_90_COUNTERCLOCKWISE
 
 
-def prepare_lists(small1, small2, data_dir, validation=0, rotated_classes=False):
+def prepare_lists(small1, small2, data_dir, validation=0, rotated_classes=False, mirrored_classes=False):
     """Unpack the split with data/omniglot.py's preparer and write the lists of this run.
 
     Returns (train_list, eval_list, summary). With validation > 0 the evaluation list is held-out
@@ -147,9 +166,11 @@ def prepare_lists(small1, small2, data_dir, validation=0, rotated_classes=False)
         summary["validation_characters"] = len({label for _, label in held})
     if rotated_classes:
         entries = add_rotated_classes(entries, data_dir)
-    if validation > 0 or rotated_classes:
+    if mirrored_classes:
+        entries = add_mirrored_classes(entries, data_dir)
+    if validation > 0 or rotated_classes or mirrored_classes:
         name = "train" + (f"-without-validation{validation}" if validation > 0 else "") + \
-               ("-rotated" if rotated_classes else "")
+               ("-rotated" if rotated_classes else "") + ("-mirrored" if mirrored_classes else "")
         train_list = os.path.join(data_dir, f"{name}.txt")
         write_list(train_list, entries)
     summary["train_classes"] = len({label for _, label in entries})
@@ -222,6 +243,7 @@ def parse(argv):
     parser.add_argument("--validation", type=int, default=0,
                         help="hold out whole small1 alphabets (at least N characters) and evaluate on them")
     parser.add_argument("--rotated_classes", action="store_true", help="add 90/180/270-degree rotations as new classes")
+    parser.add_argument("--mirrored_classes", action="store_true", help="add the mirror image of every class as a new class")
     parser.add_argument("--finetune", action="store_true",
                         help="train softmax first (or take --pretrained), then finetune each loss from it")
     parser.add_argument("--pretrained", default=None, help="with --finetune: the checkpoint to finetune from")
@@ -253,7 +275,7 @@ def parse(argv):
 def main(argv=None):
     args = parse(sys.argv[1:] if argv is None else list(argv))
     train_list, eval_list, summary = prepare_lists(args.small1, args.small2, args.data_dir,
-                                                   args.validation, args.rotated_classes)
+                                                   args.validation, args.rotated_classes, args.mirrored_classes)
     print(json.dumps({"train_list": train_list, "eval_list": eval_list, **summary}), flush=True)
     if args.prepare_only:
         return
@@ -284,6 +306,8 @@ def _write(record, args, summary, tag=None):
         record["evaluated_on"] = "test alphabets"
     if args.rotated_classes:
         record["rotated_classes"] = True
+    if args.mirrored_classes:
+        record["mirrored_classes"] = True
     line = json.dumps(record)
     print(line, flush=True)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)

@@ -144,3 +144,17 @@ def test_finetune_trains_softmax_first_then_each_loss_from_it(zips, tmp_path, mo
         ("emlloss", "--pretrained_model=/given", "ft-x"), ("npairsloss", "--pretrained_model=/given", "ft-x")]
     with pytest.raises(UserError, match="--pretrained goes with --finetune"):
         bench.parse(["--pretrained", "/given"])
+
+
+def test_mirrored_classes_double_the_rotated_ones(zips, tmp_path):
+    data_dir = tmp_path / "d"
+    train_list, _, summary = bench.prepare_lists(*zips, str(data_dir), validation=2, rotated_classes=True,
+                                                 mirrored_classes=True)
+    train = _read(train_list)
+    assert train_list.endswith("-rotated-mirrored.txt")
+    assert summary["train_classes"] == 8 * 7 and len(train) == 8 * 7 * DRAWINGS
+    unmirrored, mirrored = train[:4 * 7 * DRAWINGS], train[4 * 7 * DRAWINGS:]
+    for (path, label), (source, source_label) in zip(mirrored, unmirrored):
+        assert path == f"mirrored/{source}" and label == source_label + 4 * 7
+        image = cv2.imread(str(data_dir / path), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(image, cv2.imread(str(data_dir / source), cv2.IMREAD_GRAYSCALE)[:, ::-1])
