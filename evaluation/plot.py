@@ -41,7 +41,9 @@ def plot_training(log_jsonl_path, out_png):
     import matplotlib.pyplot as plt
 
     series = read_series(log_jsonl_path)
-    panels = [("loss", [name for name in LOSS_SERIES if name in series]),
+    # softmax alone logs a metric loss of 0 at every step: there is no metric loss to draw
+    trained = [name for name in LOSS_SERIES if name in series and any(series[name][1])]
+    panels = [("loss", trained),
               ("learning rate", ["lr"] if "lr" in series else []),
               ("test Recall@1", ["test_recall"] if "test_recall" in series else [])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 8), sharex=True)

@@ -39,6 +39,12 @@ def test_null_loss_cls_is_left_out_and_resumed_iterations_replace_earlier_ones(t
     assert (tmp_path / "c.png").exists()
 
 
+def test_a_loss_that_is_zero_at_every_step_is_not_drawn(tmp_path):
+    records = [_progress(i) | {"loss_metric": 0.0} for i in (0, 10, 20)]
+    counts = plot_training(_write_log(tmp_path / "log.jsonl", records), tmp_path / "c.png")
+    assert counts == {"loss_cls": 3, "lr": 3}
+
+
 def test_a_broken_line_names_the_file_and_line(tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps(_progress(0)) + "\n{not json\n")
