@@ -17,6 +17,7 @@ them. They are daemons, and they also exit on their own when the main process
 is gone.
 """
 import collections
+import gc
 import itertools
 import multiprocessing as mp
 import queue
@@ -126,6 +127,9 @@ def _as_array(memory, shape):
 
 
 def _worker_loop(job, memory, slot_shape, tasks, results):
+    # Objects inherited from the parent are never garbage-collected here: a Paddle executor left for
+    # collection in the parent crashed a worker when its destructor ran in the fork (segfault).
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     slots = [_as_array(block, slot_shape) for block in memory]
     while (task := _next_task(tasks)) is not None:

@@ -82,3 +82,42 @@ def test_a_run_abandoned_after_close_ends_quietly(monkeypatch):
     gc.collect()
     assert [str(hook.exc_value) for hook in unraisable] == []
     assert not mp.active_children()
+
+
+class _Finalized:
+    """Appends the pid of the process that finalizes it to a file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.cycle = self
+
+    def __del__(self):
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def _collect(items, out):
+    import gc
+
+    gc.collect()
+    out[:len(items)] = 0
+    return os.getpid()
+
+
+def test_workers_never_finalize_the_parent_s_garbage(tmp_path):
+    """Garbage of the parent (here a cycle with a destructor; in train.py a Paddle executor, whose
+    destructor crashed a worker) is left alone by the workers' garbage collector."""
+    import gc
+
+    marker = tmp_path / "finalized_by"
+    gc.disable()
+    try:
+        _Finalized(str(marker))  # unreachable at once, collected only by the gc
+        pool = WorkerPool(_collect, num_workers=1, max_batch=1, row_shape=(1,))
+        ((_, worker_pid),) = list(pool.run([[1]]))
+        pool.close()
+    finally:
+        gc.enable()
+    gc.collect()
+    assert worker_pid != os.getpid()
+    assert marker.read_text().split() == [str(os.getpid())]
