@@ -33,7 +33,7 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     max_pixels: larger images are unreadable (reader.decode.load_rgb; None = no limit).
     Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
     """
-    augment = _check_augment(augment)
+    augment = check_augment(augment)
     _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed)
     sampler = _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce=rank == 0)
     job = TrainBatchJob(image_list, tuple(image_shape), augment, max_pixels)
@@ -227,7 +227,8 @@ class TestBatchJob:
         return readable, bad_paths
 
 
-def _check_augment(augment):
+def check_augment(augment):
+    """`augment` with every setting filled in and checked; a value out of range is a UserError naming its flag."""
     augment = dict(augment or {})
     unknown = set(augment) - set(AUGMENTATIONS)
     if unknown:

@@ -133,10 +133,10 @@ def test_default_settings_reproduce_the_previous_transform_bit_for_bit(augment, 
     rgb = np.random.default_rng(11).integers(0, 256, (45, 37, 3), dtype=np.uint8)
     implicit = [train_transform(rgb, (3, 24, 20), np.random.default_rng(seed), **augment) for seed in range(8)]
     assert _digest(implicit) == expected
-    from reader.loaders import AUGMENT_DEFAULTS, _check_augment
-    explicit = [train_transform(rgb, (3, 24, 20), np.random.default_rng(seed), **_check_augment(augment))
+    from reader.loaders import AUGMENT_DEFAULTS, check_augment
+    explicit = [train_transform(rgb, (3, 24, 20), np.random.default_rng(seed), **check_augment(augment))
                 for seed in range(8)]
-    assert _digest(explicit) == expected and set(_check_augment({})) == set(AUGMENT_DEFAULTS)
+    assert _digest(explicit) == expected and set(check_augment({})) == set(AUGMENT_DEFAULTS)
     assert _digest([reader.test_transform(rgb, (3, 24, 20))]) == "8de58e87ca2c0475"
     assert _digest([reader.test_transform(rgb, (3, 24, 20), "crop")]) == "8de58e87ca2c0475"
 
@@ -213,10 +213,10 @@ def test_eval_resize_full_keeps_the_whole_image():
                                               ({"crop_aspect": (2.0, 1.0)}, "crop_aspect"),
                                               ({"rotation_degrees": -1}, "rotation_degrees")])
 def test_bad_settings_are_user_errors(augment, message):
-    from reader.loaders import _check_augment
+    from reader.loaders import check_augment
     from utility.errors import UserError
     with pytest.raises(UserError, match=message):
-        _check_augment(augment)
+        check_augment(augment)
 
 
 def test_settings_from_flags():

@@ -226,13 +226,9 @@ def _check(script, args):
             if value is not None and value <= 0:
                 raise UserError(f"--{name} must be positive, got {value}")
         _check_training_numbers(args)
-        low, high = args.crop_area
-        if not 0 < low <= high <= 1:
-            raise UserError(f"--crop_area MIN,MAX needs 0 < MIN <= MAX <= 1, got {as_flag(args.crop_area)}")
-        if args.crop_aspect[0] <= 0:
-            raise UserError(f"--crop_aspect MIN,MAX needs 0 < MIN <= MAX, got {as_flag(args.crop_aspect)}")
-        if not 0 <= args.rotation_degrees <= 180:
-            raise UserError(f"--rotation_degrees must be in 0..180, got {args.rotation_degrees:g}")
+        from reader.loaders import augment_from_args, check_augment
+
+        check_augment(augment_from_args(args))  # the reader's own rules for the augmentation flags
     if script == "eval":
         if (args.query_list is None) != (args.gallery_list is None):
             raise UserError("--query_list and --gallery_list go together")
