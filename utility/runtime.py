@@ -27,14 +27,14 @@ def cpu_vendor(cpuinfo_path="/proc/cpuinfo"):
     return fields.get("vendor_id", ""), fields.get("model name", "")
 
 
-def cpu_settings(vendor, cores):
+def cpu_settings(vendor):
     """The environment variables that make Paddle's CPU kernels fast on this CPU.
 
     MKL_DEBUG_CPU_TYPE=5: the MKL bundled with the Paddle 3.3 wheel (2019.0.5) runs a slow SSE2
     path on AMD CPUs without it (a 1024x1024 matmul 47 -> 124 GFLOP/s, train.py ResNet50 64x64
     batch 30 9.5 -> 25 img/s here); newer MKL ignores it. Training reaches the same numbers to
     float32 rounding (tests/test_runtime.py).
-    OMP_NUM_THREADS=1 whatever `cores` is, measured (bench/README-speed.md): a second thread gives
+    OMP_NUM_THREADS=1 however many cores there are, measured (bench/README-speed.md): a second thread gives
     Paddle's training step nothing (fixed batch, ResNet50 64x64, idle machine: 38 img/s with 1
     thread, 39 with 2, while PyTorch went from 60 to 109), and it costs when the core is busy: in
     train.py, whose image-decoding workers share the cores, 39 img/s with 1 thread against 21 with
@@ -53,7 +53,7 @@ def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     environ = os.environ if environ is None else environ
     vendor, model = cpu_vendor(cpuinfo_path)
     cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    chosen = cpu_settings(vendor, cores)
+    chosen = cpu_settings(vendor)
     yours = {name for name in chosen if name in environ}
     for name, value in chosen.items():
         environ.setdefault(name, value)
