@@ -11,6 +11,7 @@ settings: runs train.py itself (the offline digits set unless data flags follow 
       plain    OMP_NUM_THREADS=1, MKL_DEBUG_CPU_TYPE unset-equivalent (empty): Paddle's own default
       switch1  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=1  (what utility/runtime.py sets on AMD)
       switch2  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=<cores>
+      mkl2     switch2 + MKL_NUM_THREADS=<cores> (MKL's matrix products on every core too)
       onednn   switch2 + FLAGS_use_onednn=1
       dp2      2 data-parallel processes (paddle.distributed.launch), switch + 1 thread each
 torch: the train.py training step (engine.programs.build_train_graph + Executor, triplet loss,
@@ -55,6 +56,7 @@ def settings_env(name):
     table = {"plain": {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": ""},
              "switch1": {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"},
              "switch2": {"OMP_NUM_THREADS": str(cores()), "MKL_DEBUG_CPU_TYPE": "5"},
+             "mkl2": {"OMP_NUM_THREADS": str(cores()), "MKL_NUM_THREADS": str(cores()), "MKL_DEBUG_CPU_TYPE": "5"},
              "onednn": {"OMP_NUM_THREADS": str(cores()), "MKL_DEBUG_CPU_TYPE": "5", "FLAGS_use_onednn": "1"},
              "dp2": {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"}}
     env.update(table[name])
@@ -323,7 +325,8 @@ def run_worker(python, role, case, steps, env=None):
 
 def compare_torch(opts):
     python = torch_python(opts.torch_requirement)
-    base_env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    base_env = {k: v for k, v in os.environ.items()
+                if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
     thread_counts = opts.threads.split(",") if opts.threads else [""]
     print(f"{cores()} cores, {opts.steps} timed steps after 2 warm-up steps, fixed random batches, "
           f"rounds alternate Paddle / PyTorch; load before {os.getloadavg()[0]:.2f}", flush=True)
@@ -331,7 +334,7 @@ def compare_torch(opts):
         rates = {(role, t): [] for t in thread_counts for role in ("paddle", "torch")}
         for round_id in range(opts.rounds):
             for t in thread_counts:
-                env = dict(base_env, **({"OMP_NUM_THREADS": t} if t else {}))
+                env = dict(base_env, **({"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t} if t else {}))
                 for role, exe in (("paddle", sys.executable), ("torch", python)):
                     result = run_worker(exe, f"{role}-worker", case, opts.steps, env)
                     rates[role, t].append(result["img_per_s"])
@@ -354,8 +357,9 @@ def main():
                                         "64:32 and 224:16; profile: ResNet50:64:30)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)  # paddle-worker: onednn-mask
-    parser.add_argument("--threads", default="", help="torch/profile: OMP_NUM_THREADS values to try on both "
-                                                      "sides (default: utility.runtime's choice)")
+    parser.add_argument("--threads", default="", help="torch/profile: thread counts to try on both sides, set as "
+                                                      "OMP_NUM_THREADS and MKL_NUM_THREADS (default: "
+                                                      "utility.runtime's choice)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
     parser.add_argument("--torch_requirement", default="torch",
                         help="what pip installs into bench/.torch-venv (e.g. a CPU build: 'torch==2.13.0+cpu')")
