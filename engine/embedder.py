@@ -163,7 +163,7 @@ def test_loader(config, image_list, *, skip_bad, rows=None, num_workers=None):
     return reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
                              num_workers=config.num_workers if num_workers is None else num_workers,
                              skip_bad=skip_bad, rows=rows, eval_resize=config.eval_resize,
-                             max_pixels=config.max_image_pixels or None)
+                             max_pixels=config.max_image_pixels)
 
 
 def share_loader(config, image_list, skip_bad):

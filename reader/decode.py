@@ -41,7 +41,7 @@ def load_rgb(path, max_pixels=MAX_PIXELS):
     Grayscale, 1-bit, palette, CMYK and 16-bit images are converted to 8-bit
     RGB. Transparent images (RGBA, LA, palette with transparency) are
     composited on a white background. JPEG EXIF orientation is applied.
-    An image of more than `max_pixels` pixels (None: no limit) is decoded at
+    An image of more than `max_pixels` pixels (0 or None: no limit, as `--max_image_pixels=0`) is decoded at
     1/2, 1/4 or 1/8 size when it is a JPEG whose reduced size fits, else refused.
     Raises BadImageError when the file is unreadable, not a decodable image, or too large.
     """
@@ -65,7 +65,7 @@ def load_rgb(path, max_pixels=MAX_PIXELS):
         raise BadImageError(path, f"decoder error: {str(err).strip().splitlines()[-1]}") from None
     if image is None or image.size == 0:
         raise BadImageError(path, "not a decodable image")
-    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:  # header unread beforehand
+    if max_pixels and image.shape[0] * image.shape[1] > max_pixels:  # header unread beforehand
         raise BadImageError(path, _too_large(image.shape[1], image.shape[0], max_pixels))
     return image
 
@@ -79,12 +79,12 @@ def _decode_flag(path, handle, is_jpeg, max_pixels):
     """The cv2 flag: full size, or the reduced JPEG decoding that fits max_pixels (sizes from the header)."""
     if not is_jpeg:
         size = _header_size(handle)
-        if max_pixels is not None and size and size[0] * size[1] > max_pixels:
+        if max_pixels and size and size[0] * size[1] > max_pixels:
             raise BadImageError(path, _too_large(*size, max_pixels))
         return cv2.IMREAD_UNCHANGED
     # JPEGs have no alpha; these flags convert CMYK and gray and apply EXIF orientation.
     size = _jpeg_size(handle)
-    if max_pixels is None or size is None:
+    if not max_pixels or size is None:
         return cv2.IMREAD_COLOR_RGB
     width, height = size
     for scale, flag in _REDUCED:

@@ -30,7 +30,7 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     the global batch; this device gets batch_size // world_size images.
     augment: dict with any of the keys of AUGMENT_DEFAULTS (the rest keep their defaults);
     `augment_from_args(args)` builds it from train.py's flags.
-    max_pixels: larger images are unreadable (reader.decode.load_rgb; None = no limit).
+    max_pixels: larger images are unreadable (reader.decode.load_rgb; 0 or None = no limit).
     Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
     """
     augment = check_augment(augment)
@@ -168,7 +168,7 @@ class TestLoader(_Workers):
     each (the last may be shorter), as often as it is called: a validation list is decoded by
     the same workers at every evaluation of a training run. An unreadable image raises UserError
     naming it, unless skip_bad: then it is reported on stderr and its row left out. An image of more
-    than max_pixels pixels is unreadable (reader.decode.load_rgb; None = no limit).
+    than max_pixels pixels is unreadable (reader.decode.load_rgb; 0 or None = no limit).
     """
 
     def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None,

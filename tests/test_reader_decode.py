@@ -117,5 +117,6 @@ def test_files_pillow_cannot_size_are_still_held_to_the_limit(tmp_path):
     path = str(tmp_path / "a.pfm")  # a format OpenCV decodes and Pillow does not size here
     cv2.imwrite(path, np.full((30, 40, 3), 0.5, np.float32))
     assert load_rgb(path, max_pixels=None).shape == (30, 40, 3)
+    assert load_rgb(path, max_pixels=0).shape == (30, 40, 3)  # --max_image_pixels=0: no limit
     with pytest.raises(BadImageError, match="more than the limit of 1000"):
         load_rgb(path, max_pixels=1000)
