@@ -118,11 +118,6 @@ def _choose(pos_hist, neg_hist, width, hist_max, target_fpr):
     }
 
 
-def threshold_summary(result):
-    """The JSON-ready scalars of a verification_threshold() result (no histograms)."""
-    return {key: value for key, value in result.items() if not isinstance(value, np.ndarray)}
-
-
 def draw_threshold_plot(pos_hist, neg_hist, threshold, path, hist_max=2.0, accuracy=None):
     """Write a PNG of the same-class and different-class distance distributions and the threshold.
 

@@ -4,9 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.threshold import draw_threshold_plot, threshold_summary, verification_threshold
+from evaluation.threshold import draw_threshold_plot, verification_threshold
 from utility.args import parse_args
 from utility.errors import UserError
+
+
+def threshold_summary(result):
+    """The scalars of a verification_threshold() result (no histograms)."""
+    return {key: value for key, value in result.items() if not isinstance(value, np.ndarray)}
 
 
 def all_pairs(features, labels, feat_norm=True):
