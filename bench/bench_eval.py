@@ -71,7 +71,7 @@ def make_predictor(model_dir, kind):
     """The Embedder as eval.py uses it, or one with the oneDNN option under test."""
     import paddle.inference as inference
 
-    from engine.embedder import EXPORT_PREFIX, Embedder
+    from engine.embedder import EXPORT_PREFIX, Embedder, inference_threads
 
     embedder = Embedder(model_dir, use_gpu=False)
     if kind == "predictor":
@@ -80,7 +80,7 @@ def make_predictor(model_dir, kind):
     config = inference.Config(prefix + ".json", prefix + ".pdiparams")
     config.disable_glog_info()
     config.disable_gpu()
-    config.set_cpu_math_library_num_threads(len(os.sched_getaffinity(0)))  # as many as the Embedder
+    config.set_cpu_math_library_num_threads(inference_threads())  # as many as the Embedder
     config.enable_onednn()
     if kind == "bf16":
         config.enable_onednn_bfloat16()

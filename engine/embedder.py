@@ -17,6 +17,7 @@ import reader
 from engine import device
 from utility.errors import UserError
 from utility.progress import Progress
+from utility.runtime import usable_cores
 
 EXPORT_PREFIX = "inference"
 EXPORT_INFO = "preprocess.json"
@@ -59,8 +60,7 @@ def inference_threads():
     Unlike training (utility/runtime.py keeps it to one thread), oneDNN inference gains from every
     core: 313 -> 800 img/s for ResNet50 at 32x32 against the one-thread Executor (bench/README-speed.md).
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))
+    return max(1, usable_cores() // int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))
 
 
 def preprocess_description(eval_resize):

@@ -48,11 +48,17 @@ def cpu_settings(vendor):
     return settings
 
 
+def usable_cores():
+    """How many cores this process may run on (its CPU affinity where the OS tells it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
 def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     """Fill in the CPU and logging environment (the user's own values win); return the summary line."""
     environ = os.environ if environ is None else environ
     vendor, model = cpu_vendor(cpuinfo_path)
-    cores = cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    cores = cores or usable_cores()
     chosen = cpu_settings(vendor)
     yours = {name for name in chosen if name in environ}
     for name, value in chosen.items():
