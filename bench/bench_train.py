@@ -38,6 +38,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV = os.path.join(REPO, "bench", ".torch-venv")
 NUM_CLASSES = 100
+# What each configuration or thread count sets; the caller's own values of these are replaced.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")
 DEFAULT_TRAIN_FLAGS = ["--model=ResNet50", "--image_shape=3,64,64", "--train_batch_size=30",
                        "--loss_name=tripletloss"]
 
@@ -45,13 +47,13 @@ DEFAULT_TRAIN_FLAGS = ["--model=ResNet50", "--image_shape=3,64,64", "--train_bat
 # ----------------------------------------------------------------------------- settings
 
 def cores():
+    # utility.runtime.usable_cores, repeated: the PyTorch venv's worker cannot import the project's packages
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def settings_env(name):
     """Environment of one configuration (on top of the caller's, with the CPU variables replaced)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE", "FLAGS_use_onednn")}
+    env = {k: v for k, v in os.environ.items() if k not in (*THREAD_VARIABLES, "FLAGS_use_onednn")}
     # runtime.configure() fills in only unset variables: an empty MKL_DEBUG_CPU_TYPE keeps MKL's default path.
     table = {"plain": {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": ""},
              "switch1": {"OMP_NUM_THREADS": "1", "MKL_DEBUG_CPU_TYPE": "5"},
@@ -325,8 +327,7 @@ def run_worker(python, role, case, steps, env=None):
 
 def compare_torch(opts):
     python = torch_python(opts.torch_requirement)
-    base_env = {k: v for k, v in os.environ.items()
-                if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")}
+    base_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     thread_counts = opts.threads.split(",") if opts.threads else [""]
     print(f"{cores()} cores, {opts.steps} timed steps after 2 warm-up steps, fixed random batches, "
           f"rounds alternate Paddle / PyTorch; load before {os.getloadavg()[0]:.2f}", flush=True)
