@@ -1,4 +1,5 @@
 """WorkerPool: order, failures in workers, workers that die, clean shutdown."""
+import gc
 import multiprocessing as mp
 import os
 import time
@@ -69,7 +70,6 @@ def test_abandoned_run_is_drained_and_pool_reusable():
 def test_a_run_abandoned_after_close_ends_quietly(monkeypatch):
     """A second Ctrl-C stops the pool while a run is still open; the run's clean-up must not then
     wait on the closed queues ("Exception ignored ... Queue is closed" was printed)."""
-    import gc
     import sys
 
     unraisable = []
@@ -97,8 +97,6 @@ class _Finalized:
 
 
 def _collect(items, out):
-    import gc
-
     gc.collect()
     out[:len(items)] = 0
     return os.getpid()
@@ -107,8 +105,6 @@ def _collect(items, out):
 def test_workers_never_finalize_the_parent_s_garbage(tmp_path):
     """Garbage of the parent (here a cycle with a destructor; in train.py a Paddle executor, whose
     destructor crashed a worker) is left alone by the workers' garbage collector."""
-    import gc
-
     marker = tmp_path / "finalized_by"
     gc.disable()
     try:
