@@ -47,7 +47,7 @@ def export(exe, program, image, embedding, out_dir, config):
     paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [image], [embedding], exe,
                                        program=program)
     info = {"model": config.model, "embedding_size": config.embedding_size, "neck": config.neck,
-            "neck_feat": config.neck_feat, "last_stride": config.last_stride,
+            "neck_feat": config.neck_feat, "last_stride": config.last_stride, "stem": config.stem,
             "image_shape": list(config.image_shape), "eval_resize": config.eval_resize,
             **preprocess_description(config.eval_resize)}
     with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:

@@ -59,9 +59,9 @@ class TrainGraph:
 
 
 def build_network(config, num_classes):
-    """The network of config's --model, --embedding_size, --neck, --neck_feat and --last_stride."""
+    """The network of config's --model, --embedding_size, --neck, --neck_feat, --last_stride and --stem."""
     return models.build_model(config.model, num_classes, config.embedding_size, neck=config.neck,
-                              neck_feat=config.neck_feat, last_stride=config.last_stride)
+                              neck_feat=config.neck_feat, last_stride=config.last_stride, stem=config.stem)
 
 
 def trains_classifier(config):

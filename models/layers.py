@@ -49,6 +49,13 @@ def named_linear(in_features, out_features, name, bias=True):
         bias_attr=ParamAttr(name=f"{name}_offset") if bias else False)
 
 
+# The first convolution of a trunk, (kernel size, stride), by --stem. Both are followed by the 3x3
+# stride-2 max pool. "small" keeps the input's resolution in the first convolution, so every stage
+# sees maps twice as high and wide (4x the compute): at 32x32 the ImageNet stem leaves 8x8 maps to
+# the first stage, too coarse for thin strokes (Omniglot: bench/results/omniglot-tuning.jsonl).
+STEMS = {"imagenet": (7, 2), "small": (3, 1)}
+
+
 def block_stride(stage, index, num_stages, last_stride=2):
     """Stride of block `index` (0-based) of `stage` (0-based) in a four-stage trunk.
 

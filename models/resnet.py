@@ -15,10 +15,13 @@ of stage 2 has a projection shortcut even though its shape does not change.
 last stage: its first block strides by 1 instead of 2, so the final feature map
 is twice as high and wide; parameter names and shapes are the same, so weights
 trained with either stride load into both.
+
+`stem="small"` (for inputs of 32-64 pixels) makes `conv1` a 3x3 stride-1 convolution instead of
+7x7 stride 2 (models/layers.py STEMS); the max pool after it stays.
 """
 from paddle import nn
 
-from models.layers import ConvBN, GlobalAvgPool, block_stride
+from models.layers import STEMS, ConvBN, GlobalAvgPool, block_stride
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -72,9 +75,10 @@ class Bottleneck(nn.Layer):
 class ResNet(nn.Layer):
     """ResNet trunk: images [N, 3, H, W] -> globally average-pooled features [N, feature_dim]."""
 
-    def __init__(self, block, stage_depths, last_stride=2):
+    def __init__(self, block, stage_depths, last_stride=2, stem="imagenet"):
         super().__init__()
-        self.stem = ConvBN(3, 64, 7, conv_name="conv1", bn_name="bn_conv1", stride=2)
+        kernel_size, stride = STEMS[stem]
+        self.stem = ConvBN(3, 64, kernel_size, conv_name="conv1", bn_name="bn_conv1", stride=stride)
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
         blocks = []
         in_channels = 64
@@ -94,16 +98,16 @@ class ResNet(nn.Layer):
         return self.pool(self.blocks(self.max_pool(self.stem(images))))
 
 
-def resnet18(last_stride=2):
+def resnet18(last_stride=2, stem="imagenet"):
     """ResNet-18 trunk, 512-d features."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), last_stride)
+    return ResNet(BasicBlock, (2, 2, 2, 2), last_stride, stem)
 
 
-def resnet34(last_stride=2):
+def resnet34(last_stride=2, stem="imagenet"):
     """ResNet-34 trunk, 512-d features."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), last_stride)
+    return ResNet(BasicBlock, (3, 4, 6, 3), last_stride, stem)
 
 
-def resnet50(last_stride=2):
+def resnet50(last_stride=2, stem="imagenet"):
     """ResNet-50 trunk, 2048-d features."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), last_stride)
+    return ResNet(Bottleneck, (3, 4, 6, 3), last_stride, stem)

@@ -10,11 +10,12 @@ convolutions `conv{s}_{i}_x1`, `_x2`, `_x3`, projection shortcut
 `conv{s}_{i}_prj`, each with batch norm `<conv name>_bn`, and
 squeeze/excitation layers `fc{s}_{i}_sqz` / `fc{s}_{i}_exc`.
 
-`last_stride=1` makes the first block of stage 5 stride by 1 (same parameters).
+`last_stride=1` makes the first block of stage 5 stride by 1 (same parameters); `stem="small"`
+makes `conv1` a 3x3 stride-1 convolution (models/layers.py STEMS).
 """
 from paddle import nn
 
-from models.layers import ConvBN, GlobalAvgPool, block_stride, named_linear
+from models.layers import STEMS, ConvBN, GlobalAvgPool, block_stride, named_linear
 
 CARDINALITY = 32
 SE_REDUCTION = 16
@@ -68,9 +69,10 @@ class SEResNeXtBottleneck(nn.Layer):
 class SEResNeXt(nn.Layer):
     """SE-ResNeXt trunk: images [N, 3, H, W] -> globally average-pooled features [N, 2048]."""
 
-    def __init__(self, last_stride=2):
+    def __init__(self, last_stride=2, stem="imagenet"):
         super().__init__()
-        self.stem = conv_bn(3, 64, 7, "conv1", stride=2)
+        kernel_size, stride = STEMS[stem]
+        self.stem = conv_bn(3, 64, kernel_size, "conv1", stride=stride)
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
         blocks = []
         in_channels = 64
@@ -89,6 +91,6 @@ class SEResNeXt(nn.Layer):
         return self.pool(self.blocks(self.max_pool(self.stem(images))))
 
 
-def se_resnext50_32x4d(last_stride=2):
+def se_resnext50_32x4d(last_stride=2, stem="imagenet"):
     """SE-ResNeXt-50 (32x4d) trunk, 2048-d features; last_stride=1 keeps the last stage's resolution."""
-    return SEResNeXt(last_stride)
+    return SEResNeXt(last_stride, stem)

@@ -1,4 +1,4 @@
-"""BNNeck (--neck bnneck, --neck_feat) and --last_stride: shapes, names, training and inference features."""
+"""BNNeck (--neck bnneck, --neck_feat), --last_stride and --stem: shapes, names, training and inference features."""
 import contextlib
 
 import numpy as np
@@ -57,10 +57,10 @@ def test_bnneck_trainable_count_is_scale_minus_classifier_bias():
 
 def test_defaults_are_the_plain_network():
     args = defaults("train")
-    assert (args.neck, args.neck_feat, args.last_stride) == ("none", "after", 2)
+    assert (args.neck, args.neck_feat, args.last_stride, args.stem) == ("none", "after", 2, "imagenet")
     default = [(p.name, tuple(p.shape)) for p in build_model("ResNet18", 10, 16).parameters()]
-    explicit = [(p.name, tuple(p.shape)) for p in
-                build_model("ResNet18", 10, 16, neck="none", neck_feat="after", last_stride=2).parameters()]
+    explicit = [(p.name, tuple(p.shape)) for p in build_model("ResNet18", 10, 16, neck="none", neck_feat="after",
+                                                             last_stride=2, stem="imagenet").parameters()]
     assert default == explicit
     assert not any(name.startswith("neck_") for name, _ in default)
 
@@ -87,13 +87,13 @@ def test_bnneck_in_eval_mode_is_the_running_statistics_formula():
     np.testing.assert_array_equal(inference.numpy(), metric.numpy())
 
 
-@pytest.mark.parametrize("flag", ["--neck=bn", "--neck_feat=middle", "--last_stride=3", "--last_stride=x"])
+@pytest.mark.parametrize("flag", ["--neck=bn", "--neck_feat=middle", "--last_stride=3", "--last_stride=x", "--stem=cifar"])
 def test_bad_flag_values_are_user_errors(flag):
     with pytest.raises(UserError):
         parse_args("train", [flag])
 
 
-@pytest.mark.parametrize("option", [{"neck": "bn"}, {"neck_feat": "middle"}, {"last_stride": 3}])
+@pytest.mark.parametrize("option", [{"neck": "bn"}, {"neck_feat": "middle"}, {"last_stride": 3}, {"stem": "cifar"}])
 def test_bad_options_of_build_model_are_user_errors(option):
     with pytest.raises(UserError, match=next(iter(option))):
         build_model("ResNet18", **option)
@@ -142,6 +142,33 @@ def test_last_stride_reaches_the_embedding_program():
             # shortcut), and that of stage 5 only with last stride 2.
             assert strides.count([2, 2]) == 1 + 2 * 2 + 2 * (stride == 2)
     assert not np.allclose(outputs[1], outputs[2])
+
+
+# ---- stem ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_small_stem_doubles_every_map_and_changes_only_the_first_convolution(name):
+    x = images(batch=1, size=32)
+    shapes, parameters = {}, {}
+    for stem in ("imagenet", "small"):
+        model = build_model(name, 10, stem=stem)
+        model.eval()
+        shapes[stem] = final_feature_map(model, x).shape
+        parameters[stem] = {p.name: tuple(p.shape) for p in model.parameters()}
+    channels = 2048 if "50" in name else 512
+    assert shapes["imagenet"] == [1, channels, 1, 1] and shapes["small"] == [1, channels, 2, 2]
+    assert parameters["imagenet"].pop("conv1_weights") == (64, 3, 7, 7)
+    assert parameters["small"].pop("conv1_weights") == (64, 3, 3, 3)
+    assert parameters["imagenet"] == parameters["small"]
+
+
+def test_stem_reaches_the_embedding_program():
+    with static_mode():
+        config = defaults("eval", model="ResNet18", image_shape=(3, 32, 32), stem="small")
+        graph = programs.build_embed_graph(config)
+        first = next(op for op in graph.program.global_block().ops if op.name() == "pd_op.conv2d")
+        assert first.attrs()["strides"] == [1, 1]
+        assert first.operand_source(1).shape == [64, 3, 3, 3]
 
 
 # ---- training and inference with the neck (static programs) ------------------------------------
