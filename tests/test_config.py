@@ -111,7 +111,7 @@ def test_default_digits_folder_belongs_to_the_repo_not_the_cwd():
     assert data.DIGITS_DIR == Path(data.__file__).resolve().parent / "digits"
 
 
-def test_eval_adopts_the_head_of_a_bnneck_checkpoint(in_empty_dir):
+def test_eval_adopts_the_network_options_of_a_checkpoint(in_empty_dir):
     folder = _checkpoint(in_empty_dir / "neck", neck="bnneck", neck_feat="before", last_stride=1, stem="small")
     config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
     assert (config.neck, config.neck_feat, config.last_stride, config.stem) == ("bnneck", "before", 1, "small")
