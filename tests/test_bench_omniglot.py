@@ -86,8 +86,9 @@ def test_rotated_classes_are_new_classes_with_rotated_images(zips, tmp_path):
 
 def test_arguments(tmp_path):
     args = bench.parse(["--quick", "--validation", "40", "--", "--lr", "0.2"])
-    assert args.losses == [bench.QUICK_LOSS] and args.models == ["ResNet18"] and args.extra == ["--lr", "0.2"]
-    assert args.rotated_classes
+    assert args.losses == [bench.QUICK_LOSS] and args.models == ["ResNet18"]
+    assert args.extra == [*bench.QUICK_FLAGS, "--lr", "0.2"]  # the user's flags come last, so they win
+    assert args.rotated_classes and args.tag == "quick"
     assert args.results.endswith("omniglot-tuning.jsonl")
     args = bench.parse(["--losses", "softmax,emlloss", "--models", "ResNet18,ResNet34"])
     assert args.losses == ["softmax", "emlloss"] and args.models == ["ResNet18", "ResNet34"]
