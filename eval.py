@@ -18,6 +18,8 @@ from utility import print_arguments, run_cli
 from utility.config import check_model_and_loss, resolve
 from utility.errors import UserError
 
+CONFUSED_PAIRS = 5  # the class pairs eval.py names as most often confused at rank 1
+
 
 class Embedded(NamedTuple):
     """The readable images of a list, embedded."""
@@ -52,8 +54,11 @@ def main(argv=None):
         results = _reid_metrics(config, query, gallery)
     else:
         results = metrics.evaluate(gallery.features, gallery.labels, ks=config.recall_k, feat_norm=config.feat_norm,
-                                   query=query[:2] if query is not None else None, with_nmi=config.nmi)
+                                   query=query[:2] if query is not None else None, with_nmi=config.nmi,
+                                   confused_pairs=CONFUSED_PAIRS)
         results["test_loss"] = test_loss(config, gallery.features, gallery.labels)
+        queries = gallery if query is None else query
+        results["confused_pairs"] = _named_pairs(results["confused_pairs"], queries, config.data_dir)
     if config.threshold:
         results.update(_verification_threshold(config, gallery if query is None else _joined(query, gallery)))
     report(config, results)
@@ -87,6 +92,17 @@ def _embed(embedder, loader, name):
     image_list = loader.image_list
     cameras = image_list.cameras[rows] if image_list.cameras is not None else None
     return Embedded(features, image_list.labels[rows], [image_list.paths[i] for i in rows], cameras)
+
+
+def _named_pairs(pairs, embedded, data_dir):
+    """most_confused_pairs' entries with "names": each class's folder when all its images share one."""
+    import os
+
+    folders = {}
+    for label, path in zip(embedded.labels.tolist(), embedded.paths):
+        folder = os.path.relpath(os.path.dirname(path), data_dir)
+        folders[label] = folder if folders.get(label, folder) == folder else None
+    return [{**pair, "names": [folders.get(label) or str(label) for label in pair["classes"]]} for pair in pairs]
 
 
 def _reid_metrics(config, query, gallery):
@@ -177,6 +193,7 @@ def report(config, results):
               "class)")
         if "nmi" in results:
             print(f"NMI: {results['nmi']:.4f}")
+        _report_confusions(results["confused_pairs"])
     if "threshold" in results:
         print(f"Verification: threshold {results['threshold']:.4f}, accuracy {results['threshold_accuracy']:.4f} "
               f"over {results['num_positive_pairs']} same-class and {results['num_negative_pairs']} different-class "
@@ -186,6 +203,15 @@ def report(config, results):
         with open(config.metrics_out, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(f"Wrote the metrics to {config.metrics_out}")
+
+
+def _report_confusions(pairs):
+    if not pairs:
+        return
+    print("Most confused classes (queries of the pair whose nearest neighbour is in the other class):")
+    for pair in pairs:
+        (a, b), (name_a, name_b) = pair["classes"], pair["names"]
+        print(f"  {pair['errors']:>5} of {pair['queries']:<5} {a} {name_a}  <->  {b} {name_b}")
 
 
 def _visualize(config, gallery, query):

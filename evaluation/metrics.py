@@ -154,7 +154,7 @@ def kmeans_clusters(features, num_clusters, seed=0):
 
 
 def evaluate(features, labels, ks=(1, 2, 4, 8), feat_norm=True, query=None, with_nmi=True,
-             block_rows=None, seed=0):
+             block_rows=None, seed=0, confused_pairs=0):
     """All retrieval metrics in one pass over the neighbours.
 
     Leave-one-out by default: every row of `features` is a query against the
@@ -164,7 +164,8 @@ def evaluate(features, labels, ks=(1, 2, 4, 8), feat_norm=True, query=None, with
     Returns:
         {"recall@K": ... for each K, "map@r": ..., "r_precision": ...,
          "nmi": ... (on the gallery; absent when with_nmi is False),
-         "num_queries": ..., "num_lone_queries": ...}
+         "num_queries": ..., "num_lone_queries": ...,
+         "confused_pairs": most_confused_pairs(...) (only when confused_pairs > 0)}
         map@r and r_precision leave out lone queries (no relevant item in the
         gallery); they are nan if every query is lone.
     """
@@ -189,12 +190,14 @@ def evaluate(features, labels, ks=(1, 2, 4, 8), feat_norm=True, query=None, with
     ranks = np.empty(len(queries))
     average_precision = np.empty(len(queries))
     precision = np.empty(len(queries))
+    first_labels = np.empty(len(queries), dtype=gallery_labels.dtype)
     for start, indices, _ in _neighbor_blocks(queries, gallery, wanted, leave_one_out, feat_norm, block_rows):
         stop = start + len(indices)
         hits = gallery_labels[indices] == query_labels[start:stop, None]
         ranks[start:stop] = _rank_of_first_true(hits)
         average_precision[start:stop] = _average_precision_at_r(hits, relevant[start:stop])
         precision[start:stop] = _precision_at_r(hits, relevant[start:stop])
+        first_labels[start:stop] = gallery_labels[indices[:, 0]]
 
     results = {f"recall@{k}": float(np.mean(ranks <= min(k, candidates))) for k in ks}
     results["map@r"] = _nanmean(average_precision)
@@ -203,7 +206,29 @@ def evaluate(features, labels, ks=(1, 2, 4, 8), feat_norm=True, query=None, with
         results["nmi"] = nmi(_l2_normalized(gallery) if feat_norm else gallery, gallery_labels, seed)
     results["num_queries"] = len(queries)
     results["num_lone_queries"] = int(np.sum(relevant == 0))
+    if confused_pairs > 0:
+        results["confused_pairs"] = most_confused_pairs(query_labels, first_labels, confused_pairs)
     return results
+
+
+def most_confused_pairs(query_labels, first_labels, top):
+    """The `top` pairs of classes whose queries most often find the other class first.
+
+    Returns [{"classes": [a, b], "errors": n, "queries": m}, ...], most errors first: n of the
+    m queries of classes a and b have their nearest neighbour in the other class of the pair.
+    Look-alike classes that no embedding can separate show up here with n near m / 2.
+    """
+    query_labels, first_labels = np.asarray(query_labels), np.asarray(first_labels)
+    wrong = query_labels != first_labels
+    pairs = np.sort(np.stack([query_labels[wrong], first_labels[wrong]], axis=1), axis=1)
+    if not len(pairs):
+        return []
+    unique, counts = np.unique(pairs, axis=0, return_counts=True)
+    order = np.lexsort((unique[:, 1], unique[:, 0], -counts))[:top]  # most errors first, ties by label
+    classes, sizes = np.unique(query_labels, return_counts=True)
+    size_of = dict(zip(classes.tolist(), sizes.tolist()))
+    return [{"classes": [unique[i, 0].item(), unique[i, 1].item()], "errors": int(counts[i]),
+             "queries": size_of.get(unique[i, 0].item(), 0) + size_of.get(unique[i, 1].item(), 0)} for i in order]
 
 
 def _neighbor_blocks(query, gallery, wanted, exclude_self, feat_norm, block_rows):

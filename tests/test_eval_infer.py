@@ -55,6 +55,13 @@ def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
         assert re.search(rf"^Recall@{k}: {record[f'recall@{k}']:.4f}$", out, re.M)
     assert 0 <= record["map@r"] <= 1 and 0 <= record["nmi"] <= 1
     assert record["recall@1"] <= record["recall@2"] <= record["recall@4"] <= record["recall@8"]
+    # The most confused pairs of classes (4 classes of 6 images), named by their folders.
+    errors, pairs = round((1 - record["recall@1"]) * 24), record["confused_pairs"]
+    assert sum(pair["errors"] for pair in pairs) <= errors and (errors == 0) == (pairs == [])
+    for pair in pairs:
+        a, b = pair["classes"]
+        assert a < b and pair["names"] == [f"c{a}", f"c{b}"] and pair["queries"] == 12
+        assert re.search(rf"^ +{pair['errors']} of 12 +{a} c{a}  <->  {b} c{b}$", out, re.M)
 
 
 def test_infer_features_reproduce_eval_recall(trained, tmp_path, capsys):

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from evaluation.metrics import evaluate, map_at_r, nearest_neighbors, nmi, r_precision, recall_at_k
+from evaluation.metrics import evaluate, map_at_r, most_confused_pairs, nearest_neighbors, nmi, r_precision, recall_at_k
 
 
 def brute_force_neighbors(query, gallery, exclude_self, feat_norm):
@@ -128,6 +128,23 @@ def test_evaluate_by_hand_leave_one_out():
     assert result["r_precision"] == pytest.approx((0.5 + 0.5) / 5)
     assert result["num_queries"] == 6
     assert result["num_lone_queries"] == 1
+    assert "confused_pairs" not in result
+    # Wrong first neighbours: b->a (query 2), a->b (3), b->a (4), c->b (5): a and b are confused
+    # 3 times among their 5 queries, b and c once among their 3.
+    named = evaluate(LINE, LINE_LABELS, ks=(1,), feat_norm=False, with_nmi=False, confused_pairs=5)
+    assert named["confused_pairs"] == [{"classes": ["a", "b"], "errors": 3, "queries": 5},
+                                       {"classes": ["b", "c"], "errors": 1, "queries": 3}]
+    assert evaluate(LINE, LINE_LABELS, ks=(1,), feat_norm=False, with_nmi=False,
+                    confused_pairs=1)["confused_pairs"] == named["confused_pairs"][:1]
+
+
+def test_most_confused_pairs_orders_by_errors_then_labels():
+    query = np.array([3, 3, 1, 1, 2, 2, 5])
+    first = np.array([1, 2, 3, 1, 3, 1, 5])  # 3<->1 twice, 3<->2 twice, 2<->1 once, 5 right
+    assert most_confused_pairs(query, first, 10) == [
+        {"classes": [1, 3], "errors": 2, "queries": 4}, {"classes": [2, 3], "errors": 2, "queries": 4},
+        {"classes": [1, 2], "errors": 1, "queries": 4}]
+    assert most_confused_pairs(query, query, 10) == []
 
 
 def test_evaluate_by_hand_query_and_gallery():
