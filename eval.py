@@ -7,6 +7,7 @@ against --gallery_list; with --with_camera True the latter follows the person re
 protocol (evaluation/reid.py). See README.md for the metrics.
 """
 import json
+import os
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -96,8 +97,6 @@ def _embed(embedder, loader, name):
 
 def _named_pairs(pairs, embedded, data_dir):
     """most_confused_pairs' entries with "names": each class's folder when all its images share one."""
-    import os
-
     folders = {}
     for label, path in zip(embedded.labels.tolist(), embedded.paths):
         folder = os.path.relpath(os.path.dirname(path), data_dir)
