@@ -227,8 +227,11 @@ def most_confused_pairs(query_labels, first_labels, top):
     order = np.lexsort((unique[:, 1], unique[:, 0], -counts))[:top]  # most errors first, ties by label
     classes, sizes = np.unique(query_labels, return_counts=True)
     size_of = dict(zip(classes.tolist(), sizes.tolist()))
-    return [{"classes": [unique[i, 0].item(), unique[i, 1].item()], "errors": int(counts[i]),
-             "queries": size_of.get(unique[i, 0].item(), 0) + size_of.get(unique[i, 1].item(), 0)} for i in order]
+    found = []
+    for i in order:
+        a, b = unique[i].tolist()
+        found.append({"classes": [a, b], "errors": int(counts[i]), "queries": size_of.get(a, 0) + size_of.get(b, 0)})
+    return found
 
 
 def _neighbor_blocks(query, gallery, wanted, exclude_self, feat_norm, block_rows):
