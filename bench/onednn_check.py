@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+RESULT = "RESULT "  # the worker's output line, before its JSON
 # What each case computes from a [30, 8] input x (rows grouped in threes as in tripletloss): the
 # gradient of a scalar, or batch norm's running mean after a training step.
 CASES = ("square of a slice", "product of a slice with itself", "difference of two slices",
@@ -57,14 +58,14 @@ def worker(name):
     exe = paddle.static.Executor(paddle.CPUPlace())
     exe.run(startup)
     result = exe.run(main, feed={"x": values}, fetch_list=fetch)[0]
-    print("RESULT " + json.dumps(np.asarray(result).ravel().tolist()))
+    print(RESULT + json.dumps(np.asarray(result).ravel().tolist()))
 
 
 def run(name, onednn):
     env = {**os.environ, "FLAGS_use_onednn": "1" if onednn else "0"}
     done = subprocess.run([sys.executable, __file__, "--worker", name], env=env, capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    return np.array(json.loads(lines[-1][7:])) if done.returncode == 0 and lines else None
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    return np.array(json.loads(lines[-1].removeprefix(RESULT))) if done.returncode == 0 and lines else None
 
 
 def main():
