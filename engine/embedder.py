@@ -48,8 +48,8 @@ def export(exe, program, image, embedding, out_dir, config):
                                        program=program)
     info = {"model": config.model, "embedding_size": config.embedding_size, "neck": config.neck,
             "neck_feat": config.neck_feat, "last_stride": config.last_stride, "stem": config.stem,
-            "image_shape": list(config.image_shape), "eval_resize": config.eval_resize,
-            **preprocess_description(config.eval_resize)}
+            "image_shape": list(config.image_shape), "eval_resize": config.eval_resize, "ink_crop": config.ink_crop,
+            **preprocess_description(config.eval_resize, config.ink_crop)}
     with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
         json.dump(info, f, indent=1)
 
@@ -63,17 +63,22 @@ def inference_threads():
     return max(1, usable_cores() // int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))
 
 
-def preprocess_description(eval_resize):
+def preprocess_description(eval_resize, ink_crop=False):
     """The preprocessing an exported model expects, as fields of preprocess.json."""
-    from reader.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE_RATIO
+    from reader.transforms import IMAGENET_MEAN, IMAGENET_STD, INK_FRACTION, INK_THRESHOLD, RESIZE_RATIO
 
     resize = ("resize the short side to round(side * resize_ratio) of the input size, then the centre crop"
               if eval_resize == "crop" else "resize the whole image to the input size")
+    if ink_crop:
+        resize = ("cut the square around the ink (grey < ink_threshold), the ink's longer side ink_fraction "
+                  "of the square's, white beyond the image; then " + resize)
     fields = {"color": "RGB", "resize": resize, "mean": IMAGENET_MEAN.tolist(), "std": IMAGENET_STD.tolist(),
               "scale": "pixel / 255, then (x - mean) / std", "layout": "NCHW float32",
               "input": f"RGB, {resize}, ImageNet mean/std, NCHW float32"}
     if eval_resize == "crop":
         fields["resize_ratio"] = RESIZE_RATIO
+    if ink_crop:
+        fields.update(ink_threshold=INK_THRESHOLD, ink_fraction=INK_FRACTION)
     return fields
 
 
@@ -159,10 +164,10 @@ def embed_list(embedder, loader, show_progress=True):
 
 
 def test_loader(config, image_list, *, skip_bad, rows=None, num_workers=None):
-    """A reader.TestLoader of `image_list` with the run's input shape, evaluation resize and batch size."""
+    """A reader.TestLoader of `image_list` with the run's input shape, evaluation preprocessing and batch size."""
     return reader.TestLoader(image_list, image_shape=config.image_shape, batch_size=config.test_batch_size,
                              num_workers=config.num_workers if num_workers is None else num_workers,
-                             skip_bad=skip_bad, rows=rows, eval_resize=config.eval_resize,
+                             skip_bad=skip_bad, rows=rows, eval_resize=config.eval_resize, ink_crop=config.ink_crop,
                              max_pixels=config.max_image_pixels)
 
 

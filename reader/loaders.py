@@ -16,7 +16,8 @@ from utility.errors import UserError
 LAYOUTS = ("triplet", "pk", "shuffle")
 # Training augmentation settings (keys of `augment`) and their defaults: the ImageNet recipe.
 AUGMENT_DEFAULTS = {"color_jitter": False, "rotate": False, "random_erasing": False,
-                    "crop_area": CROP_AREA, "crop_aspect": CROP_ASPECT, "hflip": True, "rotation_degrees": 0.0}
+                    "crop_area": CROP_AREA, "crop_aspect": CROP_ASPECT, "hflip": True, "rotation_degrees": 0.0,
+                    "ink_crop": False}
 AUGMENTATIONS = tuple(AUGMENT_DEFAULTS)
 CLASSES_NAMED = 5  # how many classes a note about small classes names
 
@@ -163,7 +164,8 @@ class TestLoader(_Workers):
     """Batches of a whole list in order, for embedding; its worker processes live until close().
 
     eval_resize: "crop" (resize to 256/224 of the input size, centre crop) or "full" (the whole image
-    resized to the input size); see reader.transforms.test_transform.
+    resized to the input size); see reader.transforms.test_transform. ink_crop: first the square
+    around a drawing's strokes (reader.transforms.crop_to_ink), as the network was trained.
     `batches()` yields (images float32 [b, 3, H, W], row_indices int64 [b]), batch_size rows
     each (the last may be shorter), as often as it is called: a validation list is decoded by
     the same workers at every evaluation of a training run. An unreadable image raises UserError
@@ -172,12 +174,12 @@ class TestLoader(_Workers):
     """
 
     def __init__(self, image_list, *, image_shape, batch_size, num_workers, skip_bad=False, rows=None,
-                 eval_resize="crop", max_pixels=MAX_PIXELS):
+                 eval_resize="crop", ink_crop=False, max_pixels=MAX_PIXELS):
         if batch_size <= 0:
             raise UserError(f"test batch size must be positive, got {batch_size}")
         if eval_resize not in EVAL_RESIZES:
             raise UserError(f"--eval_resize must be one of {', '.join(EVAL_RESIZES)}, got {eval_resize!r}")
-        job = TestBatchJob(image_list.paths, tuple(image_shape), eval_resize, max_pixels)
+        job = TestBatchJob(image_list.paths, tuple(image_shape), eval_resize, ink_crop, max_pixels)
         super().__init__(job, num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
@@ -209,10 +211,11 @@ def _bad_images_message(bad_paths):
 class TestBatchJob:
     """Decode and resize one batch for evaluation; unreadable rows are flagged, not raised."""
 
-    def __init__(self, paths, image_shape, eval_resize="crop", max_pixels=MAX_PIXELS):
+    def __init__(self, paths, image_shape, eval_resize="crop", ink_crop=False, max_pixels=MAX_PIXELS):
         self.paths = paths
         self.image_shape = image_shape
         self.eval_resize = eval_resize
+        self.ink_crop = ink_crop
         self.max_pixels = max_pixels
 
     def __call__(self, rows, out):
@@ -220,7 +223,8 @@ class TestBatchJob:
         bad_paths = []
         for i, row in enumerate(rows):
             try:
-                out[i] = test_transform(load_rgb(self.paths[row], self.max_pixels), self.image_shape, self.eval_resize)
+                rgb = load_rgb(self.paths[row], self.max_pixels)
+                out[i] = test_transform(rgb, self.image_shape, self.eval_resize, self.ink_crop)
             except BadImageError as err:
                 readable[i] = False
                 bad_paths.append((err.path, err.reason))
@@ -234,7 +238,7 @@ def check_augment(augment):
     if unknown:
         raise ValueError(f"unknown augmentation(s) {sorted(unknown)}; known: {AUGMENTATIONS}")
     out = {**AUGMENT_DEFAULTS, **augment}
-    for name in ("color_jitter", "rotate", "random_erasing", "hflip"):
+    for name in ("color_jitter", "rotate", "random_erasing", "hflip", "ink_crop"):
         out[name] = bool(out[name])
     low, high = out["crop_area"] = tuple(float(v) for v in out["crop_area"])
     if not 0 < low <= high <= 1:

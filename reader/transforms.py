@@ -20,22 +20,28 @@ MAX_ROTATION_DEGREES = 10.0     # --rotate True without --rotation_degrees
 ERASE_PROBABILITY = 0.5
 ERASE_AREA = (0.02, 0.33)       # random erasing (Zhong et al. 2017): fraction of the image area
 ERASE_LOG_RATIO = (math.log(0.3), math.log(1 / 0.3))
+INK_THRESHOLD = 128             # --ink_crop: a pixel is ink when its grey value is below this
+INK_FRACTION = 0.8              # --ink_crop: the ink's longer side, as a fraction of the square it is centred in
+PAPER = 255                     # --ink_crop: the colour of the margin added around the ink
 
 _SCALE = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
 _OFFSET = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
 
 
 def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, random_erasing=False,
-                    crop_area=CROP_AREA, crop_aspect=CROP_ASPECT, hflip=True, rotation_degrees=0.0):
+                    crop_area=CROP_AREA, crop_aspect=CROP_ASPECT, hflip=True, rotation_degrees=0.0, ink_crop=False):
     """Random-resized crop to (H, W), random horizontal flip, optional augmentations.
 
     image_shape is (3, H, W). crop_area: (min, max) fraction of the image area the crop
     covers; crop_aspect: (min, max) aspect ratio of the crop, relative to the output's own
     (log-uniform). hflip: flip left-right with probability 1/2. Rotation by a uniform angle
     in +-rotation_degrees when it is positive; rotate=True alone means +-MAX_ROTATION_DEGREES.
+    ink_crop: first the square around the strokes of a drawing (crop_to_ink).
     The defaults are the ImageNet recipe. Returns CHW float32, normalised.
     """
     height, width = image_shape[1], image_shape[2]
+    if ink_crop:
+        rgb = crop_to_ink(rgb)
     image = random_resized_crop(rgb, height, width, rng, crop_area, crop_aspect)
     if hflip and rng.random() < 0.5:
         image = cv2.flip(image, 1)
@@ -50,15 +56,18 @@ def train_transform(rgb, image_shape, rng, color_jitter=False, rotate=False, ran
     return chw
 
 
-def test_transform(rgb, image_shape, eval_resize="crop"):
+def test_transform(rgb, image_shape, eval_resize="crop", ink_crop=False):
     """Evaluation preprocessing to (H, W).
 
     eval_resize "crop" (the ImageNet protocol): resize so that the crop is 224/256 of the
     image (short side of a square crop becomes round(H * 256 / 224)), then take the centre
     (H, W) crop. "full": resize the whole image to (H, W), nothing cut off (for drawings
-    whose strokes reach the border).
+    whose strokes reach the border). ink_crop: first the square around the strokes of a drawing
+    (crop_to_ink), as in training.
     """
     height, width = image_shape[1], image_shape[2]
+    if ink_crop:
+        rgb = crop_to_ink(rgb)
     if eval_resize == "full":
         return normalize(resize(rgb, height, width))
     if eval_resize != "crop":
@@ -71,6 +80,27 @@ def test_transform(rgb, image_shape, eval_resize="crop"):
     top = (new_h - height) // 2
     left = (new_w - width) // 2
     return normalize(resized[top:top + height, left:left + width])
+
+
+def crop_to_ink(rgb):
+    """The square around the dark strokes of a drawing on light paper, the strokes centred.
+
+    The ink's bounding box, its longer side INK_FRACTION of the square's; where the square leaves
+    the image it is filled with white paper. An image without ink is returned as it is. Size and
+    position on the page say who drew a character, not which one it is.
+    """
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
+    rows, cols = np.nonzero(gray < INK_THRESHOLD)
+    if rows.size == 0:
+        return rgb
+    side = round((max(rows.max() - rows.min(), cols.max() - cols.min()) + 1) / INK_FRACTION)
+    top = round((rows.min() + rows.max() + 1 - side) / 2)
+    left = round((cols.min() + cols.max() + 1 - side) / 2)
+    square = np.full((side, side) + rgb.shape[2:], PAPER, dtype=rgb.dtype)
+    src_top, src_left = max(top, 0), max(left, 0)
+    src_bottom, src_right = min(top + side, rgb.shape[0]), min(left + side, rgb.shape[1])
+    square[src_top - top:src_bottom - top, src_left - left:src_right - left] = rgb[src_top:src_bottom, src_left:src_right]
+    return square
 
 
 def normalize(image):

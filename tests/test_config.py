@@ -85,6 +85,15 @@ def test_eval_adopts_the_checkpoint_settings_unless_typed(in_empty_dir, capsys):
            "--loss_name=batchhardtripletloss --samples_each_class=4" in out
 
 
+def test_eval_adopts_the_preprocessing_a_checkpoint_was_trained_with(in_empty_dir, capsys):
+    folder = _checkpoint(in_empty_dir / "ckpt", ink_crop=True, eval_resize="full")
+    config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
+    assert config.ink_crop is True and config.eval_resize == "full"
+    assert "--eval_resize=full --ink_crop=True" in capsys.readouterr().out
+    old = _checkpoint(in_empty_dir / "old")  # trained before --ink_crop existed: without it
+    assert resolve("eval", [f"--pretrained_model={old}", "--val_list=v.txt"]).ink_crop is False
+
+
 def test_infer_takes_the_shape_of_an_exported_model_and_defaults_to_the_val_list(in_empty_dir):
     exported = in_empty_dir / "exported"
     exported.mkdir()

@@ -87,6 +87,20 @@ def test_exported_model_gives_the_checkpoint_features(trained, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def test_an_exported_model_keeps_its_ink_crop(trained, tmp_path):
+    exported = tmp_path / "exported"
+    want, _, _ = run_infer(trained, str(tmp_path / "a"), f"--export_model={exported}", "--ink_crop=True")
+    info = json.loads((exported / "preprocess.json").read_text())
+    assert info["ink_crop"] is True and info["ink_fraction"] == 0.8 and "square around the ink" in info["input"]
+    import paddle
+    paddle.disable_static()
+    infer.main([f"--inference_model={exported}", f"--data_dir={trained['data_dir']}",
+                f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'b'}"])
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "features.npy"), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    without, _, _ = run_infer(trained, str(tmp_path / "c"))
+    assert not np.allclose(without, want, atol=1e-3)
+
+
 def test_infer_on_an_unlabelled_list_prints_features(trained, tmp_path, capsys):
     unlabelled = tmp_path / "paths.txt"
     with open(trained["val_list"]) as f:

@@ -195,7 +195,7 @@ def test_max_image_pixels_flag_reaches_the_loaders(dataset):
         assert parse_args(script, ["--max_image_pixels=500"]).max_image_pixels == 500
         with pytest.raises(UserError, match="--max_image_pixels must be 0 or more"):
             parse_args(script, ["--max_image_pixels=-1"])
-    config = SimpleNamespace(image_shape=SHAPE, test_batch_size=5, num_workers=0, eval_resize="crop",
+    config = SimpleNamespace(image_shape=SHAPE, test_batch_size=5, num_workers=0, eval_resize="crop", ink_crop=False,
                              max_image_pixels=500)
     with test_loader(config, dataset, skip_bad=False) as loader:
         with pytest.raises(UserError, match="limit of 500"):

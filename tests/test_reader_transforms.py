@@ -9,7 +9,7 @@ import pytest
 
 import reader
 from reader import train_transform
-from reader.transforms import _crop_box
+from reader.transforms import _crop_box, crop_to_ink
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -208,6 +208,48 @@ def test_eval_resize_full_keeps_the_whole_image():
         reader.test_transform(rgb, (3, 32, 32), "stretch")
 
 
+def _drawing(height, width, ink_rows, ink_cols):
+    """White paper with a black rectangle of ink at rows/cols (slices)."""
+    rgb = np.full((height, width, 3), 255, dtype=np.uint8)
+    rgb[ink_rows, ink_cols] = 0
+    return rgb
+
+
+def _ink_box(image):
+    rows, cols = np.nonzero(image.min(axis=-1) < 128)
+    return rows.min(), rows.max(), cols.min(), cols.max()
+
+
+def test_crop_to_ink_centres_the_strokes_in_a_square_with_a_margin():
+    # Ink 40 rows x 10 columns: a 50 x 50 square, the ink's 40 rows 80 % of it, centred.
+    square = crop_to_ink(_drawing(105, 105, slice(20, 60), slice(30, 40)))
+    assert square.shape == (50, 50, 3) and square.dtype == np.uint8
+    assert _ink_box(square) == (5, 44, 20, 29)
+    assert (square[:5] == 255).all() and (square[45:] == 255).all()
+    # Ink touching the corner: the square leaves the image and is white paper there.
+    corner = crop_to_ink(_drawing(30, 30, slice(0, 8), slice(0, 8)))
+    assert corner.shape == (10, 10, 3) and _ink_box(corner) == (1, 8, 1, 8) and (corner[0] == 255).all()
+    # Grey images too; an image without ink is returned as it is.
+    assert crop_to_ink(_drawing(105, 105, slice(20, 60), slice(30, 40))[:, :, 0]).shape == (50, 50)
+    blank = np.full((7, 9, 3), 200, dtype=np.uint8)
+    assert crop_to_ink(blank) is blank
+
+
+def test_ink_crop_makes_size_and_position_on_the_page_irrelevant():
+    # The same stroke drawn small in a corner and large in the middle looks the same after ink_crop.
+    small = _drawing(100, 100, slice(5, 25), slice(10, 15))
+    large = _drawing(100, 100, slice(20, 80), slice(35, 50))
+    for mode in ("crop", "full"):
+        a, b = (reader.test_transform(image, (3, 32, 32), mode, ink_crop=True) for image in (small, large))
+        assert np.abs(a - b).mean() < 0.1  # only the edges of the stroke, resampled from 25 or 75 pixels
+        without = [reader.test_transform(image, (3, 32, 32), mode) for image in (small, large)]
+        assert np.abs(without[0] - without[1]).mean() > 0.4
+    # Training: the square around the ink first, then the same random crop from the same seed.
+    for seed in range(3):
+        assert np.array_equal(train_transform(small, (3, 32, 32), np.random.default_rng(seed), ink_crop=True),
+                              train_transform(crop_to_ink(small), (3, 32, 32), np.random.default_rng(seed)))
+
+
 @pytest.mark.parametrize("augment, message", [({"crop_area": (0.0, 1.0)}, "crop_area"),
                                               ({"crop_area": (0.5, 1.5)}, "crop_area"),
                                               ({"crop_aspect": (2.0, 1.0)}, "crop_aspect"),
@@ -223,9 +265,11 @@ def test_settings_from_flags():
     from reader.loaders import augment_from_args
     from utility.args import parse_args
     from utility.errors import UserError
-    args = parse_args("train", ["--crop_area=0.64,1", "--hflip=False", "--rotation_degrees=15", "--eval_resize=full"])
+    args = parse_args("train", ["--crop_area=0.64,1", "--hflip=False", "--rotation_degrees=15", "--eval_resize=full",
+                                "--ink_crop=True"])
     augment = augment_from_args(args)
     assert augment["crop_area"] == (0.64, 1.0) and augment["hflip"] is False and augment["rotation_degrees"] == 15
+    assert augment["ink_crop"] is True and args.ink_crop is True and parse_args("eval", []).ink_crop is False
     assert augment["crop_aspect"] == (3 / 4, 4 / 3) and args.eval_resize == "full"
     defaults = augment_from_args(parse_args("train", []))
     from reader.loaders import AUGMENT_DEFAULTS
@@ -236,7 +280,7 @@ def test_settings_from_flags():
             parse_args("train", bad)
 
 
-def test_test_loader_passes_eval_resize(tmp_path):
+def test_test_loader_passes_eval_resize_and_ink_crop(tmp_path):
     import cv2
     from reader.image_list import read_image_list
     from utility.errors import UserError
@@ -246,9 +290,10 @@ def test_test_loader_passes_eval_resize(tmp_path):
     (tmp_path / "list.txt").write_text("a.png 0\n")
     image_list = read_image_list(str(tmp_path / "list.txt"), str(tmp_path))
     for mode in ("crop", "full"):
-        with reader.TestLoader(image_list, image_shape=(3, 32, 32), batch_size=4, num_workers=0,
-                               eval_resize=mode) as loader:
-            (images, rows), = loader.batches()
-        assert np.array_equal(images[0], reader.test_transform(rgb, (3, 32, 32), mode))
+        for ink_crop in (False, True):
+            with reader.TestLoader(image_list, image_shape=(3, 32, 32), batch_size=4, num_workers=0,
+                                   eval_resize=mode, ink_crop=ink_crop) as loader:
+                (images, rows), = loader.batches()
+            assert np.array_equal(images[0], reader.test_transform(rgb, (3, 32, 32), mode, ink_crop))
     with pytest.raises(UserError, match="eval_resize"):
         reader.TestLoader(image_list, image_shape=(3, 32, 32), batch_size=4, num_workers=0, eval_resize="stretch")

@@ -21,7 +21,7 @@ DEMO_SETTINGS = {"image_shape": (3, 32, 32), "train_batch_size": 60, "total_iter
 # The network's shape, its evaluation preprocessing and its loss (for eval.py's test_loss):
 # eval.py and infer.py take them from the checkpoint's training run unless the user types them.
 SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape", "neck", "neck_feat", "last_stride",
-                            "stem", "eval_resize", "loss_name", "margin", "samples_each_class")
+                            "stem", "eval_resize", "ink_crop", "loss_name", "margin", "samples_each_class")
 
 
 class Config(argparse.Namespace):
