@@ -86,8 +86,8 @@ def crop_to_ink(rgb):
     """The square around the dark strokes of a drawing on light paper, the strokes centred.
 
     The ink's bounding box, its longer side INK_FRACTION of the square's; where the square leaves
-    the image it is filled with white paper. An image without ink is returned as it is. Size and
-    position on the page say who drew a character, not which one it is.
+    the image it is filled with white paper. An image without ink is returned as it is. Every
+    drawing then fills the network's input the same way, whatever its size and place on the page.
     """
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.ndim == 3 else rgb
     rows, cols = np.nonzero(gray < INK_THRESHOLD)

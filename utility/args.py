@@ -75,8 +75,8 @@ def _common(p):
                         "size, nothing cut off (drawings, characters)")
     g.add_argument("--ink_crop", type=str2bool, default=False,
                    help="line drawings (dark strokes on light paper): before training's crops and evaluation's "
-                        "resize, cut each image to the square around its strokes (size and position on the page "
-                        "say who drew a character, not which one)")
+                        "resize, cut each image to the square around its strokes, so that every drawing fills "
+                        "the input whatever its size and place on the page")
     g.add_argument("--pretrained_model", default=None, help="directory of parameters to load (a checkpoint or pretrained weights)")
     g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
