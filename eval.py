@@ -13,10 +13,11 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import reader
+from cli.args import print_arguments
+from cli.config import check_model_and_loss, resolve
+from cli.runtime import run_cli
 from evaluation import metrics
 from reader.image_list import check_unique_paths
-from utility import print_arguments, run_cli
-from utility.config import check_model_and_loss, resolve
 from utility.errors import UserError
 
 CONFUSED_PAIRS = 5  # the class pairs eval.py names as most often confused at rank 1
@@ -231,5 +232,10 @@ def _visualize(config, gallery, query):
     print(f"Wrote {config.visualize_file}: {len(q_paths)} queries with their top {top_k}", flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

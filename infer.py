@@ -12,8 +12,9 @@ import os
 import numpy as np
 
 import reader
-from utility import print_arguments, run_cli
-from utility.config import check_model_and_loss, resolve
+from cli.args import print_arguments
+from cli.config import check_model_and_loss, resolve
+from cli.runtime import run_cli
 
 NO_LABEL = -1
 
@@ -65,5 +66,10 @@ def save_dump(out_dir, features, labels, paths):
           "features.npy, labels.npy, paths.txt", flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -7,9 +7,10 @@ See README.md for the flags, checkpoints, resuming and finetuning.
 import os
 
 import reader
+from cli.args import print_arguments
+from cli.config import check_model_and_loss, resolve
+from cli.runtime import run_cli
 from engine import checkpoint
-from utility import print_arguments, run_cli
-from utility.config import check_model_and_loss, resolve
 from utility.errors import UserError
 
 
@@ -158,5 +159,10 @@ def _print(leader, line):
         print(line, flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (pyproject.toml)."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    run()

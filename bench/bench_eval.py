@@ -10,7 +10,7 @@ batches with
               eval.py, infer.py and train.py's evaluation run)
   onednn      the same predictor configured here by hand (a check of the Embedder's settings)
   bf16        a predictor with enable_onednn_bfloat16() (CPUs with avx512_bf16 / AMX only)
-each in a fresh process with utility.runtime's settings, the embedders alternating round by round.
+each in a fresh process with cli.runtime's settings, the embedders alternating round by round.
 It prints img/s and, against the executor's features, max |difference| / max |feature|.
 Without --checkpoint it first makes one: a 2-iteration train.py run, ResNet50 at 32x32, digits data.
 Only the network is timed: image decoding (eval.py's reader) is left out.
@@ -29,15 +29,14 @@ EMBEDDERS = ("executor", "predictor", "onednn", "bf16")
 
 
 def worker_setup():
-    sys.path.insert(0, REPO)
-    from utility import runtime
+    from cli import runtime
 
     return runtime.configure()
 
 
 def eval_config(checkpoint_dir, size, batch):
     """eval.py's configuration of the checkpoint at this input size and batch."""
-    from utility.config import resolve
+    from cli.config import resolve
 
     return resolve("eval", [f"--pretrained_model={checkpoint_dir}", f"--image_shape=3,{size},{size}",
                             f"--test_batch_size={batch}", "--val_list=unused.txt", "--use_gpu=False"])

@@ -12,7 +12,6 @@ With --compare_paddle, the same train job also runs through paddle.io.DataLoader
 """
 import argparse
 import os
-import sys
 import tempfile
 import time
 import zipfile
@@ -20,11 +19,9 @@ import zipfile
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from reader import ImageList, TestLoader, make_train_loader, read_image_list  # noqa: E402
-from reader.loaders import TrainBatchJob  # noqa: E402
-from utility.args import image_shape, int_list  # noqa: E402
+from cli.args import image_shape, int_list
+from reader import ImageList, TestLoader, make_train_loader, read_image_list
+from reader.loaders import TrainBatchJob
 
 DEFAULT_ZIP = "/work/shared/data/omniglot/images_background_small1.zip"
 IMAGES_PER_CLASS = 4

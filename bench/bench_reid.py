@@ -8,18 +8,14 @@ Memory is numpy's traced peak (tracemalloc) beyond the embeddings, per phase. Th
 (mAP near 1) say nothing about real data: only the time and memory are the point.
 """
 import argparse
-import os
-import sys
 import time
 import tracemalloc
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from evaluation.reid import reid_metrics  # noqa: E402
-from evaluation.reranking import KReciprocalReranker  # noqa: E402
-from evaluation.threshold import verification_threshold  # noqa: E402
+from evaluation.reid import reid_metrics
+from evaluation.reranking import KReciprocalReranker
+from evaluation.threshold import verification_threshold
 
 
 def embeddings(count, ids, centres, noise, rng):

@@ -9,7 +9,7 @@ settings: runs train.py itself (the offline digits set unless data flags follow 
     round, and reports the median img/s of log.jsonl (the first progress window, which includes
     start-up, is left out) and the peak resident memory from `/usr/bin/time -v`:
       plain    OMP_NUM_THREADS=1, MKL_DEBUG_CPU_TYPE unset-equivalent (empty): Paddle's own default
-      switch1  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=1  (what utility/runtime.py sets on AMD)
+      switch1  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=1  (what cli/runtime.py sets on AMD)
       switch2  MKL_DEBUG_CPU_TYPE=5, OMP_NUM_THREADS=<cores>
       mkl2     switch2 + MKL_NUM_THREADS=<cores> (MKL's matrix products on every core too)
       onednn   switch2 + FLAGS_use_onednn=1
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,7 @@ DEFAULT_TRAIN_FLAGS = ["--model=ResNet50", "--image_shape=3,64,64", "--train_bat
 # ----------------------------------------------------------------------------- settings
 
 def cores():
-    # utility.runtime.usable_cores, repeated: the PyTorch venv's worker cannot import the project's packages
+    # engine.device.usable_cores, repeated: the PyTorch venv's worker cannot import the project's packages
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -154,8 +153,7 @@ def fixed_batch(batch, size, seed=0):
 
 def paddle_worker(opts):
     """Time train.py's training step: the same graph builder, executor and runtime settings."""
-    sys.path.insert(0, REPO)
-    from utility import runtime
+    from cli import runtime
 
     if opts.variant == "onednn-mask":
         os.environ["FLAGS_use_onednn"] = "1"
@@ -171,7 +169,7 @@ def paddle_worker(opts):
             return paddle.nn.functional.max_pool2d(x, 3, 2, 1, return_mask=True)[0]
         paddle.nn.MaxPool2D.forward = max_pool_with_mask
         setup += ", FLAGS_use_onednn=1 + max_pool2d(return_mask=True)"
-    from utility.args import defaults
+    from cli.args import defaults
 
     model, size, batch = parse_case(opts.case)
     args = defaults("train", model=model, image_shape=(3, size, size), train_batch_size=batch,
@@ -360,7 +358,7 @@ def main():
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)  # paddle-worker: onednn-mask
     parser.add_argument("--threads", default="", help="torch/profile: thread counts to try on both sides, set as "
                                                       "OMP_NUM_THREADS and MKL_NUM_THREADS (default: "
-                                                      "utility.runtime's choice)")
+                                                      "cli.runtime's choice)")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per round")
     parser.add_argument("--torch_requirement", default="torch",
                         help="what pip installs into bench/.torch-venv (e.g. a CPU build: 'torch==2.13.0+cpu')")

@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as `python bench/omniglot.py`
-    sys.path.insert(0, str(REPO))
-
-from utility.errors import UserError, run_cli  # noqa: E402
+from cli.runtime import run_cli
+from utility.errors import UserError
 
 SHARED = REPO.parent / "shared" / "data" / "omniglot"
 DEFAULT_SMALL1 = SHARED / "images_background_small1.zip"

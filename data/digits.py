@@ -13,17 +13,13 @@ place when complete, so an interrupted build never looks finished.
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as `python data/digits.py`: make utility importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utility.errors import UserError, run_cli
+from utility.errors import UserError, run_main
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "digits"
 TRAIN_DIGITS = (0, 1, 2, 3, 4)
@@ -101,4 +97,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

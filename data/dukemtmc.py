@@ -6,14 +6,10 @@ data/reid_lists.py for the list format.
 
     python data/dukemtmc.py --dataset_dir /path/to/DukeMTMC-reID --out_dir data/dukemtmc
 """
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data/dukemtmc.py`: make data and utility importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from data.reid_lists import DUKEMTMC, cli
-from utility.errors import run_cli
+from utility.errors import run_main
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "dukemtmc"
 
@@ -23,4 +19,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

@@ -6,14 +6,10 @@ left out, distractors (0000) stay in the gallery: see data/reid_lists.py.
 
     python data/market1501.py --dataset_dir /path/to/Market-1501-v15.09.15 --out_dir data/market1501
 """
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data/market1501.py`: make data and utility importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from data.reid_lists import MARKET1501, cli
-from utility.errors import run_cli
+from utility.errors import run_main
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "market1501"
 
@@ -23,4 +19,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

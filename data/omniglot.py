@@ -13,14 +13,10 @@ list them relative to it, with labels 0..N-1 (train) and N.. (val).
 import argparse
 import os
 import shutil
-import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
-if __package__ in (None, ""):  # run as `python data/omniglot.py`: make utility importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utility.errors import UserError, run_cli
+from utility.errors import UserError, run_main
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent / "omniglot"
 
@@ -140,4 +136,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

@@ -9,13 +9,9 @@ the CUB folder (pass it as --data_dir) and labels the official class ids.
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python data/split.py`: make utility importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utility.errors import UserError, run_cli
+from utility.errors import UserError, run_main
 
 DATA_ROOT = Path(__file__).resolve().parent
 LAST_TRAIN_CLASS = 100
@@ -100,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

@@ -27,3 +27,9 @@ def place(requested):
     import paddle
 
     return paddle.CUDAPlace(gpu_id()) if use_gpu(requested) else paddle.CPUPlace()
+
+
+def usable_cores():
+    """How many cores this process may run on (its CPU affinity where the OS tells it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1

@@ -15,9 +15,9 @@ import numpy as np
 
 import reader
 from engine import device
+from engine.device import usable_cores
 from utility.errors import UserError
 from utility.progress import Progress
-from utility.runtime import usable_cores
 
 EXPORT_PREFIX = "inference"
 EXPORT_INFO = "preprocess.json"
@@ -57,7 +57,7 @@ def export(exe, program, image, embedding, out_dir, config):
 def inference_threads():
     """Threads for a CPU predictor: this process's share of the cores it may run on.
 
-    Unlike training (utility/runtime.py keeps it to one thread), oneDNN inference gains from every
+    Unlike training (cli/runtime.py keeps it to one thread), oneDNN inference gains from every
     core: 313 -> 800 img/s for ResNet50 at 32x32 against the one-thread Executor (bench/README-speed.md).
     """
     return max(1, usable_cores() // int(os.environ.get("PADDLE_LOCAL_SIZE", "1")))

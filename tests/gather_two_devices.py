@@ -5,18 +5,13 @@ Each rank prints one line `RESULT {json}`: its embeddings, labels, losses, and a
 data-parallel step. tests/test_xbm.py checks the losses against numpy on the global batch.
 """
 import json
-import os
-import sys
-from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import paddle
 
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
-import losses  # noqa: E402
-from engine import programs  # noqa: E402
-from utility.args import defaults  # noqa: E402
+import losses
+from cli.args import defaults
+from engine import programs
 
 LOSSES = ["batchhardtripletloss", "quadrupletloss", "emlloss", "rankedlistloss", "multisimilarityloss", "marginloss"]
 

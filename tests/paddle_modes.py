@@ -21,7 +21,7 @@ def static_loss_step(name, labels, inputs, noise=None):
     parameter names of the program); the first loss was checked to be a 0-d array.
     """
     import losses
-    from utility.args import defaults
+    from cli.args import defaults
 
     spec = losses.get(name)
     with static_mode():

@@ -1,6 +1,6 @@
 import pytest
 
-from utility.args import parse_args, str2bool
+from cli.args import parse_args, str2bool
 from utility.errors import UserError
 
 
@@ -8,7 +8,7 @@ def test_defaults_and_explicit_flags():
     args = parse_args("train", ["--model=ResNet18", "--image_shape", "3,32,32"])
     assert args.model == "ResNet18"
     assert args.image_shape == (3, 32, 32)
-    assert args.total_iter_num is None and args.num_epochs is None  # utility/config.py settles the length
+    assert args.total_iter_num is None and args.num_epochs is None  # cli/config.py settles the length
     assert args.explicit == {"model", "image_shape"}
 
 

@@ -106,7 +106,7 @@ def test_train_command_puts_the_user_s_flags_after_the_recipe():
     assert bench.last_flag(command, "lr", float) == 0.3 and bench.last_flag(command, "total_iter_num", int) == 7
     assert bench.last_flag(command, "image_shape") == "3,32,32" and bench.last_flag(command, "nope") is None
     assert "--val_list=V" in command and "--model_save_dir=OUT" in command
-    from utility.args import parse_args
+    from cli.args import parse_args
     parsed = parse_args("train", command[2:])   # every recipe is a valid train.py command line
     assert parsed.lr == 0.3 and parsed.hflip is False
     for loss in bench.RECIPES:

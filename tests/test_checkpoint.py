@@ -6,8 +6,8 @@ import paddle
 import pytest
 from paddle.base import core
 
+from cli.args import parse_args
 from engine import checkpoint, programs
-from utility import parse_args
 from utility.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""utility/config.py: the one configuration step (defaults, digits fallback, demo settings, checkpoint settings)."""
+"""cli/config.py: the one configuration step (defaults, digits fallback, demo settings, checkpoint settings)."""
 import json
 import os
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import data
-from utility.config import DEMO_SETTINGS, resolve
+from cli.config import DEMO_SETTINGS, resolve
 from utility.errors import UserError
 
 

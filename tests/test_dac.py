@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import train
+from cli.args import defaults
 from engine.dac import DivideAndConquer
 from engine.trainer import Position
 from reader.samplers import ClusterSampler
-from utility.args import defaults
 
 
 def _cluster_sampler(world_size=1, layout="pk"):

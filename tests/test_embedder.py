@@ -2,11 +2,11 @@
 import numpy as np
 import paddle
 import pytest
+from paddle_modes import static_mode
 
+from cli.args import defaults
 from engine import programs
 from engine.embedder import Embedder
-from paddle_modes import static_mode
-from utility.args import defaults
 
 
 def test_the_fast_path_gives_the_reference_features():

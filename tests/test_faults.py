@@ -82,8 +82,8 @@ class EvalPayload:
 
 def _infer_loader(program, directory):
     """What eval.py and infer.py load with: the embedder's program and checkpoint.load_all_parameters."""
+    from cli.args import defaults
     from engine.embedder import checkpoint_embedder
-    from utility.args import defaults
 
     checkpoint_embedder(defaults("infer", model="ResNet18", embedding_size=16, image_shape=(3, 32, 32),
                                  pretrained_model=directory, use_gpu=False))

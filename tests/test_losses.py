@@ -4,18 +4,18 @@ import math
 import numpy as np
 import paddle
 import pytest
+from numeric import numeric_gradient
+from paddle_modes import static_loss_step, static_mode
 
 import losses
+from cli.args import defaults
 from losses.arcmarginloss import arcmargin_loss
 from losses.emlloss import emlloss
 from losses.npairsloss import npairsloss
 from losses.quadrupletloss import quadrupletloss
 from losses.softmaxloss import softmax_loss
 from losses.tripletloss import batch_hard_tripletloss, tripletloss
-from utility.args import defaults
 from utility.errors import UserError
-from numeric import numeric_gradient
-from paddle_modes import static_loss_step, static_mode
 
 SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4)]  # (P classes, K per class, D)
 

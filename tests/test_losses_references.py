@@ -8,16 +8,16 @@ import math
 import numpy as np
 import paddle
 import pytest
+from paddle_modes import static_mode
 
 import losses
+from cli.args import defaults
 from losses.emlloss import emlloss
 from losses.marginloss import MarginLoss
 from losses.multisimilarityloss import multisimilarityloss
 from losses.quadrupletloss import quadrupletloss
 from losses.rankedlistloss import rankedlistloss
 from losses.tripletloss import batch_hard_tripletloss
-from paddle_modes import static_mode
-from utility.args import defaults
 
 REFERENCE_LOSSES = {"batchhardtripletloss", "quadrupletloss", "emlloss", "rankedlistloss",
                     "multisimilarityloss", "marginloss"}

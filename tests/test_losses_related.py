@@ -5,16 +5,16 @@ import math
 import numpy as np
 import paddle
 import pytest
+from numeric import numeric_gradient
+from paddle_modes import static_loss_step, static_mode
 
 import losses
+from cli.args import defaults
 from losses.cosfaceloss import CosFaceLoss, cosface_loss
 from losses.marginloss import MarginLoss, sample_negatives
 from losses.multisimilarityloss import multisimilarityloss
 from losses.rankedlistloss import rankedlistloss
-from utility.args import defaults
 from utility.errors import UserError
-from numeric import numeric_gradient
-from paddle_modes import static_loss_step, static_mode
 
 SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4), (5, 3, 8)]  # (P classes, K per class, D)
 RLL_DEFAULTS = dict(alpha=1.2, margin=0.4, temperature=10.0, balance=1.0)
@@ -655,7 +655,7 @@ def test_margin_loss_resumes_exactly_with_noise_fed_by_the_trainer(tiny_dataset,
 
 def test_test_loss_of_a_sampling_loss_is_the_same_every_run():
     import eval as eval_script
-    from utility.args import defaults
+    from cli.args import defaults
 
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(4), 4)

@@ -4,13 +4,13 @@ import contextlib
 import numpy as np
 import paddle
 import pytest
+from paddle_modes import static_mode
 
 import losses
+from cli.args import defaults, parse_args
 from engine import programs
 from engine.embedder import Embedder
 from models import MODELS, build_model
-from paddle_modes import static_mode
-from utility.args import defaults, parse_args
 from utility.errors import UserError
 
 NECK_NAMES = {"neck_bn_scale", "neck_bn_offset", "neck_bn_mean", "neck_bn_variance"}

@@ -2,8 +2,8 @@
 import paddle
 import pytest
 
+from cli.args import parse_args
 from engine import device, programs
-from utility import parse_args
 from utility.errors import UserError
 
 

@@ -188,8 +188,8 @@ def test_max_pixels_makes_larger_images_unreadable(dataset):
 def test_max_image_pixels_flag_reaches_the_loaders(dataset):
     from types import SimpleNamespace
 
+    from cli.args import parse_args
     from engine.embedder import test_loader
-    from utility.args import parse_args
 
     for script in ("train", "eval", "infer"):
         assert parse_args(script, ["--max_image_pixels=500"]).max_image_pixels == 500

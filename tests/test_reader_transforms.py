@@ -262,8 +262,8 @@ def test_bad_settings_are_user_errors(augment, message):
 
 
 def test_settings_from_flags():
+    from cli.args import parse_args
     from reader.loaders import augment_from_args
-    from utility.args import parse_args
     from utility.errors import UserError
     args = parse_args("train", ["--crop_area=0.64,1", "--hflip=False", "--rotation_degrees=15", "--eval_resize=full",
                                 "--ink_crop=True"])
@@ -282,6 +282,7 @@ def test_settings_from_flags():
 
 def test_test_loader_passes_eval_resize_and_ink_crop(tmp_path):
     import cv2
+
     from reader.image_list import read_image_list
     from utility.errors import UserError
     rgb = np.full((64, 64, 3), 255, dtype=np.uint8)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from cli.args import parse_args
 from evaluation.reid import reid_metrics, squared_distance_fn
-from utility.args import parse_args
 from utility.errors import UserError
 
 

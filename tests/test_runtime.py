@@ -1,4 +1,4 @@
-"""Process setup of utility/runtime.py: CPU vendor, thread count, the MKL switch, and that the
+"""Process setup of cli/runtime.py: CPU vendor, thread count, the MKL switch, and that the
 fast settings train to the same numbers as Paddle's plain defaults."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from utility import runtime
+from cli import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +81,7 @@ import sys
 import numpy as np
 import paddle
 from engine import programs
-from utility.args import defaults
+from cli.args import defaults
 
 args = defaults("train", model="ResNet18", image_shape=(3, 24, 24), train_batch_size=9,
                 loss_name="tripletloss", alpha=0.5, lr=0.05, total_iter_num=3)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from cli.args import parse_args
 from evaluation.threshold import draw_threshold_plot, verification_threshold
-from utility.args import parse_args
 from utility.errors import UserError
 
 
@@ -125,7 +125,7 @@ def test_plot_file_is_written(tmp_path):
 
 
 def test_threshold_plot_flag_turns_threshold_on(tmp_path):
-    from utility.config import resolve
+    from cli.config import resolve
 
     checkpoint = tmp_path / "ckpt"
     checkpoint.mkdir()

@@ -8,9 +8,9 @@ import pytest
 
 import eval as eval_script
 import train
+from cli.args import defaults
 from engine.trainer import LOG_FILE, RunLog, Schedule, claim_save_dir
 from reader.samplers import batches_of_one_pass
-from utility.args import defaults
 from utility.errors import UserError
 
 
@@ -45,12 +45,12 @@ def test_the_log_is_not_written_through_a_planted_link(tmp_path):
 
 
 def test_file_system_errors_are_one_line(tmp_path, capsys):
-    from utility.errors import run_cli
+    from utility.errors import run_main
 
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda argv: open(blocker / "log.jsonl", "w"))
+        run_main(lambda argv: open(blocker / "log.jsonl", "w"))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"error: [Errno 20] Not a directory: '{blocker / 'log.jsonl'}'"]
 

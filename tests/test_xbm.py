@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+from test_train import _final_parameters, read_log, run_train
 
-from engine.xbm import CrossBatchMemory
 from engine.trainer import Trainer
+from engine.xbm import CrossBatchMemory
 from utility.errors import UserError
-from test_train import read_log, run_train, _final_parameters
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,8 +106,8 @@ def batch_embedding(checkpoint_dir, images, labels):
     """The training forward pass's embedding of a batch, with the parameters of `checkpoint_dir`."""
     import paddle
 
+    from cli.config import resolve
     from engine import checkpoint, programs
-    from utility.config import resolve
 
     config = resolve("train", [*PK, "--model=ResNet18", "--image_shape=3,32,32", "--train_list=unused",
                                "--total_iter_num=1", "--xbm_size=30"])
@@ -212,7 +212,14 @@ def launch(script_args, log_dir, timeout=300):
 
 
 def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
-    from test_losses_references import np_batch_hard, np_eml, np_margin, np_ms, np_quadruplet, np_rll
+    from test_losses_references import (
+        np_batch_hard,
+        np_eml,
+        np_margin,
+        np_ms,
+        np_quadruplet,
+        np_rll,
+    )
 
     logs = launch([os.path.join(REPO, "tests", "gather_two_devices.py")], tmp_path / "logs")
     results = [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]

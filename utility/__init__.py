@@ -1,3 +1,1 @@
-"""The command-line utility shared by train.py, eval.py and infer.py: flags, errors, progress, process setup."""
-from utility.args import parse_args, print_arguments  # noqa: F401
-from utility.errors import UserError, run_cli  # noqa: F401
+"""The bottom layer: what every package shares and that imports nothing of the project (errors, progress)."""

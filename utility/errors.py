@@ -9,14 +9,8 @@ class UserError(Exception):
     """
 
 
-def run_cli(main, argv=None):
-    """Set up the process, then run a script's main(argv), turning UserError and Ctrl-C into clean exits.
-
-    main must import Paddle itself (not at module level), so that the CPU settings apply.
-    """
-    from utility import runtime
-
-    print(runtime.configure(), flush=True)
+def run_main(main, argv=None):
+    """Run a script's main(argv), turning UserError, the file system's refusals and Ctrl-C into clean exits."""
     try:
         main(argv)
     except UserError as err:

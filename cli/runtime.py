@@ -7,6 +7,9 @@ import logging
 import os
 import warnings
 
+from engine.device import usable_cores
+from utility.errors import run_main
+
 # Paddle's info/warning noise that would drown the progress lines; errors still show.
 _QUIET_WARNINGS = ("No ccache found", "When training, we now always track global mean",
                    "Tensor do not have 'place' interface")
@@ -48,12 +51,6 @@ def cpu_settings(vendor):
     return settings
 
 
-def usable_cores():
-    """How many cores this process may run on (its CPU affinity where the OS tells it)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores or 1
-
-
 def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     """Fill in the CPU and logging environment (the user's own values win); return the summary line."""
     environ = os.environ if environ is None else environ
@@ -73,3 +70,12 @@ def quiet_python_warnings():
     for message in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Could not load library with AVX2 support"
+
+
+def run_cli(main, argv=None):
+    """Set up the process, then run a script's main(argv) with clean exits (utility.errors.run_main).
+
+    main must import Paddle itself (not at module level), so that the CPU settings apply.
+    """
+    print(configure(), flush=True)
+    run_main(main, argv)

@@ -1,6 +1,6 @@
 """One configuration step: `resolve(script, argv)` settles every setting of a run, in this order:
 
-  1. defaults and the flags the user typed (utility/args.py);
+  1. defaults and the flags the user typed (cli/args.py);
   2. the offline digits data set, when no data was given and the default lists are absent;
   3. demo settings for the digits set (train.py), for every one of them the user did not type;
   4. settings adopted from the checkpoint or exported model being evaluated (eval.py, infer.py).
@@ -10,7 +10,7 @@ The result is a Config that cannot be changed afterwards: every later step reads
 import argparse
 
 import data
-from utility.args import DEFAULT_ITERATIONS, as_flag, parse_args
+from cli.args import DEFAULT_ITERATIONS, as_flag, parse_args
 from utility.errors import UserError
 
 # Used with the offline digits data set for every one of these flags the user did not type,
@@ -31,7 +31,7 @@ class Config(argparse.Namespace):
         vars(self).update(values)
 
     def __setattr__(self, name, value):
-        raise AttributeError(f"the configuration is settled by utility.config.resolve; cannot set {name}")
+        raise AttributeError(f"the configuration is settled by cli.config.resolve; cannot set {name}")
 
     def as_dict(self):
         return dict(vars(self))

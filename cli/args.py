@@ -2,7 +2,7 @@
 
 Every flag is declared here once, in the group of the scripts that read it.
 `parse_args(script)` parses, checks the values and records which flags the user
-typed (`args.explicit`); utility/config.py turns that into the run's settled configuration.
+typed (`args.explicit`); cli/config.py turns that into the run's settled configuration.
 """
 import argparse
 import sys
