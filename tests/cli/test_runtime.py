@@ -9,7 +9,7 @@ import pytest
 
 from cli import runtime
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 AMD = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -8,7 +8,7 @@ from PIL import Image
 from data.omniglot import main, prepare_omniglot
 from utility.errors import UserError
 
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+REAL_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 REAL_SMALL1 = REAL_DIR / "images_background_small1.zip"
 REAL_SMALL2 = REAL_DIR / "images_background_small2.zip"
 

@@ -13,7 +13,7 @@ from evaluation.reid import reid_metrics
 from reader import read_image_list
 from utility.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # (folder, file name): three people in train, two in query/gallery, junk and distractors in the gallery.
 MARKET_FILES = [
