@@ -1,0 +1,27 @@
+"""Checkpoints: writing them safely, resuming from them, finetuning from them.
+
+A checkpoint is a directory `<model_save_dir>/<model>/<N>/` holding
+  model.safetensors       the parameters (batch-norm statistics included)
+  optimizer.safetensors   the optimizer's persistable state (momentum velocities); absent when empty
+  state.json              the run state (run_state.RunState): position, LR scheduler, class ids,
+                          the network (NetworkSpec), the arguments, and the extensions' records
+and `<model_save_dir>/<model>/latest` is a symbolic link to the newest one.
+
+The package has one module per concern:
+  storage.py     crash-safe folders: atomic saves, `latest`, repairing killed saves, reading state.json
+                 (arrays in, arrays out; no Paddle)
+  run_state.py   the versioned state.json record, validated when read (no Paddle)
+  foreign.py     reading parameters in any format a folder may hold (ours, Paddle's pickles without
+                 running code, Paddle 1.x per-variable files)
+  program_io.py  copying arrays between a static program and a checkpoint (save, resume, evaluate, finetune)
+"""
+from engine.checkpoint.foreign import load_checkpoint_state
+from engine.checkpoint.program_io import (load_all_parameters, load_matching, program_parameters, program_state,
+                                          restore, save_checkpoint)
+from engine.checkpoint.run_state import RunState
+from engine.checkpoint.storage import (LATEST, OPTIMIZER_FILE, PARAMS_FILE, STATE_FILE, NonFiniteError,
+                                       non_finite_names, read_state, remove_stale_temporaries, resolve)
+
+__all__ = ["LATEST", "OPTIMIZER_FILE", "PARAMS_FILE", "STATE_FILE", "NonFiniteError", "RunState",
+           "load_all_parameters", "load_checkpoint_state", "load_matching", "non_finite_names", "program_parameters",
+           "program_state", "read_state", "remove_stale_temporaries", "resolve", "restore", "save_checkpoint"]
