@@ -1,11 +1,13 @@
 """Retrieval quality on real data: train and evaluate on the project's Omniglot split.
 
-    python bench/omniglot.py --quick                       # the best recipe found, < 15 min on 2 CPU cores
-    python bench/omniglot.py --losses softmax,emlloss      # the table: each loss with ResNet18 (default: all)
+    python bench/omniglot.py --quick                       # recipes/omniglot_quick.yaml, < 15 min on 2 CPU cores
+    python bench/omniglot.py --recipe recipes/omniglot_best.yaml --rotated_classes   # the best recipe, ~26 min
+    python bench/omniglot.py --losses softmax,emlloss      # the table: each loss with its recipe (default: all)
     python bench/omniglot.py --validation 40 --losses softmax -- --lr 0.2    # tuning, on training characters
 
 Lists come from data/omniglot.py's preparer (train: images_background_small1; test: the alphabets
-of images_background_small2 that small1 lacks). Each run trains with train.py, evaluates with
+of images_background_small2 that small1 lacks). Each run trains with train.py --config RECIPE (the
+recipes/ files: recipes/omniglot/<loss>.yaml for the table's rows), evaluates with
 eval.py --metrics_out, draws its curves (evaluation/plot.py) and prints one JSON line. Runs of the
 table are appended to bench/results/omniglot.jsonl.
 
@@ -16,7 +18,8 @@ bench/results/omniglot-tuning.jsonl instead. Flags after `--` go to train.py aft
 so they override it.
 
 --finetune is the original example's procedure for pair losses: the softmax recipe first (or the
-checkpoint --pretrained names), then each of --losses finetuned from it (FINETUNE's flags), tagged "ft".
+checkpoint --pretrained names), then each of --losses finetuned from it (recipes/omniglot/finetune.yaml
+laid over the loss's recipe), tagged "ft".
 
 --rotated_classes adds each training character rotated by 90, 180 and 270 degrees as three new
 classes (written as new images under the data directory), which is known to help on Omniglot;
@@ -42,39 +45,18 @@ RESULTS = REPO / "bench" / "results" / "omniglot.jsonl"
 TUNING_RESULTS = REPO / "bench" / "results" / "omniglot-tuning.jsonl"
 ROTATIONS = (90, 180, 270)
 
-# Every run: the line-drawing input settings (no flip: a mirrored character is another character;
-# mild crops only; at evaluation the centre crop, which scored 0.666 against 0.657 for the whole image
-# on held-out small1 characters, the network being trained on 64-100 % crops).
-COMMON = ["--image_shape=3,32,32", "--train_batch_size=64", "--hflip=False", "--crop_area=0.64,1",
-          "--eval_resize=crop", "--lr_strategy=cosine", "--warmup_iter=50", "--total_iter_num=1500",
-          "--test_iter_step=500", "--display_iter_step=20"]
-PK = ["--samples_each_class=4"]
-# loss -> train.py flags on top of COMMON.
-RECIPES = {
-    "softmax": ["--lr=0.1"],
-    "arcmargin": ["--lr=0.1", "--arc_scale=30", "--arc_margin=0.2"],
-    "batchhardtripletloss": ["--lr=0.1", "--margin=0.2", *PK],
-    "tripletloss": ["--lr=0.1", "--margin=0.2", "--train_batch_size=63"],
-    "quadrupletloss": ["--lr=0.1", "--margin=0.2", *PK],
-    "emlloss": ["--lr=0.1", *PK],
-    "npairsloss": ["--lr=0.1"],
-    "cosface": ["--lr=0.1", "--cos_scale=30", "--cos_margin=0.35"],
-    "rankedlistloss": ["--lr=0.1", *PK],
-    "multisimilarityloss": ["--lr=0.1", *PK],
-    "marginloss": ["--lr=0.1", *PK],
-}
-# --finetune: the original example's procedure for its pair losses, train the classifier first (the
-# softmax recipe), then finetune the whole network with the pair loss at a lower learning rate. lr
-# chosen on held-out small1 characters (bench/results/omniglot-tuning.jsonl, tags ft500-lr*): from a
-# softmax model at Recall@1 0.752, 500 iterations of quadruplet loss kept 0.741 at lr 0.001 against
-# 0.720 at 0.01; emlloss 0.742 / 0.748; MAP@R was higher at 0.001 for both.
-FINETUNE = ["--lr=0.001", "--warmup_iter=0", "--total_iter_num=500", "--test_iter_step=500", "--save_iter_step=500"]
-# --quick: the loss whose recipe it runs and the flags it adds, with rotated classes (chosen on
-# held-out small1 characters, bench/results/omniglot-tuning.jsonl: rotated classes 0.721 against
-# 0.666 without, with softmax; batch-hard triplets beside the softmax branch behind a BNNeck 0.775
-# (val-alpha1-bnneck) against 0.752 for softmax alone and 0.738 for cosface, at the same time).
-QUICK_LOSS = "batchhardtripletloss"
-QUICK_FLAGS = ["--alpha=1", "--neck=bnneck"]
+# The recipes (recipes/, read by train.py --config): one per loss of the table over the shared line-drawing
+# settings (recipes/omniglot/common.yaml), the finetuning overlay, --quick's recipe.
+RECIPE_DIR = REPO / "recipes" / "omniglot"
+FINETUNE_RECIPE = RECIPE_DIR / "finetune.yaml"
+QUICK_RECIPE = REPO / "recipes" / "omniglot_quick.yaml"
+TABLE_LOSSES = ("softmax", "arcmargin", "batchhardtripletloss", "tripletloss", "quadrupletloss", "emlloss",
+                "npairsloss", "cosface", "rankedlistloss", "multisimilarityloss", "marginloss")
+
+
+def loss_recipe(loss):
+    """The table's recipe file of `loss`."""
+    return RECIPE_DIR / f"{loss}.yaml"
 
 
 def hold_out_alphabets(train_entries, min_characters):
@@ -181,34 +163,25 @@ def prepare_lists(small1, small2, data_dir, validation=0, rotated_classes=False,
     return train_list, test_list, summary
 
 
-def train_command(model, loss, data_dir, train_list, eval_list, run_dir, extra):
-    flags = [f"--model={model}", f"--loss_name={loss}", *COMMON, *RECIPES[loss], *extra,
-             f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={eval_list}",
-             f"--model_save_dir={run_dir}"]
+def train_command(recipe, data_dir, train_list, eval_list, run_dir, extra):
+    flags = [f"--config={recipe}", *extra, f"--data_dir={data_dir}", f"--train_list={train_list}",
+             f"--val_list={eval_list}", f"--model_save_dir={run_dir}"]
     return [sys.executable, "train.py", *flags]
 
 
-def last_flag(command, name, cast=str):
-    """The value of the last --name=VALUE or --name VALUE in a command (argparse's rule)."""
-    value = None
-    for i, token in enumerate(command):
-        if token == f"--{name}" and i + 1 < len(command):
-            value = command[i + 1]
-        elif token.startswith(f"--{name}="):
-            value = token.split("=", 1)[1]
-    return None if value is None else cast(value)
-
-
-def run_one(model, loss, lists, data_dir, output_dir, extra, tag=""):
-    """Train, evaluate and plot one run; return its JSON record."""
+def run_one(recipe, lists, data_dir, output_dir, extra, tag=""):
+    """Train with `recipe` (and `extra` flags over it), evaluate and plot one run; return its JSON record."""
+    from cli.args import parse_args
     from evaluation.plot import plot_training
 
     train_list, eval_list = lists
+    flags = parse_args("train", [f"--config={recipe}", *extra])
+    model, loss = flags.model, flags.loss_name
     run_dir = Path(output_dir) / f"{model}-{loss}{'-' + tag if tag else ''}"
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("log.jsonl", "metrics.jsonl"):
         (run_dir / stale).unlink(missing_ok=True)
-    train_cmd = train_command(model, loss, data_dir, train_list, eval_list, str(run_dir), extra)
+    train_cmd = train_command(recipe, data_dir, train_list, eval_list, str(run_dir), extra)
     start = time.time()
     _run(train_cmd, run_dir / "train.log")
     checkpoint = run_dir / model / "latest"
@@ -219,11 +192,16 @@ def run_one(model, loss, lists, data_dir, output_dir, extra, tag=""):
     with open(run_dir / "metrics.jsonl") as f:
         metrics = json.loads(f.readlines()[-1])
     plot_training(run_dir / "log.jsonl", run_dir / "curves.png")
-    record = {"model": model, "loss": loss, "image_shape": last_flag(train_cmd, "image_shape"),
-              "iterations": last_flag(train_cmd, "total_iter_num", int), "wall_s": round(wall, 1),
+    record = {"model": model, "loss": loss, "image_shape": ",".join(map(str, flags.image_shape)),
+              "iterations": flags.total_iter_num, "wall_s": round(wall, 1), "recipe": _relative(recipe),
               **{key: metrics.get(key) for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")},
               "checkpoint": str(checkpoint.resolve()), "command": shlex.join(train_cmd[1:])}
     return record
+
+
+def _relative(path):
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _run(command, log_path):
@@ -240,10 +218,12 @@ def parse(argv):
     parser.add_argument("--small2", default=str(DEFAULT_SMALL2), help="images_background_small2.zip (test alphabets)")
     parser.add_argument("--data_dir", default=str(REPO / "data" / "omniglot"), help="where the images are unpacked")
     parser.add_argument("--output_dir", default=str(REPO / "output" / "omniglot"), help="one folder per run")
-    parser.add_argument("--quick", action="store_true", help=f"one run: the {QUICK_LOSS} recipe with "
-                        f"{' '.join(QUICK_FLAGS)}, ResNet18 and --rotated_classes")
-    parser.add_argument("--losses", default=",".join(RECIPES), help="comma-separated losses of the table")
-    parser.add_argument("--models", default="ResNet18", help="comma-separated models of the table")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one run: {_relative(QUICK_RECIPE)} with --rotated_classes")
+    parser.add_argument("--recipe", default=None, help="one run of this recipe file (e.g. recipes/omniglot_best.yaml)")
+    parser.add_argument("--losses", default=",".join(TABLE_LOSSES),
+                        help=f"comma-separated losses of the table, each with its recipe in {_relative(RECIPE_DIR)}/")
+    parser.add_argument("--models", default="", help="comma-separated models (default: the recipe's, ResNet18)")
     parser.add_argument("--validation", type=int, default=0,
                         help="hold out whole small1 alphabets (at least N characters) and evaluate on them")
     parser.add_argument("--rotated_classes", action="store_true", help="add 90/180/270-degree rotations as new classes")
@@ -260,14 +240,18 @@ def parse(argv):
     args.extra = extra
     args.losses = [name for name in args.losses.split(",") if name]
     args.models = [name for name in args.models.split(",") if name]
+    args.recipes = [loss_recipe(loss) for loss in args.losses]
     if args.quick:
-        args.losses, args.models, args.rotated_classes = [QUICK_LOSS], ["ResNet18"], True
-        args.extra, args.tag = [*QUICK_FLAGS, *args.extra], args.tag or "quick"
-    unknown = [name for name in args.losses if name not in RECIPES]
+        args.recipe, args.rotated_classes, args.tag = str(QUICK_RECIPE), True, args.tag or "quick"
+    if args.recipe:
+        if args.finetune:
+            raise UserError("--finetune runs the table's recipes: give --losses, not --recipe or --quick")
+        args.recipes = [Path(args.recipe)]
+    unknown = [str(recipe) for recipe in args.recipes if not recipe.is_file()]
     if unknown:
-        raise UserError(f"no recipe for loss(es) {', '.join(unknown)}; recipes: {', '.join(RECIPES)}")
-    if not args.losses or not args.models:
-        raise UserError("--losses and --models need at least one name each")
+        raise UserError(f"no recipe {', '.join(unknown)}; the table's losses: {', '.join(TABLE_LOSSES)}")
+    if not args.recipes:
+        raise UserError("--losses needs at least one name")
     if args.pretrained and not args.finetune:
         raise UserError("--pretrained goes with --finetune")
     if args.validation < 0:
@@ -285,18 +269,26 @@ def main(argv=None):
     if args.prepare_only:
         return
     lists = (train_list, eval_list)
-    for model in args.models:
-        extra, tag, base = args.extra, args.tag, None
+    for model in args.models or [None]:
+        chosen = [f"--model={model}"] if model else []
+        extra, tag, base = [*chosen, *args.extra], args.tag, None
         if args.finetune:
-            base = args.pretrained or _write(run_one(model, "softmax", lists, args.data_dir, args.output_dir,
-                                                     args.extra, args.tag), args, summary)["checkpoint"]
-            extra = [f"--pretrained_model={base}", *FINETUNE, *args.extra]
+            base = args.pretrained or _write(run_one(loss_recipe("softmax"), lists, args.data_dir, args.output_dir,
+                                                     extra, args.tag), args, summary)["checkpoint"]
+            extra = [f"--pretrained_model={base}", *_finetune_flags(), *extra]
             tag = "-".join(filter(None, ["ft", args.tag]))
-        for loss in args.losses:
-            record = run_one(model, loss, lists, args.data_dir, args.output_dir, extra, tag)
+        for recipe in args.recipes:
+            record = run_one(recipe, lists, args.data_dir, args.output_dir, extra, tag)
             if base:
                 record["finetuned_from"] = base
             _write(record, args, summary, tag)
+
+
+def _finetune_flags():
+    """The finetuning overlay (recipes/omniglot/finetune.yaml) as flags laid over each loss's recipe."""
+    from cli.recipes import load_recipe
+
+    return [f"--{name}={value}" for name, value in load_recipe(str(FINETUNE_RECIPE)).items()]
 
 
 def _write(record, args, summary, tag=None):

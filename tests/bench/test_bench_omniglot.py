@@ -11,7 +11,7 @@ import pytest
 
 from utility.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_omniglot", REPO / "bench" / "omniglot.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
@@ -86,31 +86,33 @@ def test_rotated_classes_are_new_classes_with_rotated_images(zips, tmp_path):
 
 def test_arguments(tmp_path):
     args = bench.parse(["--quick", "--validation", "40", "--", "--lr", "0.2"])
-    assert args.losses == [bench.QUICK_LOSS] and args.models == ["ResNet18"]
-    assert args.extra == [*bench.QUICK_FLAGS, "--lr", "0.2"]  # the user's flags come last, so they win
+    assert args.recipes == [bench.QUICK_RECIPE] and args.models == []
+    assert args.extra == ["--lr", "0.2"]  # laid over the recipe by train.py's command line
     assert args.rotated_classes and args.tag == "quick"
     assert args.results.endswith("omniglot-tuning.jsonl")
     args = bench.parse(["--losses", "softmax,emlloss", "--models", "ResNet18,ResNet34"])
-    assert args.losses == ["softmax", "emlloss"] and args.models == ["ResNet18", "ResNet34"]
+    assert args.recipes == [bench.loss_recipe("softmax"), bench.loss_recipe("emlloss")]
+    assert args.models == ["ResNet18", "ResNet34"]
     assert args.results.endswith("bench/results/omniglot.jsonl") and args.extra == [] and not args.rotated_classes
-    assert set(bench.parse([]).losses) == set(bench.RECIPES)
+    assert len(bench.parse([]).recipes) == len(bench.TABLE_LOSSES)
+    assert bench.parse(["--recipe", "recipes/omniglot_best.yaml"]).recipes == [Path("recipes/omniglot_best.yaml")]
     for bad, message in ((["--losses", "nosuchloss"], "no recipe"), (["--losses", ","], "at least one"),
-                         (["--validation", "-1"], "validation")):
+                         (["--validation", "-1"], "validation"), (["--quick", "--finetune"], "--finetune")):
         with pytest.raises(UserError, match=message):
             bench.parse(bad)
 
 
 def test_train_command_puts_the_user_s_flags_after_the_recipe():
-    command = bench.train_command("ResNet18", "softmax", "D", "T", "V", "OUT", ["--lr", "0.3", "--total_iter_num=7"])
-    assert command[:2] == [sys.executable, "train.py"]
-    assert bench.last_flag(command, "lr", float) == 0.3 and bench.last_flag(command, "total_iter_num", int) == 7
-    assert bench.last_flag(command, "image_shape") == "3,32,32" and bench.last_flag(command, "nope") is None
+    recipe = bench.loss_recipe("softmax")
+    command = bench.train_command(recipe, "D", "T", "V", "OUT", ["--lr", "0.3", "--total_iter_num=7"])
+    assert command[:3] == [sys.executable, "train.py", f"--config={recipe}"]
     assert "--val_list=V" in command and "--model_save_dir=OUT" in command
     from cli.args import parse_args
-    parsed = parse_args("train", command[2:])   # every recipe is a valid train.py command line
-    assert parsed.lr == 0.3 and parsed.hflip is False
-    for loss in bench.RECIPES:
-        parse_args("train", bench.train_command("ResNet18", loss, "D", "T", "V", "O", [])[2:])
+    parsed = parse_args("train", command[2:])
+    assert (parsed.lr, parsed.total_iter_num, parsed.hflip, parsed.image_shape) == (0.3, 7, False, (3, 32, 32))
+    for loss in bench.TABLE_LOSSES:   # every recipe of the table is a valid train.py command line
+        assert parse_args("train", bench.train_command(bench.loss_recipe(loss), "D", "T", "V", "O", [])[2:]
+                          ).loss_name == loss
 
 
 def test_prepare_only_prints_the_lists(zips, tmp_path, capsys):
@@ -123,9 +125,10 @@ def test_prepare_only_prints_the_lists(zips, tmp_path, capsys):
 def test_finetune_trains_softmax_first_then_each_loss_from_it(zips, tmp_path, monkeypatch):
     runs = []
 
-    def fake_run(model, loss, lists, data_dir, output_dir, extra, tag=""):
+    def fake_run(recipe, lists, data_dir, output_dir, extra, tag=""):
+        loss = Path(recipe).stem
         runs.append((loss, list(extra), tag))
-        return {"model": model, "loss": loss, "checkpoint": f"/ckpt/{loss}"}
+        return {"model": "ResNet18", "loss": loss, "checkpoint": f"/ckpt/{loss}"}
 
     monkeypatch.setattr(bench, "run_one", fake_run)
     common = ["--small1", str(zips[0]), "--small2", str(zips[1]), "--data_dir", str(tmp_path / "d"),
@@ -134,7 +137,8 @@ def test_finetune_trains_softmax_first_then_each_loss_from_it(zips, tmp_path, mo
     assert runs[0] == ("softmax", ["--seed=3"], "")
     for (loss, extra, tag), expected in zip(runs[1:], ("emlloss", "npairsloss")):
         assert loss == expected and tag == "ft"
-        assert extra == ["--pretrained_model=/ckpt/softmax", *bench.FINETUNE, "--seed=3"]
+        assert extra == ["--pretrained_model=/ckpt/softmax", "--lr=0.001", "--warmup_iter=0", "--total_iter_num=500",
+                         "--test_iter_step=500", "--save_iter_step=500", "--seed=3"]
     records = [json.loads(line) for line in open(tmp_path / "r.jsonl")]
     assert [(r["loss"], r.get("tag"), r.get("finetuned_from")) for r in records] == [
         ("softmax", None, None), ("emlloss", "ft", "/ckpt/softmax"), ("npairsloss", "ft", "/ckpt/softmax")]
