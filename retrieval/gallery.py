@@ -1,0 +1,383 @@
+"""A gallery: the embeddings of a set of images in a searchable index, with their paths and labels.
+
+An index folder (written by `python index.py build`) holds everything search needs:
+
+    gallery.json          settings (backend, index type, dimension, data folder, model fingerprint)
+                          and the number of the current version
+    model/                the exported embedding model (engine.embedder's format)
+    versions/<number>/    one complete version: items.jsonl (id, path, label, metadata) and the
+                          backend's files (faiss: index.faiss, tombstones.npy)
+    uploads/              images added through the HTTP service
+
+Every change (add, remove) writes a new version folder beside the current one, then replaces
+gallery.json in one rename: a crash at any point leaves the previous version whole, and the next
+write cleans up what the crash left. No pickle anywhere: faiss's own format, JSON and npy.
+
+Thread safety: searches read one immutable snapshot (index + item table); writers are serialised by
+a lock (and a file lock against other processes) and swap in a new snapshot when it is on disk.
+"""
+import fcntl
+import json
+import os
+import shutil
+import threading
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from retrieval import backends
+from utility.errors import UserError
+
+SETTINGS_FILE = "gallery.json"
+MODEL_DIR = "model"
+VERSIONS_DIR = "versions"
+UPLOADS_DIR = "uploads"
+ITEMS_FILE = "items.jsonl"
+LOCK_FILE = ".lock"
+FORMAT = "dml-gallery"
+FORMAT_VERSION = 1
+WRITING_PREFIX = ".writing-"
+
+
+class Match(NamedTuple):
+    """One search result (or an item's record, with rank and similarity None)."""
+
+    rank: Any         # 1 = best
+    id: int
+    similarity: Any   # inner product of normalised embeddings (cosine)
+    path: str         # relative to the data folder for its images, else absolute
+    label: Any
+    metadata: Any
+
+
+class _Item(NamedTuple):
+    path: str        # relative to the data folder, relative to the index folder (in_index), or absolute
+    label: Any
+    metadata: Any
+    in_index: bool   # stored inside the index folder (an upload)
+
+
+class _State(NamedTuple):
+    """One version of the gallery: what a search reads, never changed once made."""
+
+    version: int
+    next_id: int
+    index: Any       # a backend index
+    items: dict      # id -> _Item
+
+
+class Gallery:
+    """An index folder opened for search and changes (see the module docstring)."""
+
+    def __init__(self, index_dir, settings, state):
+        self.index_dir = os.path.abspath(index_dir)
+        self.settings = settings
+        self._state = state
+        self._write_lock = threading.Lock()
+        self._embedder = None
+        self._embedder_lock = threading.Lock()
+        self._in_flight = 0  # ids a writer has put into a shared backend but not yet into the table
+
+    # ---- opening and creating -------------------------------------------------------------
+    @classmethod
+    def open(cls, index_dir):
+        settings = _read_settings(index_dir)
+        return cls(index_dir, settings, _load_state(index_dir, settings))
+
+    @classmethod
+    def create(cls, index_dir, *, dim, fingerprint, model_info, data_dir, backend="faiss", index_type=None,
+               search_params=None, milvus_uri=None, expected_items=0):
+        """Write an empty gallery into index_dir (a new folder; index.py builds in a temporary one)."""
+        settings = {"format": FORMAT, "format_version": FORMAT_VERSION, "backend": backend, "dim": int(dim),
+                    "metric": "inner_product", "data_dir": os.path.abspath(data_dir), "fingerprint": fingerprint,
+                    "model": model_info, "version": 0, "next_id": 0}
+        settings.update(backends.settings_for(backend, index_dir, int(dim), index_type, search_params, milvus_uri,
+                                              expected_items))
+        os.makedirs(os.path.join(index_dir, VERSIONS_DIR), exist_ok=True)
+        index = backends.create(settings, index_dir)
+        gallery = cls(index_dir, settings, _State(0, 0, index, {}))
+        with gallery._write_lock, gallery._file_lock():
+            gallery._commit(gallery._state)
+        return gallery
+
+    def close(self):
+        """Release the backend's connection (Milvus); the gallery is unusable afterwards."""
+        self._state.index.close()
+
+    # ---- reading --------------------------------------------------------------------------
+    @property
+    def data_dir(self):
+        return self.settings["data_dir"]
+
+    @property
+    def uploads_dir(self):
+        return os.path.join(self.index_dir, UPLOADS_DIR)
+
+    @property
+    def model_dir(self):
+        return os.path.join(self.index_dir, MODEL_DIR)
+
+    @property
+    def dim(self):
+        return self.settings["dim"]
+
+    @property
+    def fingerprint(self):
+        return self.settings["fingerprint"]
+
+    @property
+    def embedder(self):
+        """The QueryEmbedder of the index's own model, loaded on first use."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                from retrieval.query import QueryEmbedder
+
+                self._embedder = QueryEmbedder(self.model_dir)
+            return self._embedder
+
+    def __len__(self):
+        return len(self._state.items)
+
+    def ids(self):
+        """The item ids, ascending."""
+        return sorted(self._state.items)
+
+    def search(self, features, top_k, threshold=None):
+        """Per query row, its best top_k items as Match lists (best first); below threshold dropped."""
+        features = self._checked(features, "query")
+        state = self._state
+        top_k = int(top_k)
+        if top_k < 1:
+            raise UserError(f"top_k must be at least 1, not {top_k}")
+        sims, ids = state.index.search(features, top_k + self._in_flight)
+        results = []
+        for row_sims, row_ids in zip(sims, ids):
+            matches = []
+            for similarity, item_id in zip(row_sims.tolist(), row_ids.tolist()):
+                item = state.items.get(item_id)
+                if item is None:  # -1 (fewer neighbours than asked) or an id a writer has not committed
+                    continue
+                if threshold is not None and similarity < threshold:
+                    break
+                matches.append(self._match(len(matches) + 1, item_id, similarity, item))
+                if len(matches) == top_k:
+                    break
+            results.append(matches)
+        return results
+
+    def item(self, item_id):
+        item = self._state.items.get(_as_id(item_id))
+        return None if item is None else self._match(None, _as_id(item_id), None, item)
+
+    def image_path(self, item_id):
+        """The item's image as an absolute path inside the data or uploads folder; None if unknown or outside."""
+        item = self._state.items.get(_as_id(item_id))
+        if item is None:
+            return None
+        path = os.path.realpath(self._absolute(item))
+        for root in (self.data_dir, self.uploads_dir):
+            root = os.path.realpath(root)
+            if os.path.commonpath([root, path]) == root and path != root:
+                return path
+        return None
+
+    def stats(self):
+        state = self._state
+        return {"items": len(state.items), "dim": self.dim, "backend": self.settings["backend"],
+                "index_type": self.settings.get("index_type", self.settings["backend"]),
+                "search_params": self.settings.get("search_params", ""), "fingerprint": self.fingerprint,
+                "model": (self.settings.get("model") or {}).get("model"), "version": state.version,
+                "tombstones": len(getattr(state.index, "tombstones", ())), "data_dir": self.data_dir}
+
+    # ---- changing -------------------------------------------------------------------------
+    def add(self, features, paths, labels, metadata=None):
+        """Add items (features [n, D], one path and label each); returns their new ids, persisted."""
+        features = self._checked(features, "gallery")
+        paths, labels = list(paths), list(labels)
+        metadata = [None] * len(paths) if metadata is None else list(metadata)
+        if not len(features) == len(paths) == len(labels) == len(metadata):
+            raise UserError(f"add needs one path, label and metadata per embedding: {len(features)} embeddings, "
+                            f"{len(paths)} paths, {len(labels)} labels, {len(metadata)} metadata")
+        new_items = [self._item(path, label, meta) for path, label, meta in zip(paths, labels, metadata)]
+        with self._write_lock, self._file_lock():
+            state = self._latest_state()
+            ids = np.arange(state.next_id, state.next_id + len(new_items), dtype=np.int64)
+            self._in_flight = len(ids)
+            try:
+                index = state.index.with_added(features, ids) if len(ids) else state.index
+                items = dict(state.items)
+                items.update(zip(ids.tolist(), new_items))
+                self._commit(_State(state.version + 1, state.next_id + len(ids), index, items))
+            finally:
+                self._in_flight = 0
+        return ids.tolist()
+
+    def remove(self, ids):
+        """Remove the items with these ids (unknown ones ignored); returns how many were removed, persisted."""
+        with self._write_lock, self._file_lock():
+            state = self._latest_state()
+            gone = sorted({_as_id(i) for i in ids} & state.items.keys())
+            if not gone:
+                return 0
+            items = {i: item for i, item in state.items.items() if i not in set(gone)}
+            self._in_flight = len(gone)
+            try:
+                self._commit(_State(state.version + 1, state.next_id, state.index.without(gone), items))
+                self._state.index.purge(gone)
+            finally:
+                self._in_flight = 0
+        return len(gone)
+
+    def check_model(self, fingerprint, dim, what):
+        """UserError unless embeddings of (fingerprint, dim) from `what` belong in this gallery."""
+        if dim != self.dim:
+            raise UserError(f"{what} holds {dim}-d embeddings, the gallery in {self.index_dir} holds {self.dim}-d "
+                            f"ones (model fingerprint {self.fingerprint}): embed with the gallery's model")
+        if fingerprint != self.fingerprint:
+            raise UserError(f"{what} was embedded by model fingerprint {fingerprint}, the gallery in "
+                            f"{self.index_dir} by {self.fingerprint} (another model or preprocessing)")
+
+    # ---- internals ------------------------------------------------------------------------
+    def _checked(self, features, what):
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise UserError(f"{what} embeddings have shape {features.shape}, the gallery holds {self.dim}-d ones "
+                            f"(model fingerprint {self.fingerprint})")
+        if not np.isfinite(features).all():
+            raise UserError(f"{what} embeddings are not finite (NaN or inf)")
+        norms = np.linalg.norm(features, axis=1, keepdims=True)
+        return features / np.maximum(norms, 1e-12)
+
+    def _item(self, path, label, metadata):
+        label = label.item() if isinstance(label, np.generic) else label
+        absolute = os.path.abspath(path)
+        for root, in_index in ((self.data_dir, False), (self.index_dir, True)):
+            if os.path.commonpath([root, absolute]) == root and absolute != root:
+                return _Item(os.path.relpath(absolute, root), label, metadata, in_index)
+        return _Item(absolute, label, metadata, False)
+
+    def _absolute(self, item):
+        return os.path.join(self.index_dir if item.in_index else self.data_dir, item.path)
+
+    def _match(self, rank, item_id, similarity, item):
+        path = self._absolute(item) if item.in_index else item.path
+        return Match(rank, item_id, similarity, path, item.label, item.metadata)
+
+    @contextmanager
+    def _file_lock(self):
+        """Serialise writers across processes (the service and `index.py add` on one folder)."""
+        with open(os.path.join(self.index_dir, LOCK_FILE), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _latest_state(self):
+        """The snapshot to change: ours, or the one on disk when another process has changed the gallery."""
+        on_disk = _read_settings(self.index_dir)
+        if on_disk["version"] != self._state.version:
+            self.settings = on_disk
+            self._state = _load_state(self.index_dir, on_disk)
+        return self._state
+
+    def _commit(self, state):
+        """Write state as a new version, switch gallery.json to it, then make it the searched snapshot."""
+        versions = os.path.join(self.index_dir, VERSIONS_DIR)
+        _remove_leftovers(versions, keep=self._state.version)
+        writing = os.path.join(versions, f"{WRITING_PREFIX}{state.version}")
+        os.makedirs(writing)
+        state.index.save(writing)
+        with open(os.path.join(writing, ITEMS_FILE), "w") as f:
+            for item_id, item in sorted(state.items.items()):
+                record = {"id": item_id, "path": item.path, "label": item.label, "metadata": item.metadata}
+                if item.in_index:
+                    record["in_index"] = True
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        _sync_folder_files(writing)
+        os.replace(writing, os.path.join(versions, _version_name(state.version)))
+        _fsync_dir(versions)
+        settings = dict(self.settings, version=state.version, next_id=state.next_id, items=len(state.items))
+        _write_json_atomically(os.path.join(self.index_dir, SETTINGS_FILE), settings)
+        self.settings = settings
+        self._state = state
+        _remove_leftovers(versions, keep=state.version)
+
+
+def _as_id(item_id):
+    try:
+        return int(item_id)
+    except (TypeError, ValueError):
+        raise UserError(f"item ids are integers, not {item_id!r}") from None
+
+
+def _version_name(version):
+    return f"{version:08d}"
+
+
+def _read_settings(index_dir):
+    path = os.path.join(index_dir, SETTINGS_FILE)
+    if not os.path.isdir(index_dir):
+        raise UserError(f"index folder not found: {index_dir} (python index.py build writes one)")
+    try:
+        with open(path) as f:
+            settings = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{index_dir} is not an index folder: {SETTINGS_FILE} missing") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if not isinstance(settings, dict) or settings.get("format") != FORMAT:
+        raise UserError(f"{path} is not a gallery's settings file")
+    if settings.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{index_dir} was written in gallery format {settings.get('format_version')}, this "
+                        f"version reads format {FORMAT_VERSION}: rebuild it with python index.py build")
+    return settings
+
+
+def _load_state(index_dir, settings):
+    folder = os.path.join(index_dir, VERSIONS_DIR, _version_name(settings["version"]))
+    items = {}
+    try:
+        with open(os.path.join(folder, ITEMS_FILE), encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                items[int(record["id"])] = _Item(record["path"], record["label"], record.get("metadata"),
+                                                 bool(record.get("in_index")))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"the index folder {index_dir} is damaged: cannot read version "
+                        f"{settings['version']}'s item table ({err})") from None
+    index = backends.load(settings, index_dir, folder)
+    return _State(settings["version"], settings["next_id"], index, items)
+
+
+def _remove_leftovers(versions, keep):
+    """Delete every version folder but `keep`, and what interrupted writes left."""
+    for name in os.listdir(versions):
+        if name != _version_name(keep):
+            shutil.rmtree(os.path.join(versions, name), ignore_errors=True)
+
+
+def _sync_folder_files(folder):
+    for name in os.listdir(folder):
+        with open(os.path.join(folder, name), "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomically(path, value):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(os.path.dirname(path))
