@@ -50,6 +50,8 @@ def load_rgb(path, max_pixels=MAX_PIXELS):
             if os.fstat(handle.fileno()).st_size == 0:
                 raise BadImageError(path, "empty file")
             is_jpeg = handle.read(2) == JPEG_MAGIC
+            if is_jpeg and _jpeg_is_truncated(handle):
+                raise BadImageError(path, "truncated JPEG: the file ends inside the image data")
             handle.seek(0)
             flag = _decode_flag(path, handle, is_jpeg, max_pixels)
     except OSError as err:
@@ -91,6 +93,21 @@ def _decode_flag(path, handle, is_jpeg, max_pixels):
         if -(-width // scale) * -(-height // scale) <= max_pixels:
             return flag
     raise BadImageError(path, _too_large(width, height, max_pixels) + ", even at 1/8 size")
+
+
+def _jpeg_is_truncated(handle, tail_bytes=1 << 20):
+    """Whether a JPEG lacks its end-of-image marker after its last scan.
+
+    libjpeg decodes a cut-off JPEG with grey rows for the missing part and only a warning that names
+    no file; a complete one ends its last scan (marker FFDA) with an end-of-image marker (FFD9).
+    Entropy-coded data never holds FF D9 (FF bytes there are followed by 00), so an FFD9 after the
+    last FFDA means the scans are whole. Only the file's last megabyte is read.
+    """
+    size = os.fstat(handle.fileno()).st_size
+    handle.seek(max(0, size - tail_bytes))
+    tail = handle.read()
+    last_scan = tail.rfind(b"\xff\xda")
+    return tail.find(b"\xff\xd9", last_scan + 2 if last_scan >= 0 else 0) < 0
 
 
 def _too_large(width, height, max_pixels):
@@ -157,6 +174,8 @@ def _to_uint8(image):
     if image.dtype == np.uint16:
         return (image >> 8).astype(np.uint8)
     if image.dtype.kind == "f":  # e.g. float TIFF, taken to hold values in 0..1
+        if not np.isfinite(image).all():
+            raise ValueError("non-finite pixel values (NaN or infinity)")
         return np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
     raise ValueError(f"unsupported sample type {image.dtype}")
 

@@ -60,7 +60,9 @@ def check_unique_paths(image_list):
     if not repeated:
         return
     path, lines = next(iter(repeated.items()))
-    where = ", ".join(map(str, lines[:-1])) + f" and {lines[-1]}"
+    shown = lines[:MISSING_SHOWN]
+    where = ", ".join(map(str, shown[:-1])) + " and " + (f"{shown[-1]}" if len(lines) == len(shown) else
+                                                         f"{len(lines) - len(shown) + 1} more")
     extra = sum(len(found) - 1 for found in repeated.values())
     raise UserError(f"{image_list.source}: {len(repeated)} image path(s) listed more than once "
                     f"({extra} extra line(s)); first: {path} on lines {where}. "

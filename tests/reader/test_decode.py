@@ -120,3 +120,45 @@ def test_files_pillow_cannot_size_are_still_held_to_the_limit(tmp_path):
     assert load_rgb(path, max_pixels=0).shape == (30, 40, 3)  # --max_image_pixels=0: no limit
     with pytest.raises(BadImageError, match="more than the limit of 1000"):
         load_rgb(path, max_pixels=1000)
+
+
+def _noise_jpeg(path, **options):
+    rgb = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path, quality=90, **options)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}], ids=["baseline", "progressive"])
+def test_a_cut_off_jpeg_is_a_bad_image_naming_the_file(tmp_path, options):
+    data = _noise_jpeg(tmp_path / "whole.jpg", **options)
+    assert load_rgb(str(tmp_path / "whole.jpg")).shape == (96, 96, 3)
+    for cut in (len(data) // 2, len(data) - 2):  # inside the scans; only the end-of-image marker missing
+        (tmp_path / "cut.jpg").write_bytes(data[:cut])
+        with pytest.raises(BadImageError, match=r"cut\.jpg \(truncated JPEG"):
+            load_rgb(str(tmp_path / "cut.jpg"))
+
+
+def test_a_jpeg_with_a_thumbnail_is_judged_by_its_main_image(tmp_path):
+    thumbnail = _noise_jpeg(tmp_path / "thumb.jpg")  # a whole JPEG (with its own FFD9) inside an APP segment
+    main = _noise_jpeg(tmp_path / "main.jpg")
+    app1 = b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail
+    whole = main[:2] + app1 + main[2:]
+    (tmp_path / "with_thumb.jpg").write_bytes(whole)
+    assert load_rgb(str(tmp_path / "with_thumb.jpg")).shape == (96, 96, 3)
+    (tmp_path / "cut.jpg").write_bytes(whole[:len(whole) - len(main) // 3])
+    with pytest.raises(BadImageError, match="truncated JPEG"):
+        load_rgb(str(tmp_path / "cut.jpg"))
+    (tmp_path / "padded.jpg").write_bytes(main + b"\x00" * 100)  # bytes after the end marker are harmless
+    assert load_rgb(str(tmp_path / "padded.jpg")).shape == (96, 96, 3)
+
+
+def test_non_finite_pixels_are_a_bad_image(tmp_path):
+    import cv2
+
+    pixels = np.full((8, 8, 3), 0.5, np.float32)
+    cv2.imwrite(str(tmp_path / "fine.tiff"), pixels)
+    assert load_rgb(str(tmp_path / "fine.tiff"))[0, 0].tolist() == [128, 128, 128]
+    pixels[2, 3, 1] = np.nan
+    cv2.imwrite(str(tmp_path / "nan.tiff"), pixels)
+    with pytest.raises(BadImageError, match=r"nan\.tiff .*non-finite pixel values"):
+        load_rgb(str(tmp_path / "nan.tiff"))

@@ -149,6 +149,16 @@ def test_duplicates_found_with_their_lines(tmp_path):
     assert f"first: {tmp_path / 'a.png'} on lines 2, 4 and 7" in message and "\n" not in message
 
 
+def test_a_path_listed_very_often_gives_a_short_error(tmp_path):
+    write_image(tmp_path / "a.png")
+    image_list = read_image_list(write_list(tmp_path / "l.txt", ["a.png 1"] * 200_000), str(tmp_path))
+    with pytest.raises(UserError) as info:
+        check_unique_paths(image_list)
+    message = str(info.value)
+    assert "(199999 extra line(s))" in message and "on lines 1, 2, 3, 4 and 199996 more." in message
+    assert len(message) < 300
+
+
 def test_unique_list_passes_the_duplicate_check(tmp_path):
     list_path, data_dir = make_dataset(tmp_path, [2, 1])
     image_list = read_image_list(list_path, data_dir)
