@@ -15,7 +15,7 @@ import numpy as np
 from engine import checkpoint
 from engine.embedder import Embedder, embed_list
 from engine.programs import DAC_MASK, IMAGE, LABEL, LOSS_NOISE, reference_row_count
-from evaluation import metrics
+from evaluation.evaluator import Evaluator
 from utility.errors import UserError
 from utility.progress import format_duration
 
@@ -111,7 +111,7 @@ class Validator:
     def recall_at_1(self, exe, graph, config):
         embedder = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)
         features, rows = embed_list(embedder, self.loader, show_progress=False)
-        return metrics.evaluate(features, self.labels[rows], ks=(1,), with_nmi=False)["recall@1"]
+        return Evaluator(["recall_at_k"], ks=(1,))(features, self.labels[rows])["recall@1"]
 
 
 def _figures(values, computed, prefix=""):
