@@ -18,10 +18,9 @@ from utility.errors import UserError
 DEMO_SETTINGS = {"image_shape": (3, 32, 32), "train_batch_size": 60, "total_iter_num": 150,
                  "lr_steps": [100], "test_iter_step": 50, "save_iter_step": 50}
 
-# The network's shape, its evaluation preprocessing and its loss (for eval.py's test_loss):
-# eval.py and infer.py take them from the checkpoint's training run unless the user types them.
-SETTINGS_FROM_CHECKPOINT = ("model", "embedding_size", "image_shape", "neck", "neck_feat", "last_stride",
-                            "stem", "eval_resize", "ink_crop", "loss_name", "margin", "samples_each_class")
+# Besides the network (engine.network_spec.NetworkSpec), eval.py and infer.py take the loss of the
+# checkpoint's training run (for eval.py's test_loss) unless the user types them.
+LOSS_SETTINGS_FROM_CHECKPOINT = ("loss_name", "margin", "samples_each_class")
 
 
 class Config(argparse.Namespace):
@@ -91,7 +90,10 @@ def _apply_demo_settings(values, typed):
 
 
 def _adopt_trained_settings(script, values, typed):
-    """Take the network's settings from the checkpoint's training run (or the exported model)."""
+    """Take the network's settings (its NetworkSpec) and loss from the checkpoint's training run, or the
+    network's from the exported model."""
+    from engine.network_spec import NetworkSpec
+
     if script == "infer" and values["inference_model"]:
         if values["pretrained_model"] or values["export_model"]:
             raise UserError("--inference_model runs an exported model: give neither --pretrained_model "
@@ -104,16 +106,18 @@ def _adopt_trained_settings(script, values, typed):
         raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)"
                         + (" or --inference_model=DIR (an exported model)" if script == "infer" else ""))
     else:
-        from engine import checkpoint
+        from engine.checkpoint import RunState
 
-        state = checkpoint.read_state(values["pretrained_model"])
+        state = RunState.read(values["pretrained_model"])
         if not state:
             return  # plain parameters (e.g. pretrained weights): the flags describe the network
-        trained = dict(state["args"])
+        trained = {name: state.args[name] for name in (*LOSS_SETTINGS_FROM_CHECKPOINT, "triplet_mining")
+                   if name in state.args}
         _settle_loss_name(trained)
+        trained.update(state.network)
         source = "the checkpoint's training run"
     adopted = []
-    for name in SETTINGS_FROM_CHECKPOINT:
+    for name in (*NetworkSpec.names(), *LOSS_SETTINGS_FROM_CHECKPOINT):
         if name not in trained:
             continue
         value = tuple(trained[name]) if name == "image_shape" else trained[name]

@@ -5,7 +5,6 @@ Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with
 features to ~1e-6 relative. A checkpoint or a training run's test program is exported to a
 temporary folder first (`Embedder.from_program`); infer.py --export_model keeps the export.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import numpy as np
 import reader
 from engine import device
 from engine.device import usable_cores
+from engine.network_spec import NetworkSpec
 from utility.errors import UserError
 from utility.progress import Progress
 
@@ -25,7 +25,8 @@ EXPORT_INFO = "preprocess.json"
 
 
 def read_export_info(model_dir):
-    """preprocess.json of an exported model: the network's settings and its input preprocessing."""
+    """preprocess.json of an exported model: the network's settings (NetworkSpec's fields, checked) and its
+    input preprocessing."""
     prefix = os.path.join(model_dir, EXPORT_PREFIX)
     missing = [name for name in (prefix + ".json", prefix + ".pdiparams", os.path.join(model_dir, EXPORT_INFO))
                if not os.path.isfile(name)]
@@ -33,34 +34,16 @@ def read_export_info(model_dir):
         raise UserError(f"{model_dir} is not an exported model: {', '.join(missing)} missing "
                         f"(infer.py --export_model writes {EXPORT_PREFIX}.json, {EXPORT_PREFIX}.pdiparams "
                         f"and {EXPORT_INFO})")
+    path = os.path.join(model_dir, EXPORT_INFO)
     try:
-        with open(os.path.join(model_dir, EXPORT_INFO)) as f:
-            return json.load(f)
+        with open(path) as f:
+            info = json.load(f)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {os.path.join(model_dir, EXPORT_INFO)}: {err}")
-
-
-DUMP_FINGERPRINT = "fingerprint.json"  # beside infer.py's dumps: {"fingerprint", "embedding_size"}
-
-# What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
-FINGERPRINT_FIELDS = ("model", "embedding_size", "neck", "neck_feat", "last_stride", "stem", "image_shape",
-                      "eval_resize", "ink_crop", "color", "mean", "std", "resize_ratio", "ink_threshold",
-                      "ink_fraction", "layout")
-
-
-def model_fingerprint(model_dir):
-    """A short hash of an exported model's parameters and preprocessing: equal fingerprints, equal embeddings.
-
-    A gallery index keeps it, and infer.py writes it beside its dumps, so that embeddings of two
-    models (or one model with two preprocessings) are never mixed in one index.
-    """
-    info = read_export_info(model_dir)
-    digest = hashlib.sha256()
-    with open(os.path.join(model_dir, EXPORT_PREFIX + ".pdiparams"), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    digest.update(json.dumps({name: info.get(name) for name in FINGERPRINT_FIELDS}, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+        raise UserError(f"cannot read {path}: {err}")
+    if not isinstance(info, dict):
+        raise UserError(f"{path} is damaged (not a JSON object)")
+    NetworkSpec.fields_of(info, f"{path}: ")  # a wrong network setting is an error naming it
+    return info
 
 
 def export(exe, program, image, embedding, out_dir, config):
@@ -70,10 +53,8 @@ def export(exe, program, image, embedding, out_dir, config):
     os.makedirs(out_dir, exist_ok=True)
     paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [image], [embedding], exe,
                                        program=program)
-    info = {"model": config.model, "embedding_size": config.embedding_size, "neck": config.neck,
-            "neck_feat": config.neck_feat, "last_stride": config.last_stride, "stem": config.stem,
-            "image_shape": list(config.image_shape), "eval_resize": config.eval_resize, "ink_crop": config.ink_crop,
-            **preprocess_description(config.eval_resize, config.ink_crop)}
+    network = NetworkSpec.from_config(config)
+    info = {**network.to_record(), **preprocess_description(network.eval_resize, network.ink_crop)}
     with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
         json.dump(info, f, indent=1)
 
@@ -113,7 +94,6 @@ class Embedder:
         import paddle.inference as inference
 
         self.info = read_export_info(model_dir)
-        self.fingerprint = model_fingerprint(model_dir)
         prefix = os.path.join(model_dir, EXPORT_PREFIX)
         config = inference.Config(prefix + ".json", prefix + ".pdiparams")
         config.disable_glog_info()

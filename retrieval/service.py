@@ -35,7 +35,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reader.decode import MAX_PIXELS, BadImageError, load_rgb
-from utility.errors import UserError
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_ENV = "DML_SERVE_TOKEN"
@@ -414,14 +413,11 @@ def _remove_quietly(path):
 
 
 def _parse_label(text):
-    """An integer label as in list files ("12"), else the text itself (a class name)."""
-    text = text.strip()
-    if not text:
-        raise HTTPException(400, "label is empty")
+    """Labels are integers, as in list files."""
     try:
-        return int(text)
+        return int(text.strip())
     except ValueError:
-        return text
+        raise HTTPException(400, f"label must be an integer, got {text!r}")
 
 
 def _known_item(gallery, item_id):
@@ -467,10 +463,6 @@ def _add_error_handlers(app):
         problems = [f"{'.'.join(str(part) for part in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
                     for e in err.errors()]
         return JSONResponse({"error": "; ".join(problems)}, status_code=400)
-
-    @app.exception_handler(UserError)
-    async def gallery_refusal(request, err):  # e.g. an image the model embeds to NaN
-        return JSONResponse({"error": str(err)}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request, err):

@@ -66,10 +66,13 @@ def test_old_triplet_mining_flag_names_the_batch_hard_loss(in_empty_dir):
 
 
 def _checkpoint(folder, **trained):
+    """A checkpoint's state.json in the layout before RunState's version: the network's settings among the args."""
     folder.mkdir(parents=True)
     args = {"model": "ResNet18", "embedding_size": 16, "image_shape": [3, 32, 32], "loss_name": "tripletloss",
             "triplet_mining": "hard", "margin": 0.3, "samples_each_class": 4, **trained}
-    (folder / "state.json").write_text(json.dumps({"args": args}))
+    state = {"position": {"iteration": 2, "pass_id": 0, "batch": 2}, "scheduler": {"last_epoch": 2, "last_lr": 0.01},
+             "classes": [0, 1, 2], "args": args}
+    (folder / "state.json").write_text(json.dumps(state))
     return str(folder)
 
 
@@ -124,3 +127,28 @@ def test_eval_adopts_the_network_options_of_a_checkpoint(in_empty_dir):
     folder = _checkpoint(in_empty_dir / "neck", neck="bnneck", neck_feat="before", last_stride=1, stem="small")
     config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
     assert (config.neck, config.neck_feat, config.last_stride, config.stem) == ("bnneck", "before", 1, "small")
+
+
+def test_eval_adopts_the_network_record_of_a_versioned_checkpoint(in_empty_dir):
+    folder = _checkpoint(in_empty_dir / "v2")
+    state = json.loads((in_empty_dir / "v2" / "state.json").read_text())
+    state.update(version=2, network={"model": "ResNet34", "embedding_size": 8, "image_shape": [3, 48, 48],
+                                     "neck": "bnneck", "neck_feat": "before", "last_stride": 1, "stem": "small",
+                                     "eval_resize": "full", "ink_crop": True})
+    (in_empty_dir / "v2" / "state.json").write_text(json.dumps(state))
+    config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
+    assert (config.model, config.embedding_size, config.image_shape, config.neck, config.neck_feat,
+            config.last_stride, config.stem, config.eval_resize, config.ink_crop) == \
+        ("ResNet34", 8, (3, 48, 48), "bnneck", "before", 1, "small", "full", True)
+    assert config.loss_name == "batchhardtripletloss" and config.samples_each_class == 4  # the loss: from args
+
+
+@pytest.mark.parametrize("image_shape", [[3, -5, 32], [4, 32, 32], "abc"])
+def test_infer_refuses_an_exported_model_with_a_wrong_network_setting(in_empty_dir, image_shape):
+    exported = in_empty_dir / "exported"
+    exported.mkdir()
+    for name in ("inference.json", "inference.pdiparams"):
+        (exported / name).write_text("")
+    (exported / "preprocess.json").write_text(json.dumps({"model": "ResNet34", "image_shape": image_shape}))
+    with pytest.raises(UserError, match=rf"^{exported}/preprocess\.json: image_shape .* is not 3,H,W"):
+        resolve("infer", [f"--inference_model={exported}", "--val_list=v.txt"])

@@ -352,6 +352,69 @@ def test_finetuning_from_another_model_says_so(program, tmp_path):
     assert lines == [f"Loaded 2 of 2 parameters from {path}"]
 
 
+# --- the run state: state.json is checked when read ----------------------------------------------
+
+def _state_json(folder, damage):
+    """A checkpoint folder whose state.json (the layout before RunState's version) has one damage."""
+    state = {"position": {"iteration": 2, "pass_id": 0, "batch": 2}, "scheduler": {"last_epoch": 2, "last_lr": 0.01},
+             "classes": list(range(1, 9)), "args": {"model": "ResNet18", "image_shape": [3, 32, 32]}}
+    damage(state)
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps(state))
+    return str(folder)
+
+
+STATE_DAMAGES = {  # issue 27, item 5
+    "position.iteration '2'": lambda s: s["position"].update(iteration="2"),
+    "position.iteration -5": lambda s: s["position"].update(iteration=-5),
+    "position has an unknown entry 'epoch'": lambda s: s["position"].update(epoch=1),
+    "classes is missing": lambda s: s.pop("classes"),
+    "scheduler 'x'": lambda s: s.update(scheduler="x"),
+    "args [": lambda s: s.update(args=["--model", "ResNet18"]),
+    "args.image_shape [3, -5, 32]": lambda s: s["args"].update(image_shape=[3, -5, 32]),
+    "args.image_shape [4, 32, 32]": lambda s: s["args"].update(image_shape=[4, 32, 32]),
+    "args.image_shape 'abc'": lambda s: s["args"].update(image_shape="abc"),
+}
+
+
+@pytest.mark.parametrize("field", list(STATE_DAMAGES))
+def test_a_damaged_state_json_stops_resuming_with_one_line_naming_file_and_field(tiny_dataset, tmp_path, field):
+    import train
+
+    data_dir, train_list, val_list = tiny_dataset
+    folder = _state_json(tmp_path / "ckpt", STATE_DAMAGES[field])
+    with pytest.raises(UserError) as info:
+        train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                    "--model=ResNet18", "--image_shape=3,32,32", f"--checkpoint={folder}", "--num_workers=0",
+                    f"--model_save_dir={tmp_path / 'out'}"])
+    assert str(info.value).startswith(f"{folder}/state.json: {field}") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("field", list(STATE_DAMAGES))
+def test_eval_refuses_a_damaged_state_json_before_adopting_its_settings(tmp_path, field):
+    from cli.config import resolve
+
+    folder = _state_json(tmp_path / "ckpt", STATE_DAMAGES[field])
+    with pytest.raises(UserError) as info:
+        resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
+    assert str(info.value).startswith(f"{folder}/state.json: {field}") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage", [lambda r: r.pop("labels_int64"), lambda r: r.update(features_float32="%%"),
+                                    lambda r: r.update(features_float32=r["features_float32"][:8]),
+                                    lambda r: r.update(write=-1), lambda r: r.update(size="many")])
+def test_a_damaged_cross_batch_memory_is_one_user_error(damage):
+    from engine.xbm import CrossBatchMemory
+
+    memory = CrossBatchMemory(4, 2)
+    memory.update(0, np.ones((3, 2), np.float32), np.arange(3))
+    record = memory.state()
+    damage(record)
+    with pytest.raises(UserError, match=r"^ckpt/7: the cross-batch memory saved in its state.json \(xbm\) is damaged"):
+        CrossBatchMemory(4, 2).restore(record, "ckpt/7")
+    assert CrossBatchMemory(4, 2).restore(memory.state(), "ckpt/7")  # the undamaged record restores
+
+
 # --- 3. bounded decoding -----------------------------------------------------------------------
 
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):

@@ -5,14 +5,14 @@
   scheduler   the LR scheduler's state_dict ({"last_epoch", "last_lr"})
   classes     the training list's class ids, in label order (a resume must train the same classes)
   args        the resolved configuration of the run, flag name -> value
-  network     the NetworkSpec's record (version 1: taken from args)
+  network     the NetworkSpec's fields (version 1: those its args held)
   <name>      one record per training extension that saves state (e.g. "dac", "xbm"), kept as it is:
               each extension checks its own record when it restores it
 
 Any damage found on reading is one UserError naming the file and the field.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from engine.checkpoint.storage import STATE_FILE, read_state
 from engine.network_spec import NetworkSpec
@@ -29,7 +29,8 @@ class RunState:
     scheduler: dict
     classes: list
     args: dict
-    network: dict               # NetworkSpec fields; a version-1 checkpoint has those its args held
+    network: dict               # NetworkSpec fields as a configuration holds them (a version-1 checkpoint:
+                                # those its args held)
     extensions: dict = field(default_factory=dict)
     version: int = VERSION
 
@@ -37,7 +38,7 @@ class RunState:
     def of_run(cls, position, scheduler, classes, config, extensions=None):
         """The state of a run now: `position` a dict of POSITION_KEYS, `config` the resolved configuration."""
         return cls(position=dict(position), scheduler=dict(scheduler), classes=[int(c) for c in classes],
-                   args=config.as_dict(), network=NetworkSpec.from_config(config).to_record(),
+                   args=config.as_dict(), network=asdict(NetworkSpec.from_config(config)),
                    extensions={name: record for name, record in (extensions or {}).items() if record is not None})
 
     def to_dict(self):
@@ -84,23 +85,12 @@ class RunState:
         if not isinstance(args, dict):
             raise wrong("args", args, "a record of the run's settings")
         if "network" in record:
-            network = NetworkSpec.from_record(record["network"], f"{source}: network.").to_record()
+            network = asdict(NetworkSpec.from_record(record["network"], f"{source}: network."))
         else:  # version 1: the network's settings were among the arguments
-            network = _as_record(NetworkSpec.fields_of(args, f"{source}: args."))
+            network = NetworkSpec.fields_of(args, f"{source}: args.")
         extensions = {name: value for name, value in record.items() if name not in _FIELDS}
         return cls(position=position, scheduler=scheduler, classes=classes, args=args, network=network,
                    extensions=extensions, version=version)
-
-    def network_spec(self):
-        """The complete NetworkSpec, or None for a version-1 checkpoint whose args lack some setting."""
-        if all(name in self.network for name in NetworkSpec.names()):
-            return NetworkSpec.from_record(self.network, "state.json: network.")
-        return None
-
-
-def _as_record(network_fields):
-    return {**network_fields, **({"image_shape": list(network_fields["image_shape"])}
-                                 if "image_shape" in network_fields else {})}
 
 
 def _is_int(value):
