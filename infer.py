@@ -4,9 +4,11 @@
     python infer.py --pretrained_model=output/ResNet50/latest --export_model=exported
     python infer.py --inference_model=exported --infer_list=LIST --output_dir=OUT
 
-Writes OUT/features.npy (float32, one row per list line, list order), OUT/labels.npy
-and OUT/paths.txt. The list may have labels or not (one path per line).
+Writes OUT/features.npy (float32, one row per list line, list order), OUT/labels.npy,
+OUT/paths.txt and OUT/fingerprint.json (the model's fingerprint: `index.py build --features OUT`
+checks it against the gallery's model). The list may have labels or not (one path per line).
 """
+import json
 import os
 
 import numpy as np
@@ -35,7 +37,7 @@ def main(argv=None):
         return  # another process of paddle.distributed.launch: device 0 writes the dump
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")
     paths = [image_list.paths[i] for i in rows]
-    save_dump(config.output_dir, features, labels, paths)
+    save_dump(config.output_dir, features, labels, paths, embedder.fingerprint)
     if config.print_features:
         for i, feature in enumerate(features):
             print(f"Test-{i}-feature: {feature}")
@@ -56,14 +58,18 @@ def _make_embedder(config):
     return Embedder(config.export_model, config.use_gpu)
 
 
-def save_dump(out_dir, features, labels, paths):
+def save_dump(out_dir, features, labels, paths, fingerprint):
+    from engine.embedder import DUMP_FINGERPRINT
+
     os.makedirs(out_dir, exist_ok=True)
     np.save(os.path.join(out_dir, "features.npy"), features.astype("float32"))
     np.save(os.path.join(out_dir, "labels.npy"), labels.astype("int64"))
     with open(os.path.join(out_dir, "paths.txt"), "w") as f:
         f.writelines(path + "\n" for path in paths)
+    with open(os.path.join(out_dir, DUMP_FINGERPRINT), "w") as f:
+        json.dump({"fingerprint": fingerprint, "embedding_size": int(features.shape[1])}, f)
     print(f"Wrote {len(paths)} features of {features.shape[1]} dims to {out_dir}/"
-          "features.npy, labels.npy, paths.txt", flush=True)
+          f"features.npy, labels.npy, paths.txt, {DUMP_FINGERPRINT}", flush=True)
 
 
 def run():

@@ -7,7 +7,7 @@ Each method runs in its own subprocess on the same clustered float32
 embeddings (a fixed seed), so its peak memory beyond the embeddings is
 measured cleanly: peak RSS (ru_maxrss) after the run minus the RSS once the
 embeddings exist. Methods:
-  ours      evaluation.metrics.evaluate: faiss.knn per block of queries (Recall@K, MAP@R, R-precision)
+  ours      evaluation.evaluator.Evaluator: faiss.knn per block of queries (Recall@K, MAP@R, R-precision)
   faiss     faiss.IndexFlatIP exact search for K+1 neighbours, self dropped (Recall@K only)
   numpy     the alternative that lost: blocks of 256 queries, matmul + np.partition top-k
   original  the original example's recall_topk: full N x N distance matrix + argsort
@@ -60,8 +60,8 @@ def clustered_embeddings(n, dim, per_class, noise, seed=0):
 
 
 def run_ours(features, labels):
-    from evaluation.metrics import evaluate
-    return evaluate(features, labels, ks=KS, with_nmi=False)
+    from evaluation.evaluator import Evaluator
+    return Evaluator(["recall_at_k", "map_at_r", "r_precision"], ks=KS)(features, labels)
 
 
 def run_nmi(features, labels):

@@ -177,7 +177,7 @@ def run_one(recipe, lists, data_dir, output_dir, extra, tag=""):
     train_list, eval_list = lists
     flags = parse_args("train", [f"--config={recipe}", *extra])
     model, loss = flags.model, flags.loss_name
-    run_dir = Path(output_dir) / f"{model}-{loss}{'-' + tag if tag else ''}"
+    run_dir = (Path(output_dir) / f"{model}-{loss}{'-' + tag if tag else ''}").resolve()  # train.py runs in REPO
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("log.jsonl", "metrics.jsonl"):
         (run_dir / stale).unlink(missing_ok=True)
@@ -185,18 +185,31 @@ def run_one(recipe, lists, data_dir, output_dir, extra, tag=""):
     start = time.time()
     _run(train_cmd, run_dir / "train.log")
     checkpoint = run_dir / model / "latest"
-    eval_cmd = [sys.executable, "eval.py", f"--pretrained_model={checkpoint}", f"--data_dir={data_dir}",
-                f"--val_list={eval_list}", f"--metrics_out={run_dir / 'metrics.jsonl'}"]
-    _run(eval_cmd, run_dir / "eval.log")
+    metrics = evaluate(checkpoint, data_dir, eval_list, run_dir)
     wall = time.time() - start
-    with open(run_dir / "metrics.jsonl") as f:
-        metrics = json.loads(f.readlines()[-1])
     plot_training(run_dir / "log.jsonl", run_dir / "curves.png")
     record = {"model": model, "loss": loss, "image_shape": ",".join(map(str, flags.image_shape)),
               "iterations": flags.total_iter_num, "wall_s": round(wall, 1), "recipe": _relative(recipe),
               **{key: metrics.get(key) for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi")},
               "checkpoint": str(checkpoint.resolve()), "command": shlex.join(train_cmd[1:])}
     return record
+
+
+def evaluate(checkpoint, data_dir, eval_list, run_dir):
+    """eval.py's figures of the checkpoint on the evaluation list, computed in this process; the report
+    goes to run_dir/eval.log and the record to run_dir/metrics.jsonl, as eval.py --metrics_out writes it."""
+    from contextlib import redirect_stdout
+
+    from cli.config import resolve
+    from engine.evaluate import evaluate_checkpoint
+    from evaluation.report import append_record, print_report
+
+    config = resolve("eval", [f"--pretrained_model={checkpoint}", f"--data_dir={data_dir}", f"--val_list={eval_list}"])
+    with open(run_dir / "eval.log", "w") as log, redirect_stdout(log):
+        results = evaluate_checkpoint(config)
+        print_report(results, config.recall_k)
+        append_record(run_dir / "metrics.jsonl", config.pretrained_model, config.model, results)
+    return results
 
 
 def _relative(path):

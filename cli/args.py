@@ -81,29 +81,22 @@ def _common(p):
     g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
 
+    _loss(p)
+
+
+def _loss(p):
+    """The loss flags: --loss_name, the P x K batch's K, and one flag per loss setting, generated from the
+    settings dataclasses declared next to each loss (losses/registry.py; the defaults live there only)."""
+    import losses  # imports Paddle: only when a parser is built, after cli/runtime.configure()
+
     g = p.add_argument_group("loss (train.py; eval.py for test_loss)")
-    g.add_argument("--loss_name", default="tripletloss", help="a loss of losses.LOSSES: tripletloss, batchhardtripletloss, quadrupletloss, emlloss, npairsloss, arcmargin, softmax, rankedlistloss, multisimilarityloss, marginloss, cosface")
-    g.add_argument("--margin", type=float, default=0.1, help="margin of triplet and quadruplet losses")
+    g.add_argument("--loss_name", default="tripletloss", help=f"a loss of losses.LOSSES: {', '.join(losses.LOSSES)}")
+    # K belongs to the batch layout of every "pk" loss (LossSpec.samples_each_class), not to one loss.
     g.add_argument("--samples_each_class", type=int, default=2, help="K: images of each class in a P x K batch")
     g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="kept for old command lines: 'hard' with tripletloss means --loss_name=batchhardtripletloss")
-    g.add_argument("--arc_scale", type=float, default=80.0, help="arcmargin: scale s of the cosine logits")
-    g.add_argument("--arc_margin", type=float, default=0.15, help="arcmargin: additive angular margin m (radians)")
-    g.add_argument("--arc_easy_margin", type=str2bool, default=False, help="arcmargin: apply the margin only where cos > 0")
-    g.add_argument("--npairs_reg_lambda", type=float, default=0.01, help="npairsloss: weight of the L2 regulariser on embeddings")
-    g.add_argument("--rll_alpha", type=float, default=1.2, help="rankedlistloss: distance alpha beyond which negatives cost nothing")
-    g.add_argument("--rll_margin", type=float, default=0.4, help="rankedlistloss: margin m; positives cost beyond alpha - m")
-    g.add_argument("--rll_temperature", type=float, default=10.0, help="rankedlistloss: temperature T of the negative weights exp(T (alpha - d))")
-    g.add_argument("--rll_lambda", type=float, default=1.0, help="rankedlistloss: weight lambda of the negative term")
-    g.add_argument("--ms_alpha", type=float, default=2.0, help="multisimilarityloss: scale alpha of the positive term")
-    g.add_argument("--ms_beta", type=float, default=50.0, help="multisimilarityloss: scale beta of the negative term")
-    g.add_argument("--ms_lambda", type=float, default=0.5, help="multisimilarityloss: similarity offset lambda")
-    g.add_argument("--ms_epsilon", type=float, default=0.1, help="multisimilarityloss: margin epsilon of the pair mining")
-    g.add_argument("--margin_alpha", type=float, default=0.2, help="marginloss: margin alpha around the boundary beta")
-    g.add_argument("--margin_beta", type=float, default=1.2, help="marginloss: initial value of the learned boundary beta")
-    g.add_argument("--margin_beta_per_class", type=str2bool, default=True, help="marginloss: one learned beta per class (the anchor's) instead of one shared")
-    g.add_argument("--margin_cutoff", type=float, default=0.5, help="marginloss: distances below this count as this in the distance-weighted sampling")
-    g.add_argument("--cos_scale", type=float, default=30.0, help="cosface: scale s of the cosine logits")
-    g.add_argument("--cos_margin", type=float, default=0.35, help="cosface: additive cosine margin m")
+    for flag in losses.FLAGS:
+        g.add_argument(f"--{flag.name}", type=str2bool if flag.kind is bool else flag.kind, default=flag.default,
+                       help=flag.help)
 
 
 def _train(p):
@@ -223,6 +216,7 @@ def _check(script, args):
     for name in ("num_workers", "embedding_size", "max_image_pixels"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name} must be 0 or more, got {getattr(args, name)}")
+    _check_loss_settings(args)
     if script == "train":
         if args.num_epochs is not None and args.total_iter_num is not None:
             raise UserError("give --num_epochs or --total_iter_num, not both")
@@ -246,11 +240,19 @@ def _check(script, args):
             raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
 
 
+def _check_loss_settings(args):
+    """Every loss's settings, checked by its dataclass (the same checks as for Python callers)."""
+    import losses
+
+    for spec in losses.LOSSES.values():
+        spec.params_from(args)
+
+
 def _check_training_numbers(args):
     """Values that would train nothing, or train into NaN, are refused before any work."""
     import math
 
-    for name in ("lr", "weight_decay", "alpha", "margin"):
+    for name in ("lr", "weight_decay", "alpha"):
         value = getattr(args, name)
         if not math.isfinite(value) or value < 0:
             raise UserError(f"--{name} must be a finite number, 0 or more, got {value}")

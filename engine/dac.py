@@ -4,25 +4,53 @@ trained on one cluster of the data.
 Every --dac_period passes the training list is embedded with the current network and clustered by
 k-means into --dac_clusters clusters; each device's share of a batch then comes from one cluster
 (reader.samplers.ClusterSampler), and its metric loss sees only that cluster's slice of the embedding
-(the other dimensions are multiplied by 0: the program's `dac_mask` input, engine.programs.DAC_MASK). From pass --dac_full_from
+(the other dimensions are multiplied by 0: the program's DAC_MASK input). From pass --dac_full_from
 on, batches are drawn as usual and the loss sees the whole embedding. Evaluation and export always use
-the whole embedding. The assignment is saved in checkpoints, so a resumed run goes on with it.
+the whole embedding. The assignment is saved in checkpoints (under "dac"), so a resumed run goes on with it.
+It is an extension of the training loop (engine/extensions.py).
 """
 import os
 import time
 
 import numpy as np
+import paddle
 
-from engine.embedder import Embedder, embed_list
+from engine.embedder import Embedder, embed_list, test_loader
+from engine.extensions import Extension
 from evaluation.metrics import kmeans_clusters
 from reader.samplers import ClusterSampler
+from utility.errors import UserError
 
 SHARED_FILE = "dac-assignment-pass{}.npy"  # how device 0 hands the clustering to the other devices
+DAC_MASK = "dac_mask"
 
 
-class DivideAndConquer:
-    def __init__(self, config, train_list, train_loader, embed_loader, layout, samples_each_class, embedding_dim,
-                 world_size=1, rank=0):
+def check_options(config, spec):
+    """UserError, before any work, when the --dac_* flags cannot apply."""
+    if config.dac_clusters < 0 or config.dac_clusters == 1 or config.dac_period <= 0:
+        raise UserError(f"--dac_clusters must be 0 (off) or 2 or more and --dac_period positive, "
+                        f"got {config.dac_clusters} and {config.dac_period}")
+    if config.dac_clusters and spec.layout == "shuffle":
+        raise UserError(f"--dac_clusters needs a pair loss (P x K or triplet batches), not {config.loss_name}")
+
+
+class DivideAndConquer(Extension):
+    name = "dac"
+
+    @classmethod
+    def of(cls, config, spec, train_list, train_loader, world_size, rank):
+        """Divide and conquer of --dac_clusters (checked by check_options), or None when it is off. Device 0
+        opens the loader of the training list to embed (its workers are forked here, before Paddle starts
+        its threads)."""
+        if not config.dac_clusters:
+            return None
+        # An unreadable image is reported and joins no cluster.
+        embed_loader = test_loader(config, train_list, skip_bad=True) if rank == 0 else None
+        return cls(config, train_list, train_loader, embed_loader, spec.layout,
+                   spec.samples_each_class(config.samples_each_class), world_size=world_size, rank=rank)
+
+    def __init__(self, config, train_list, train_loader, embed_loader, layout, samples_each_class,
+                 embedding_dim=None, world_size=1, rank=0):
         self.config, self.train_list = config, train_list
         self.layout, self.samples_each_class = layout, samples_each_class
         self.plain_sampler = train_loader.sampler
@@ -30,6 +58,21 @@ class DivideAndConquer:
         self.clusters, self.embedding_dim = config.dac_clusters, embedding_dim
         self.world_size, self.rank = world_size, rank
         self.assignment, self.assigned_pass = None, None
+
+    def add_to_graph(self, inputs):
+        """The loss sees the embedding and the reference rows times the fed mask (one learner's slice)."""
+        self.embedding_dim = inputs.embedding.shape[-1]
+        mask = paddle.static.data(DAC_MASK, [self.embedding_dim], "float32")
+        inputs.embedding = inputs.embedding * mask
+        if inputs.references is not None:
+            inputs.references = inputs.references * mask
+
+    def before_step(self, step):
+        return {DAC_MASK: self.mask(step.position)}
+
+    def close(self):
+        if self.embed_loader:
+            self.embed_loader.close()
 
     def full_embedding(self, pass_id):
         return self.config.dac_full_from is not None and pass_id >= self.config.dac_full_from
@@ -60,7 +103,7 @@ class DivideAndConquer:
             return None
         return {"pass": self.assigned_pass, "assignment": self.assignment.tolist()}
 
-    def restore(self, state):
+    def restore(self, state, source=None):
         if state:
             self.assigned_pass, self.assignment = state["pass"], np.asarray(state["assignment"], np.int64)
 

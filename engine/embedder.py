@@ -5,6 +5,7 @@ Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with
 features to ~1e-6 relative. A checkpoint or a training run's test program is exported to a
 temporary folder first (`Embedder.from_program`); infer.py --export_model keeps the export.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +45,29 @@ def read_export_info(model_dir):
         raise UserError(f"{path} is damaged (not a JSON object)")
     NetworkSpec.fields_of(info, f"{path}: ")  # a wrong network setting is an error naming it
     return info
+
+
+DUMP_FINGERPRINT = "fingerprint.json"  # beside infer.py's dumps: {"fingerprint", "embedding_size"}
+
+# What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
+FINGERPRINT_FIELDS = ("model", "embedding_size", "neck", "neck_feat", "last_stride", "stem", "image_shape",
+                      "eval_resize", "ink_crop", "color", "mean", "std", "resize_ratio", "ink_threshold",
+                      "ink_fraction", "layout")
+
+
+def model_fingerprint(model_dir):
+    """A short hash of an exported model's parameters and preprocessing: equal fingerprints, equal embeddings.
+
+    A gallery index keeps it, and infer.py writes it beside its dumps, so that embeddings of two
+    models (or one model with two preprocessings) are never mixed in one index.
+    """
+    info = read_export_info(model_dir)
+    digest = hashlib.sha256()
+    with open(os.path.join(model_dir, EXPORT_PREFIX + ".pdiparams"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(json.dumps({name: info.get(name) for name in FINGERPRINT_FIELDS}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
 
 
 def export(exe, program, image, embedding, out_dir, config):
@@ -94,6 +118,7 @@ class Embedder:
         import paddle.inference as inference
 
         self.info = read_export_info(model_dir)
+        self.fingerprint = model_fingerprint(model_dir)
         prefix = os.path.join(model_dir, EXPORT_PREFIX)
         config = inference.Config(prefix + ".json", prefix + ".pdiparams")
         config.disable_glog_info()

@@ -4,10 +4,9 @@ Paddle 3 builds programs in its new format (PIR), where `clone(for_test=True)` i
 the test program is cloned with an IrMapping right after the network is built, before
 the label input, the losses and the optimizer exist, so it needs only the image.
 
-Reference rows (losses/common.py, candidates): a pair loss that takes them compares its anchors
-with the device's batch followed by (1) with --gather_embeddings under several devices, the other
-devices' batch rows, gathered inside the program in rank order, and (2) with --xbm_size N, the
-cross-batch memory fed as XBM_FEATURES [N, D] / XBM_LABELS [N] (engine/xbm.py).
+The train program knows its extensions (engine/extensions.py) only through one interface: each adds
+its inputs and changes what the metric loss sees (its embedding, reference rows, noise) before the loss
+is called.
 """
 import math
 import os
@@ -17,15 +16,11 @@ import paddle
 
 import losses
 import models
+from engine.extensions import LossInputs
 from engine.network_spec import NetworkSpec
-from utility.errors import UserError
 
 IMAGE = "image"
 LABEL = "label"
-DAC_MASK = "dac_mask"
-LOSS_NOISE = "loss_noise"
-XBM_FEATURES = "xbm_features"
-XBM_LABELS = "xbm_labels"
 
 
 def make_lr_scheduler(config, total_iters):
@@ -56,7 +51,7 @@ class TrainGraph:
     test_embedding: object      # the inference embedding inside `test` (after the BNNeck, if any)
     fetch: dict                 # name -> value of main: loss_metric, and loss_cls, acc1, acc5 when classifying
     scheduler: object
-    memory_rows: tuple = None   # with --xbm_size: (embeddings, labels) of every device's batch, rank order
+    embedding: object = None    # the training forward pass's feature (before the neck), [B, D]
 
 
 def build_network(network, num_classes):
@@ -71,55 +66,11 @@ def trains_classifier(config):
     return losses.get(config.loss_name).is_classifier_branch or config.alpha > 0
 
 
-def gathers_embeddings(config, world_size):
-    """Whether the pair loss also sees the other devices' batch rows (--gather_embeddings, several devices)."""
-    return world_size > 1 and config.gather_embeddings
+def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, extensions=()):
+    """Network + metric loss (+ softmax branch) + Momentum/L2, as one train program and its test clone.
 
-
-def reference_row_count(config, device_batch, world_size):
-    """Rows the pair loss sees beyond the device's batch: other devices' rows, then the memory."""
-    other_devices = (world_size - 1) * device_batch if gathers_embeddings(config, world_size) else 0
-    return other_devices + config.xbm_size
-
-
-def gather_rows(values, world_size):
-    """Every device's `values` [B, ...] stacked in rank order, [world_size * B, ...], inside a static program.
-
-    Collective of the gloo/NCCL group set up by init_parallel_env; no gradient flows back through it.
-    (paddle._C_ops.all_gather works in a PIR program on CPU where paddle.distributed.all_gather does not.)
+    `extensions` (engine/extensions.py) add their inputs and shape the metric loss's inputs, in order.
     """
-    return paddle._C_ops.all_gather(values.detach(), 0, world_size)
-
-
-def other_devices_rows(gathered, world_size, rank):
-    """The rows of `gathered` ([world_size * B, ...], rank order) that came from the other devices, rank order."""
-    others = paddle.to_tensor([r for r in range(world_size) if r != rank], dtype="int64")
-    trailing = list(gathered.shape[1:])
-    by_device = paddle.reshape(gathered, [world_size, -1, *trailing])
-    return paddle.reshape(paddle.gather(by_device, others, axis=0), [-1, *trailing])
-
-
-def reference_rows(config, embedding, label, world_size, rank):
-    """(references, reference_labels, memory_rows) of the pair loss; (None, None, None) without any."""
-    references, reference_labels = [], []
-    memory_size = config.xbm_size
-    gathered = None
-    if world_size > 1 and (memory_size or gathers_embeddings(config, world_size)):
-        gathered = gather_rows(embedding, world_size), gather_rows(label, world_size)
-    if gathers_embeddings(config, world_size):
-        references.append(other_devices_rows(gathered[0], world_size, rank))
-        reference_labels.append(other_devices_rows(gathered[1], world_size, rank))
-    if memory_size:
-        references.append(paddle.static.data(XBM_FEATURES, [memory_size, embedding.shape[-1]], "float32"))
-        reference_labels.append(paddle.static.data(XBM_LABELS, [memory_size], "int64"))
-    if not references:
-        return None, None, None
-    memory_rows = (gathered or (embedding, label)) if memory_size else None
-    return paddle.concat(references, axis=0), paddle.concat(reference_labels, axis=0), memory_rows
-
-
-def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0):
-    """Network + metric loss (+ softmax branch) + Momentum/L2, as one train program and its test clone."""
     main, startup = paddle.static.Program(), paddle.static.Program()
     with_classifier = trains_classifier(config)
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
@@ -133,24 +84,12 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0):
         test.set_is_test_attr()
 
         label = paddle.static.data(LABEL, [None], "int64")
-        references, reference_labels, memory_rows = reference_rows(config, embedding, label, world_size, rank)
-        metric_input = embedding
-        if config.dac_clusters:  # divide and conquer: the loss sees one learner's slice (engine/dac.py)
-            dac_mask = paddle.static.data(DAC_MASK, [embedding.shape[-1]], "float32")
-            metric_input = embedding * dac_mask
-            references = None if references is None else references * dac_mask
+        loss_inputs = LossInputs(embedding, label, world_size, rank)
+        for extension in extensions:
+            extension.add_to_graph(loss_inputs)
         spec = losses.get(config.loss_name)
-        if references is not None and not spec.takes_references:  # train.py stops earlier (engine/xbm.py)
-            raise UserError(f"{config.loss_name} takes no reference rows (--xbm_size, --gather_embeddings)")
-        metric_loss = spec.build(config, embedding.shape[-1], num_classes)
-        extra = {} if references is None else {"references": references, "reference_labels": reference_labels}
-        if metric_loss is None:
-            loss_metric = paddle.zeros([], "float32")
-        elif spec.takes_noise:  # random pair sampling from fed noise: a resumed run draws the same pairs
-            loss_metric = metric_loss(metric_input, label, paddle.static.data(LOSS_NOISE, [None, None], "float32"),
-                                      **extra)
-        else:
-            loss_metric = metric_loss(metric_input, label, **extra)
+        metric_loss = spec.build_loss(embedding.shape[-1], num_classes, spec.params_from(config))
+        loss_metric = paddle.zeros([], "float32") if metric_loss is None else loss_inputs.call(spec, metric_loss)
         fetch = {"loss_metric": loss_metric}
         objective = loss_metric
         if with_classifier:
@@ -167,7 +106,7 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0):
         else:
             optimizer.minimize(objective)
     return TrainGraph(main, startup, test, mapping.look_up(image), mapping.look_up(inference_embedding),
-                      fetch, scheduler, memory_rows)
+                      fetch, scheduler, embedding)
 
 
 def _minimize_data_parallel(optimizer, objective, world_size):

@@ -14,8 +14,9 @@ import numpy as np
 
 from engine import checkpoint
 from engine.embedder import Embedder, embed_list
-from engine.programs import DAC_MASK, IMAGE, LABEL, LOSS_NOISE, reference_row_count
-from evaluation import metrics
+from engine.extensions import Step
+from engine.programs import IMAGE, LABEL
+from evaluation.evaluator import Evaluator
 from utility.errors import UserError
 from utility.progress import format_duration
 
@@ -111,7 +112,7 @@ class Validator:
     def recall_at_1(self, exe, graph, config):
         embedder = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)
         features, rows = embed_list(embedder, self.loader, show_progress=False)
-        return metrics.evaluate(features, self.labels[rows], ks=(1,), with_nmi=False)["recall@1"]
+        return Evaluator(["recall_at_k"], ks=(1,))(features, self.labels[rows])["recall@1"]
 
 
 def _figures(values, computed, prefix=""):
@@ -121,22 +122,22 @@ def _figures(values, computed, prefix=""):
 
 
 class Trainer:
-    """Runs the steps of one training run on one device and does everything around them."""
+    """Runs the steps of one training run on one device and does everything around them.
+
+    What a run adds to the plain loop comes from its `extensions` (engine/extensions.py), called in order.
+    """
 
     def __init__(self, *, config, graph, exe, loader, validator, classes, schedule, check_batch=None,
-                 takes_noise=False, dac=None, memory=None, world_size=1, rank=0, fresh_log=True):
+                 extensions=(), world_size=1, rank=0, fresh_log=True):
         self.config, self.graph, self.exe, self.loader = config, graph, exe, loader
-        self.dac = dac              # engine.dac.DivideAndConquer, or None
-        self.memory = memory        # engine.xbm.CrossBatchMemory, or None
+        self.extensions = list(extensions)
         self.validator, self.classes, self.schedule = validator, classes, schedule
-        self.check_batch, self.takes_noise = check_batch, takes_noise
-        self.rank = rank
+        self.check_batch = check_batch
         self.world_size, self.leader = world_size, rank == 0
         self.model_dir = os.path.join(config.model_save_dir, config.model)
         self.fetch_names = list(graph.fetch)
         self.since_eval = []        # per-step figures since the last evaluation, for the End pass line
         self.last_saved = None
-        self.skipped = 0            # steps undone under --nan_policy=skip_batch
         self.window_start, self.window_images = time.time(), 0
         self.log = RunLog(os.path.join(config.model_save_dir, LOG_FILE) if self.leader else None, fresh_log)
 
@@ -148,9 +149,9 @@ class Trainer:
         try:
             with StopOnInterrupt() as stop:
                 while position.iteration < self.schedule.total and not stop.requested:
-                    if self.dac:
-                        self.dac.before_pass(position.pass_id, self.exe, self.graph)
-                        self.window_start, self.window_images = time.time(), 0  # clustering is not img/s
+                    for extension in self.extensions:
+                        extension.before_pass(position.pass_id, self.exe, self.graph)
+                    self.window_start, self.window_images = time.time(), 0  # their work is not img/s
                     self._run_pass(position, stop)
             if stop.requested:
                 self._save_interrupted(position)
@@ -175,49 +176,28 @@ class Trainer:
     def _step(self, position, images, labels, reader_s):
         if self.check_batch:
             self.check_batch(labels)
-        before = checkpoint.program_state(self.graph.main) if self.config.nan_policy == "skip_batch" else None
+        step = Step(self.graph, position, labels, self.log)
         feed = {IMAGE: images, LABEL: labels}
-        if self.dac:
-            feed[DAC_MASK] = self.dac.mask(position)
-        if self.memory:
-            feed.update(self.memory.feed(position.iteration))
-        if self.takes_noise:  # a stream of its own, apart from the sampler's (seed, pass, batch)
-            rng = np.random.default_rng([self.config.seed, position.iteration, self.rank, 0x6E6F6973])
-            candidates = len(labels) + reference_row_count(self.config, len(labels), self.world_size)
-            feed[LOSS_NOISE] = rng.random((len(labels), candidates), dtype=np.float32)
-        fetch_list = list(self.graph.fetch.values())
-        if self.memory:
-            fetch_list += list(self.graph.memory_rows)
+        for extension in self.extensions:
+            feed.update(extension.before_step(step))
+        fetch_lists = [extension.fetch_list() for extension in self.extensions]
         step_start = time.time()
-        values = self.exe.run(self.graph.main, feed=feed, fetch_list=fetch_list)
+        values = self.exe.run(self.graph.main, feed=feed,
+                              fetch_list=list(self.graph.fetch.values()) + sum(fetch_lists, []))
         step_s = time.time() - step_start
-        values, memory_rows = values[:len(self.fetch_names)], values[len(self.fetch_names):]
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
-        stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
-        if before and not all(map(math.isfinite, stats.values())):
-            self._undo_step(position, stats, before)  # (its embeddings stay out of the memory too)
-            return
+        stats = step.stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
+        fetched = values[len(self.fetch_names):]
+        for extension, names in zip(self.extensions, fetch_lists):
+            if not extension.after_step(step, fetched[:len(names)]):
+                return
+            fetched = fetched[len(names):]
         self._stop_if_diverged(position, stats)
-        if self.memory:
-            self.memory.update(position.iteration, *memory_rows)
         self.since_eval.append(stats)
         self.window_images += len(labels) * self.world_size  # img/s over all devices
         if position.batch % self.config.display_iter_step == 0:
             self._display(position, lr, stats, step_s, reader_s)
-
-    def _undo_step(self, position, stats, before):
-        """--nan_policy=skip_batch: put back the parameters and optimizer state from before the step."""
-        import paddle
-
-        params, slots = before
-        paddle.static.set_program_state(self.graph.main, {**params, **slots})
-        self.skipped += 1
-        print(f"Skipped the step of iteration {position.iteration}: non-finite "
-              f"{', '.join(name for name, value in stats.items() if not math.isfinite(value))} "
-              f"({self.skipped} skipped so far)", flush=True)
-        self.log.write({"pass": position.pass_id, "iter": position.iteration, "skipped": True,
-                        "skipped_total": self.skipped, **stats})
 
     def _stop_if_diverged(self, position, stats):
         bad = {name: value for name, value in stats.items() if not math.isfinite(value)}
@@ -274,7 +254,7 @@ class Trainer:
     def _save(self, position):
         if not self.leader:
             return None
-        records = {"dac": self.dac.state() if self.dac else None, "xbm": self.memory.state() if self.memory else None}
+        records = {extension.name: extension.state() for extension in self.extensions if extension.name}
         state = checkpoint.RunState.of_run(vars(position), self.graph.scheduler.state_dict(), self.classes,
                                            self.config, records)
         self.last_saved = checkpoint.save_checkpoint(self.graph.main, self.model_dir, str(position.iteration),

@@ -2,7 +2,8 @@
 
 The memory holds the last N (embedding, label) rows that each device trained on, on the host, and is
 fed into the train program every step as XBM_FEATURES [N, D] float32 / XBM_LABELS [N] int64
-(engine/programs.py); the pair loss compares the device's anchors with its batch and these rows.
+(MemoryExtension, an extension of the loop: engine/extensions.py); the pair loss compares the device's
+anchors with its batch and these rows.
 
 Exact order of the memory (a ring):
 - Each device has N slots, all labelled -1 (empty, ignored by the loss) at the start.
@@ -27,20 +28,23 @@ D = 512, one device). `restore(state)` makes a resumed run continue as if never 
 import base64
 
 import numpy as np
+import paddle
 
-from engine.programs import XBM_FEATURES, XBM_LABELS
+from engine.extensions import Extension, check_references
 from utility.errors import UserError
 
 IGNORE = -1  # label of an empty slot (losses/common.py IGNORE)
+XBM_FEATURES = "xbm_features"
+XBM_LABELS = "xbm_labels"
 
 
 def check_options(config, spec):
-    """UserError, before any work, when --xbm_size or --gather_embeddings cannot apply to the loss."""
-    for flag, on in (("--xbm_size", config.xbm_size > 0), ("--gather_embeddings", config.gather_embeddings)):
-        if on and not spec.takes_references:
-            raise UserError(f"{flag} needs a loss that compares each anchor with all other rows "
-                            "(batchhardtripletloss, quadrupletloss, emlloss, rankedlistloss, "
-                            f"multisimilarityloss, marginloss), not {spec.name}")
+    """UserError, before any work, when --xbm_size / --xbm_start_iter cannot apply."""
+    for name in ("xbm_size", "xbm_start_iter"):
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name} must be 0 or more, got {getattr(config, name)}")
+    if config.xbm_size:
+        check_references("--xbm_size", spec)
 
 
 class CrossBatchMemory:
@@ -52,13 +56,6 @@ class CrossBatchMemory:
         self.labels = np.full((world_size, size), IGNORE, np.int64)
         self.write = 0     # the slot the next row goes to
         self.filled = 0    # slots written so far (at most N)
-
-    @classmethod
-    def of(cls, config, dim, world_size, rank):
-        """The memory of --xbm_size / --xbm_start_iter, or None when it is off."""
-        if not config.xbm_size:
-            return None
-        return cls(config.xbm_size, dim, world_size=world_size, rank=rank, start_iter=config.xbm_start_iter)
 
     def active(self, iteration):
         return iteration >= self.start_iter
@@ -116,6 +113,50 @@ class CrossBatchMemory:
             raise _damaged(source, f"write {write}, filled {filled} with {self.size} rows")
         self.features, self.labels, self.write, self.filled = features, labels, write, filled
         return True
+
+
+class MemoryExtension(Extension):
+    """The memory as an extension of the loop: its rows join the loss's references, each step feeds them
+    and writes the step's batch rows, checkpoints save the rings under "xbm"."""
+    name = "xbm"
+
+    @classmethod
+    def of(cls, config, world_size, rank):
+        """The memory of --xbm_size / --xbm_start_iter (checked by check_options), or None when it is off."""
+        return cls(config.xbm_size, config.xbm_start_iter, world_size, rank) if config.xbm_size else None
+
+    def __init__(self, size, start_iter, world_size, rank):
+        self.size, self.start_iter, self.world_size, self.rank = size, start_iter, world_size, rank
+        self.memory = None      # the CrossBatchMemory, made when the embedding's size is known
+        self.batch_rows = None  # every device's batch (embeddings, labels), rank order, in the program
+
+    def add_to_graph(self, inputs):
+        dim = inputs.embedding.shape[-1]
+        self.memory = CrossBatchMemory(self.size, dim, world_size=self.world_size, rank=self.rank,
+                                       start_iter=self.start_iter)
+        inputs.add_references(paddle.static.data(XBM_FEATURES, [self.size, dim], "float32"),
+                              paddle.static.data(XBM_LABELS, [self.size], "int64"))
+        self.batch_rows = inputs.every_device_rows()
+
+    def fetch_list(self):
+        return list(self.batch_rows)
+
+    def reference_rows(self, device_batch):
+        return self.size
+
+    def before_step(self, step):
+        return self.memory.feed(step.position.iteration)
+
+    def after_step(self, step, fetched):
+        self.memory.update(step.position.iteration, *fetched)
+        return True
+
+    def state(self):
+        return self.memory.state()
+
+    def restore(self, state, source):
+        if not self.memory.restore(state, source) and self.rank == 0:
+            print(f"Note: {source} holds no cross-batch memory; it starts empty", flush=True)
 
 
 def _damaged(source, why):

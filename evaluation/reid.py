@@ -25,7 +25,7 @@ Metrics, over the valid queries:
   which can differ in the third decimal).
 
 Distance. Squared Euclidean distance between the embeddings, L2-normalised
-first when feat_norm is True (the ranking of evaluation/metrics.py); or any
+first when feat_norm is True (evaluation/distances.py); or any
 query x gallery distance given by distance_fn (e.g. re-ranked distances).
 
 Ties. Gallery images at equal distance are ranked by gallery index,
@@ -38,7 +38,7 @@ default block keeps that work under BLOCK_BYTES (about 200 queries for a
 """
 import numpy as np
 
-from evaluation.metrics import _as_matrix, _l2_normalized
+from evaluation.distances import as_matrix, check_same_width, squared_distance_fn
 
 JUNK_ID = -1  # gallery images with this identity are ignored for every query
 BLOCK_BYTES = 256 * 2**20
@@ -48,60 +48,44 @@ _BYTES_PER_CELL = 56
 REPORTED_RANKS = (1, 5, 10)
 
 
-def squared_distance_fn(query_features, gallery_features, feat_norm=True):
-    """A distance_fn(start, stop) -> float32 [stop - start, Ng] squared Euclidean distances.
-
-    With feat_norm the embeddings are L2-normalised first (once, here).
-    """
-    query = _as_matrix(query_features, "query features")
-    gallery = _as_matrix(gallery_features, "gallery features")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
-    if feat_norm:
-        query, gallery = _l2_normalized(query), _l2_normalized(gallery)
-    gallery_norms = np.einsum("ij,ij->i", gallery, gallery)
-
-    def distances(start, stop):
-        block = query[start:stop]
-        block_norms = np.einsum("ij,ij->i", block, block)
-        out = block @ gallery.T
-        out *= -2.0
-        out += block_norms[:, None]
-        out += gallery_norms[None, :]
-        return np.maximum(out, 0.0, out=out)
-
-    return distances
-
-
 def reid_metrics(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
                  max_rank=10, block_size=None, feat_norm=True, distance_fn=None):
     """mAP and CMC of a query set against a gallery, with camera and junk exclusion.
 
-    Args:
-        query_features, gallery_features: [Nq, D] and [Ng, D] embeddings.
-        query_ids, gallery_ids: integer identities; gallery -1 is junk.
-        query_cams, gallery_cams: integer camera ids.
-        max_rank: CMC is reported at ranks 1, 5, 10 up to max_rank (and at max_rank).
-        block_size: queries per block; default keeps a block under BLOCK_BYTES.
-        feat_norm: L2-normalise before the Euclidean distance.
-        distance_fn: optional f(start, stop) -> [stop - start, Ng] distances of
-            queries start..stop-1 to every gallery image, smaller = closer; replaces
-            the Euclidean distance (the features then only fix the sizes).
+    Arguments as for reid_scores; max_rank: CMC is reported at ranks 1, 5, 10 up to max_rank
+    (and at max_rank).
 
     Returns:
         {"map": ..., "cmc@1": ..., "cmc@5": ..., "cmc@10": ..., "num_valid_queries": ...,
          "num_skipped_queries": ..., "num_queries": ...}; map and cmc@k are nan when no
         query is valid.
     """
-    query = _as_matrix(query_features, "query features")
-    gallery = _as_matrix(gallery_features, "gallery features")
+    average_precision, first_hit = reid_scores(query_features, query_ids, query_cams, gallery_features,
+                                               gallery_ids, gallery_cams, block_size, feat_norm, distance_fn)
+    return {"map": mean_average_precision(average_precision), **cmc(average_precision, first_hit, max_rank),
+            **query_counts(average_precision)}
+
+
+def reid_scores(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
+                block_size=None, feat_norm=True, distance_fn=None):
+    """Per query: AP (nan for a query without a good match) and the 1-based rank of its first good match (inf).
+
+    Args:
+        query_features, gallery_features: [Nq, D] and [Ng, D] embeddings.
+        query_ids, gallery_ids: integer identities; gallery -1 is junk.
+        query_cams, gallery_cams: integer camera ids.
+        block_size: queries per block; default keeps a block under BLOCK_BYTES.
+        feat_norm: L2-normalise before the Euclidean distance.
+        distance_fn: optional f(start, stop) -> [stop - start, Ng] distances of
+            queries start..stop-1 to every gallery image, smaller = closer; replaces
+            the Euclidean distance (the features then only fix the sizes).
+    """
+    query = as_matrix(query_features, "query features")
+    gallery = as_matrix(gallery_features, "gallery features")
     query_ids, query_cams = _ids(query_ids, query, "query ids"), _ids(query_cams, query, "query cameras")
     gallery_ids = _ids(gallery_ids, gallery, "gallery ids")
     gallery_cams = _ids(gallery_cams, gallery, "gallery cameras")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
-    if max_rank < 1:
-        raise ValueError(f"max_rank must be positive, got {max_rank}")
+    check_same_width(query, gallery)
     if distance_fn is None:
         distance_fn = squared_distance_fn(query, gallery, feat_norm)
     rows = block_size or max(1, int(BLOCK_BYTES // (len(gallery) * _BYTES_PER_CELL)))
@@ -117,15 +101,29 @@ def reid_metrics(query_features, query_ids, query_cams, gallery_features, galler
         ap, rank = _score_block(distances, query_ids[start:stop], query_cams[start:stop],
                                 gallery_ids, gallery_cams)
         average_precision[start:stop], first_hit[start:stop] = ap, rank
+    return average_precision, first_hit
 
+
+def mean_average_precision(average_precision):
+    """mAP over the valid queries (AP not nan); nan when none is valid."""
     valid = ~np.isnan(average_precision)
-    results = {"map": float(average_precision[valid].mean()) if valid.any() else float("nan")}
-    for k in sorted({k for k in REPORTED_RANKS if k <= max_rank} | {max_rank}):
-        results[f"cmc@{k}"] = float(np.mean(first_hit[valid] <= k)) if valid.any() else float("nan")
-    results["num_valid_queries"] = int(valid.sum())
-    results["num_skipped_queries"] = int(len(query) - valid.sum())
-    results["num_queries"] = len(query)
-    return results
+    return float(average_precision[valid].mean()) if valid.any() else float("nan")
+
+
+def cmc(average_precision, first_hit, max_rank=10):
+    """{"cmc@k": share of valid queries whose first good match is within the top k} at ranks 1, 5, 10
+    up to max_rank, and at max_rank; nan when no query is valid."""
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be positive, got {max_rank}")
+    valid = ~np.isnan(average_precision)
+    return {f"cmc@{k}": float(np.mean(first_hit[valid] <= k)) if valid.any() else float("nan")
+            for k in sorted({k for k in REPORTED_RANKS if k <= max_rank} | {max_rank})}
+
+
+def query_counts(average_precision):
+    valid = int(np.sum(~np.isnan(average_precision)))
+    return {"num_valid_queries": valid, "num_skipped_queries": len(average_precision) - valid,
+            "num_queries": len(average_precision)}
 
 
 def _score_block(distances, query_ids, query_cams, gallery_ids, gallery_cams):
@@ -155,20 +153,3 @@ def _ids(values, features, name):
     if not np.issubdtype(values.dtype, np.integer):
         raise ValueError(f"{name} must be integers, got {values.dtype}")
     return values.astype(np.int64, copy=False)
-
-
-def evaluate_reid(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
-                  feat_norm=True, re_ranking=False, max_rank=10, block_size=None):
-    """reid_metrics on Euclidean distances, or on k-reciprocal re-ranked ones (paper defaults).
-
-    Returns reid_metrics' dict plus "re_ranking" (bool), ready for eval.py's report.
-    """
-    distance_fn = None
-    if re_ranking:
-        from evaluation.reranking import KReciprocalReranker
-
-        distance_fn = KReciprocalReranker(query_features, gallery_features, feat_norm=feat_norm)
-    results = reid_metrics(query_features, query_ids, query_cams, gallery_features, gallery_ids, gallery_cams,
-                           max_rank=max_rank, block_size=block_size, feat_norm=feat_norm, distance_fn=distance_fn)
-    results["re_ranking"] = bool(re_ranking)
-    return results

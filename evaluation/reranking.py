@@ -21,15 +21,15 @@ other's neighbourhoods, as in the authors' evaluation):
 Defaults k1 = 20, k2 = 6, lambda = 0.3 are the paper's Market-1501 settings.
 
 Memory. Nothing of size pool x pool is ever built: the nearest neighbours come from
-faiss in blocks (evaluation.metrics.nearest_neighbors), the vectors V are sparse
+faiss in blocks (evaluation.distances.nearest_neighbors), the vectors V are sparse
 (about k2 * |R*| non-zeros per image), and the query x gallery distances are produced a
-block of queries at a time, for evaluation.reid.reid_metrics(distance_fn=...).
+block of queries at a time, for evaluation.reid.reid_scores(distance_fn=...).
 """
 import numpy as np
 from scipy import sparse
 
-from evaluation.metrics import _as_matrix, _l2_normalized, nearest_neighbors
-from evaluation.reid import squared_distance_fn
+from evaluation.distances import (as_matrix, check_same_width, l2_normalized, nearest_neighbors,
+                                  squared_distance_fn)
 
 # Pairs whose distance is computed at once when weighting R* (2 x D floats each).
 _PAIR_CHUNK = 4096
@@ -45,15 +45,14 @@ class KReciprocalReranker:
     """
 
     def __init__(self, query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, feat_norm=True):
-        query = _as_matrix(query_features, "query features")
-        gallery = _as_matrix(gallery_features, "gallery features")
-        if query.shape[1] != gallery.shape[1]:
-            raise ValueError(f"query and gallery dimensions differ: {query.shape[1]} vs {gallery.shape[1]}")
+        query = as_matrix(query_features, "query features")
+        gallery = as_matrix(gallery_features, "gallery features")
+        check_same_width(query, gallery)
         if k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
             raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1, got {k1}, {k2}, {lambda_value}")
         pool = np.concatenate([query, gallery])
         if feat_norm:
-            pool = _l2_normalized(pool)
+            pool = l2_normalized(pool)
         self.num_query, self.num_gallery = len(query), len(gallery)
         self.lambda_value = lambda_value
         # With fewer images than k1 + 1, every image is everyone's neighbour.

@@ -24,7 +24,7 @@ threshold reported is the middle edge of the first run of best edges.
 """
 import numpy as np
 
-from evaluation.metrics import _as_matrix, _l2_normalized
+from evaluation.distances import as_matrix, l2_normalized
 
 NUM_BINS = 2**20
 BLOCK_BYTES = 128 * 2**20
@@ -54,7 +54,7 @@ def verification_threshold(features, labels, feat_norm=True, block_size=None, nu
         same-class / different-class pairs over [0, hist_max]. "threshold_at_fpr" is the
         largest edge whose false-positive rate is at most target_fpr.
     """
-    features = _as_matrix(features, "features")
+    features = as_matrix(features, "features")
     labels = np.asarray(labels)
     if labels.shape != (len(features),):
         raise ValueError(f"{len(features)} features but labels of shape {labels.shape}")
@@ -62,7 +62,7 @@ def verification_threshold(features, labels, feat_norm=True, block_size=None, nu
         kept = ~np.isin(labels, list(ignore_labels))
         features, labels = features[kept], labels[kept]
     if feat_norm:
-        features = _l2_normalized(features)
+        features = l2_normalized(features)
     norms = np.einsum("ij,ij->i", features, features)
     largest_norm = float(np.sqrt(norms.max())) if len(norms) else 0.0
     hist_max = 2.0 if feat_norm else max(2.0 * largest_norm, np.finfo(np.float32).tiny)

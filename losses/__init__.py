@@ -2,11 +2,15 @@
 
 Each loss is a function of (embedding, labels) returning the mean loss as a scalar tensor,
 written with paddle tensor ops so it runs eagerly and inside a static Program. Its file also
-declares a `LossSpec` (losses/registry.py): adding a loss is one file plus one line in LOSSES.
+declares a `LossSpec` and the dataclass of its settings (losses/registry.py): adding a loss is
+one file plus one line in LOSSES; its flags, --help and the docs' table follow from them.
+
+    import losses
+    loss = losses.get("multisimilarityloss").build_loss(128, 100, alpha=3.0)   # callable(embedding, labels)
 """
 from losses import (arcmarginloss, cosfaceloss, emlloss, marginloss, multisimilarityloss, npairsloss,
                     quadrupletloss, rankedlistloss, softmaxloss, tripletloss)
-from losses.registry import LossSpec
+from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
 
@@ -24,7 +28,10 @@ LOSSES = {spec.name: spec for spec in (
     cosfaceloss.SPEC,
 )}
 
-__all__ = ["LOSSES", "LossSpec", "get", "softmax_loss"]
+# The command-line flags of every loss setting (cli/args.py adds them to the loss group).
+FLAGS = loss_flags(LOSSES.values())
+
+__all__ = ["FLAGS", "LOSSES", "LossSpec", "get", "softmax_loss"]
 
 
 def get(name):

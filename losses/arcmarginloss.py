@@ -1,15 +1,27 @@
 """Additive angular margin softmax (ArcFace): a cosine classifier head with its own weight."""
 import math
+from dataclasses import asdict, dataclass
 
 import paddle
 import paddle.nn.functional as F
 
 from losses.common import cross_entropy
 from losses.cosine_classifier import CosineClassifier
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 
 
-def arcmargin_loss(cosine, labels, *, margin=0.15, scale=80.0, easy_margin=False):
+@dataclass(frozen=True)
+class ArcMarginParams:
+    scale: float = setting(80.0, "arc_scale", "scale s of the cosine logits")
+    margin: float = setting(0.15, "arc_margin", "additive angular margin m (radians)")
+    easy_margin: bool = setting(False, "arc_easy_margin", "apply the margin only where cos > 0")
+
+    def __post_init__(self):
+        require(self, "positive", "scale")
+        require(self, "0 or more", "margin")
+
+
+def arcmargin_loss(cosine, labels, *, margin, scale, easy_margin):
     """Mean cross-entropy of the arc-margin logits built from `cosine` [B, C] and `labels` [B].
 
     The target class logit cos(theta) becomes cos(theta + margin); where theta + margin would
@@ -36,7 +48,7 @@ class ArcMarginLoss(CosineClassifier):
     cosines between L2-normalised embeddings and L2-normalised weight columns.
     """
 
-    def __init__(self, embedding_dim, num_classes, *, margin=0.15, scale=80.0, easy_margin=False,
+    def __init__(self, embedding_dim, num_classes, *, margin, scale, easy_margin,
                  weight_name="arcmargin_weights"):
         super().__init__(embedding_dim, num_classes, weight_name)
         self.margin, self.scale, self.easy_margin = margin, scale, easy_margin
@@ -47,8 +59,6 @@ class ArcMarginLoss(CosineClassifier):
 
 
 SPEC = LossSpec(
-    name="arcmargin", layout="shuffle", classifies=True,
-    build=lambda options, embedding_dim, num_classes: ArcMarginLoss(
-        embedding_dim, num_classes, margin=options.arc_margin, scale=options.arc_scale,
-        easy_margin=options.arc_easy_margin),
+    name="arcmargin", layout="shuffle", classifies=True, params=ArcMarginParams,
+    make=lambda params, embedding_dim, num_classes: ArcMarginLoss(embedding_dim, num_classes, **asdict(params)),
     summary="additive angular margin (ArcFace) on a cosine classifier of its own")

@@ -1,13 +1,25 @@
 """Large margin cosine loss (CosFace, Wang et al., CVPR 2018): a cosine classifier with an additive cosine margin."""
+from dataclasses import asdict, dataclass
+
 import paddle
 import paddle.nn.functional as F
 
 from losses.common import cross_entropy
 from losses.cosine_classifier import CosineClassifier
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 
 
-def cosface_loss(cosine, labels, *, margin=0.35, scale=30.0):
+@dataclass(frozen=True)
+class CosFaceParams:
+    scale: float = setting(30.0, "cos_scale", "scale s of the cosine logits")
+    margin: float = setting(0.35, "cos_margin", "additive cosine margin m")
+
+    def __post_init__(self):
+        require(self, "positive", "scale")
+        require(self, "0 or more", "margin")
+
+
+def cosface_loss(cosine, labels, *, margin, scale):
     """Mean cross-entropy of the logits scale * (cos - margin) (target class) and scale * cos (others).
 
     `cosine` [B, C]: cosines between normalised embeddings and normalised class weights; `labels` [B].
@@ -23,7 +35,7 @@ class CosFaceLoss(CosineClassifier):
     cosines between L2-normalised embeddings and L2-normalised weight columns.
     """
 
-    def __init__(self, embedding_dim, num_classes, *, margin=0.35, scale=30.0, weight_name="cosface_weights"):
+    def __init__(self, embedding_dim, num_classes, *, margin, scale, weight_name="cosface_weights"):
         super().__init__(embedding_dim, num_classes, weight_name)
         self.margin, self.scale = margin, scale
 
@@ -32,7 +44,6 @@ class CosFaceLoss(CosineClassifier):
 
 
 SPEC = LossSpec(
-    name="cosface", layout="shuffle", classifies=True,
-    build=lambda options, embedding_dim, num_classes: CosFaceLoss(
-        embedding_dim, num_classes, margin=options.cos_margin, scale=options.cos_scale),
+    name="cosface", layout="shuffle", classifies=True, params=CosFaceParams,
+    make=lambda params, embedding_dim, num_classes: CosFaceLoss(embedding_dim, num_classes, **asdict(params)),
     summary="large margin cosine loss (CosFace) on a cosine classifier of its own")

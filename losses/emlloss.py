@@ -57,5 +57,5 @@ def check_batch(labels):
 
 SPEC = LossSpec(
     name="emlloss", layout="pk", check_batch=check_batch, takes_references=True,
-    build=lambda options, embedding_dim, num_classes: emlloss,
+    make=lambda params, embedding_dim, num_classes: emlloss,
     summary="energy-based surrogate of the hardest positive vs. negative distances, per anchor")

@@ -1,4 +1,5 @@
 """Margin loss with distance-weighted negative sampling (Wu et al., "Sampling Matters", ICCV 2017)."""
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
@@ -7,13 +8,27 @@ import paddle.nn.functional as F
 
 from losses.common import (candidates, check_eager, euclidean_distances, l2_normalize, label_masks,
                            require_positive_and_negative_per_row)
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 from utility.errors import UserError
 
 _FAR = 1e30           # score of the rows that must never be drawn (non-negatives)
 _MIN_NOISE = 1e-20    # uniform noise is clipped into (0, 1) before the Gumbel transform
 _MAX_NOISE = 1.0 - 1e-7
 _MIN_SHELL = 1e-8     # floor of 1 - d^2/4 (d reaches 2 for opposite unit vectors)
+
+
+@dataclass(frozen=True)
+class MarginParams:
+    alpha: float = setting(0.2, "margin_alpha", "margin alpha around the boundary beta")
+    beta: float = setting(1.2, "margin_beta", "initial value of the learned boundary beta")
+    per_class: bool = setting(True, "margin_beta_per_class",
+                              "one learned beta per class (the anchor's) instead of one shared")
+    cutoff: float = setting(0.5, "margin_cutoff",
+                            "distances below this count as this in the distance-weighted sampling")
+
+    def __post_init__(self):
+        require(self, "a finite number", "alpha", "beta")
+        require(self, "positive", "cutoff")  # the sampling weight takes log(distance)
 
 
 def log_sampling_weights(distances, dim, cutoff):
@@ -50,8 +65,7 @@ def sample_negatives(distances, labels, noise, dim, cutoff, candidate_labels=Non
     return paddle.logical_and(negative, rank < draws)
 
 
-def margin_loss(features, labels, noise=None, references=None, reference_labels=None, *, beta=1.2, alpha=0.2,
-                cutoff=0.5):
+def margin_loss(features, labels, noise=None, references=None, reference_labels=None, *, beta, alpha, cutoff):
     """Mean margin loss [alpha + y_ij (D_ij - beta)]_+ of `features` [B, D] with class ids `labels` [B].
 
     D: Euclidean distances between the L2-normalised rows; y = +1 for positive pairs, -1 for
@@ -87,8 +101,7 @@ class MarginLoss(paddle.nn.Layer):
     excluded from the optimizer's weight decay (a global L2Decay would pull the boundary to 0).
     """
 
-    def __init__(self, embedding_dim, num_classes, *, alpha=0.2, beta=1.2, per_class=True, cutoff=0.5,
-                 beta_name="marginloss_beta"):
+    def __init__(self, embedding_dim, num_classes, *, alpha, beta, per_class, cutoff, beta_name="marginloss_beta"):
         super().__init__()
         self.num_classes, self.alpha, self.per_class, self.cutoff = num_classes, alpha, per_class, cutoff
         # The fixed name matters in static Programs (checkpoints, sharing with a test Program);
@@ -126,16 +139,15 @@ def check_batch(labels):
     require_positive_and_negative_per_row("marginloss", labels)
 
 
-def build(options, embedding_dim, num_classes):
+def make(params, embedding_dim, num_classes):
     """The learned-beta layer for training; with no training classes (num_classes 0: eval.py's
-    test_loss on held-out classes) the plain function at the fixed beta --margin_beta."""
+    test_loss on held-out classes) the plain function at the fixed initial beta."""
     if not num_classes:
-        return partial(margin_loss, beta=options.margin_beta, alpha=options.margin_alpha,
-                       cutoff=options.margin_cutoff)
-    return MarginLoss(embedding_dim, num_classes, alpha=options.margin_alpha, beta=options.margin_beta,
-                      per_class=options.margin_beta_per_class, cutoff=options.margin_cutoff)
+        return partial(margin_loss, beta=params.beta, alpha=params.alpha, cutoff=params.cutoff)
+    return MarginLoss(embedding_dim, num_classes, **asdict(params))
 
 
 SPEC = LossSpec(
-    name="marginloss", layout="pk", check_batch=check_batch, build=build, takes_noise=True, takes_references=True,
+    name="marginloss", layout="pk", check_batch=check_batch, params=MarginParams, make=make, takes_noise=True,
+    takes_references=True,
     summary="margin loss with a learned beta and distance-weighted negative sampling")

@@ -1,11 +1,12 @@
 """Multi-similarity loss (Wang et al., CVPR 2019): mined pairs weighted by self and relative similarity."""
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import paddle
 
 from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_per_row)
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 
 _FAR = 1e4  # stands in for "minus infinity" inside exp(); exp(-1e4) is exactly 0 in float32 and float64
 
@@ -22,7 +23,19 @@ def log_one_plus_sum_exp(values, mask):
     return paddle.squeeze(row_max + paddle.log(total), axis=1)
 
 
-def multisimilarityloss(features, labels, references=None, reference_labels=None, *, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+@dataclass(frozen=True)
+class MultiSimilarityParams:
+    alpha: float = setting(2.0, "ms_alpha", "scale alpha of the positive term")
+    beta: float = setting(50.0, "ms_beta", "scale beta of the negative term")
+    base: float = setting(0.5, "ms_lambda", "similarity offset lambda")
+    epsilon: float = setting(0.1, "ms_epsilon", "margin epsilon of the pair mining")
+
+    def __post_init__(self):
+        require(self, "positive", "alpha", "beta")  # the terms are divided by them
+        require(self, "a finite number", "base", "epsilon")
+
+
+def multisimilarityloss(features, labels, references=None, reference_labels=None, *, alpha, beta, base, epsilon):
     """Multi-similarity loss of `features` [B, D] with class ids `labels` [B], summed over anchors / B.
 
     S: cosine similarities of the L2-normalised rows; P_i, N_i: anchor i's positives (same class,
@@ -56,7 +69,6 @@ def check_batch(labels):
 
 SPEC = LossSpec(
     name="multisimilarityloss", layout="pk", check_batch=check_batch, takes_references=True,
-    build=lambda options, embedding_dim, num_classes: partial(
-        multisimilarityloss, alpha=options.ms_alpha, beta=options.ms_beta, base=options.ms_lambda,
-        epsilon=options.ms_epsilon),
+    params=MultiSimilarityParams,
+    make=lambda params, embedding_dim, num_classes: partial(multisimilarityloss, **asdict(params)),
     summary="multi-similarity loss: mined pairs, soft weights from self and relative similarity")

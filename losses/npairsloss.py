@@ -1,15 +1,24 @@
 """Multi-class N-pair loss on P x 2 batches (one anchor and one positive per class)."""
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
 import paddle
 
 from losses.common import check_eager, log_softmax
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 from utility.errors import UserError
 
 
-def npairsloss(features, labels, *, reg_lambda=0.01):
+@dataclass(frozen=True)
+class NPairsParams:
+    reg_lambda: float = setting(0.01, "npairs_reg_lambda", "weight of the L2 regulariser on embeddings")
+
+    def __post_init__(self):
+        require(self, "0 or more", "reg_lambda")
+
+
+def npairsloss(features, labels, *, reg_lambda):
     """Mean N-pair loss of `features` [2N, D] laid out as consecutive (anchor, positive) rows.
 
     Each anchor's logits are its dot products with all N positives (raw features); the
@@ -44,6 +53,6 @@ def check_pairs(labels):
 
 
 SPEC = LossSpec(
-    name="npairsloss", layout="pk", fixed_k=2, check_batch=check_pairs,
-    build=lambda options, embedding_dim, num_classes: partial(npairsloss, reg_lambda=options.npairs_reg_lambda),
+    name="npairsloss", layout="pk", fixed_k=2, check_batch=check_pairs, params=NPairsParams,
+    make=lambda params, embedding_dim, num_classes: partial(npairsloss, **asdict(params)),
     summary="multi-class N-pair loss on P x 2 batches, plus an L2 regulariser on the embeddings")

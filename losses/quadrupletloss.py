@@ -1,4 +1,5 @@
 """Quadruplet loss: the hardest positive pair against the hardest negative pair of the batch."""
+from dataclasses import asdict
 from functools import partial
 
 import paddle.nn.functional as F
@@ -6,9 +7,10 @@ import paddle.nn.functional as F
 from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_pair, squared_distances)
 from losses.registry import LossSpec
+from losses.tripletloss import TripletParams
 
 
-def quadrupletloss(features, labels, references=None, reference_labels=None, *, margin=0.1):
+def quadrupletloss(features, labels, references=None, reference_labels=None, *, margin):
     """relu(max positive distance - min negative distance + margin) over the whole batch.
 
     Squared Euclidean distances of the L2-normalised `features` [B, D]; pairs are positive
@@ -28,5 +30,6 @@ def check_batch(labels):
 
 SPEC = LossSpec(
     name="quadrupletloss", layout="pk", check_batch=check_batch, takes_references=True,
-    build=lambda options, embedding_dim, num_classes: partial(quadrupletloss, margin=options.margin),
+    params=TripletParams,  # --margin, shared with the triplet losses
+    make=lambda params, embedding_dim, num_classes: partial(quadrupletloss, **asdict(params)),
     summary="hardest positive pair against hardest negative pair of the batch")

@@ -1,13 +1,28 @@
 """Ranked list loss (Wang et al., CVPR 2019): each anchor ranks its positives before its negatives by a margin."""
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import paddle
 
 from losses.common import (candidates, check_eager, euclidean_distances, l2_normalize, label_masks, masked_max,
                            require_positive_and_negative_per_row)
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 
-def rankedlistloss(features, labels, references=None, reference_labels=None, *, alpha=1.2, margin=0.4, temperature=10.0, balance=1.0):
+
+@dataclass(frozen=True)
+class RankedListParams:
+    alpha: float = setting(1.2, "rll_alpha", "distance alpha beyond which negatives cost nothing")
+    margin: float = setting(0.4, "rll_margin", "margin m; positives cost beyond alpha - m")
+    temperature: float = setting(10.0, "rll_temperature", "temperature T of the negative weights exp(T (alpha - d))")
+    balance: float = setting(1.0, "rll_lambda", "weight lambda of the negative term")
+
+    def __post_init__(self):
+        require(self, "a finite number", "alpha")
+        require(self, "0 or more", "margin", "temperature", "balance")
+
+
+def rankedlistloss(features, labels, references=None, reference_labels=None, *, alpha, margin, temperature,
+                   balance):
     """Mean ranked list loss over anchors of `features` [B, D] with class ids `labels` [B].
 
     d: Euclidean distances between the L2-normalised rows. For anchor i:
@@ -54,7 +69,6 @@ def check_batch(labels):
 
 SPEC = LossSpec(
     name="rankedlistloss", layout="pk", check_batch=check_batch, takes_references=True,
-    build=lambda options, embedding_dim, num_classes: partial(
-        rankedlistloss, alpha=options.rll_alpha, margin=options.rll_margin,
-        temperature=options.rll_temperature, balance=options.rll_lambda),
+    params=RankedListParams,
+    make=lambda params, embedding_dim, num_classes: partial(rankedlistloss, **asdict(params)),
     summary="ranked list loss: positives inside alpha - m, weighted negatives outside alpha, per anchor")

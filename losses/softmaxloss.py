@@ -13,5 +13,5 @@ def softmax_loss(logits, labels, label_smoothing=0.0):
 
 SPEC = LossSpec(
     name="softmax", layout="shuffle", classifies=True, is_classifier_branch=True,
-    build=lambda options, embedding_dim, num_classes: None,
+    make=lambda params, embedding_dim, num_classes: None,
     summary="the classifier branch alone (cross-entropy, optional label smoothing)")

@@ -1,4 +1,5 @@
 """Triplet loss: random (anchor, positive, negative) triplets or batch-hard mining on P x K batches."""
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
@@ -7,11 +8,21 @@ import paddle.nn.functional as F
 
 from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max, masked_min,
                            require_positive_and_negative_per_row, squared_distances)
-from losses.registry import LossSpec
+from losses.registry import LossSpec, require, setting
 from utility.errors import UserError
 
 
-def tripletloss(features, labels=None, *, margin=0.1):
+@dataclass(frozen=True)
+class TripletParams:
+    """The margin of the triplet-style hinges: tripletloss, batchhardtripletloss and quadrupletloss share it
+    (one flag, --margin, as before the settings moved next to the losses)."""
+    margin: float = setting(0.1, "margin", "margin by which a positive distance must undercut a negative one")
+
+    def __post_init__(self):
+        require(self, "0 or more", "margin")
+
+
+def tripletloss(features, labels=None, *, margin):
     """Mean triplet loss over consecutive (anchor, positive, negative) rows of `features` [3T, D].
 
     On L2-normalised features, each triplet costs relu(|a-p|^2 - |a-n|^2 + margin).
@@ -26,7 +37,7 @@ def tripletloss(features, labels=None, *, margin=0.1):
     return paddle.mean(F.relu(anchor_positive - anchor_negative + margin))
 
 
-def batch_hard_tripletloss(features, labels, references=None, reference_labels=None, *, margin=0.1):
+def batch_hard_tripletloss(features, labels, references=None, reference_labels=None, *, margin):
     """Batch-hard triplet loss: for each anchor its farthest positive and nearest negative.
 
     Squared distances of the L2-normalised `features` [B, D]; positives and negatives
@@ -63,11 +74,12 @@ def check_batch_hard(labels):
 
 
 SPEC = LossSpec(
-    name="tripletloss", layout="triplet", check_batch=check_triplets,
-    build=lambda options, embedding_dim, num_classes: partial(tripletloss, margin=options.margin),
+    name="tripletloss", layout="triplet", check_batch=check_triplets, params=TripletParams,
+    make=lambda params, embedding_dim, num_classes: partial(tripletloss, **asdict(params)),
     summary="random (anchor, positive, negative) triplets: relu(d_ap - d_an + margin)")
 
 BATCH_HARD_SPEC = LossSpec(
     name="batchhardtripletloss", layout="pk", check_batch=check_batch_hard, takes_references=True,
-    build=lambda options, embedding_dim, num_classes: partial(batch_hard_tripletloss, margin=options.margin),
+    params=TripletParams,
+    make=lambda params, embedding_dim, num_classes: partial(batch_hard_tripletloss, **asdict(params)),
     summary="batch-hard triplets on P x K batches: farthest positive, nearest negative per anchor")

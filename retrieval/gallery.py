@@ -143,6 +143,10 @@ class Gallery:
         """The item ids, ascending."""
         return sorted(self._state.items)
 
+    def item_paths(self):
+        """{item id: absolute path of its image} (wherever it lies)."""
+        return {item_id: os.path.abspath(self._absolute(item)) for item_id, item in self._state.items.items()}
+
     def search(self, features, top_k, threshold=None):
         """Per query row, its best top_k items as Match lists (best first); below threshold dropped."""
         features = self._checked(features, "query")

@@ -35,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reader.decode import MAX_PIXELS, BadImageError, load_rgb
+from utility.errors import UserError
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 TOKEN_ENV = "DML_SERVE_TOKEN"
@@ -413,11 +414,14 @@ def _remove_quietly(path):
 
 
 def _parse_label(text):
-    """Labels are integers, as in list files."""
+    """An integer label as in list files ("12"), else the text itself (a class name)."""
+    text = text.strip()
+    if not text:
+        raise HTTPException(400, "label is empty")
     try:
-        return int(text.strip())
+        return int(text)
     except ValueError:
-        raise HTTPException(400, f"label must be an integer, got {text!r}")
+        return text
 
 
 def _known_item(gallery, item_id):
@@ -463,6 +467,10 @@ def _add_error_handlers(app):
         problems = [f"{'.'.join(str(part) for part in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
                     for e in err.errors()]
         return JSONResponse({"error": "; ".join(problems)}, status_code=400)
+
+    @app.exception_handler(UserError)
+    async def gallery_refusal(request, err):  # e.g. an image the model embeds to NaN
+        return JSONResponse({"error": str(err)}, status_code=400)
 
     @app.exception_handler(Exception)
     async def internal_error(request, err):

@@ -39,3 +39,18 @@ def tiny_dataset(tmp_path_factory):
         with open(lists[split], "w") as f:
             f.writelines(lines)
     return str(root), lists["train"], lists["val"]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_dataset, tmp_path_factory):
+    """A ResNet18 checkpoint (2 steps, 32x32, 16-d embedding) and the data it was trained on."""
+    import train
+
+    data_dir, train_list, val_list = tiny_dataset
+    out = tmp_path_factory.mktemp("trained")
+    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
+                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
+    import paddle
+    paddle.disable_static()
+    return {"checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir, "val_list": val_list}

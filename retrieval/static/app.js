@@ -93,9 +93,8 @@ async function addToGallery() {
     const item = await askJson("/items", {
       method: "POST", body: form, headers: { Authorization: `Bearer ${$("add-token").value}` },
     });
+    await Promise.all([search(), showGalleryInfo()]);
     showStatus(`added as item ${item.id} with label ${item.label}`);
-    showGalleryInfo();
-    search();
   } catch (err) {
     showStatus(`not added: ${err.message}`, true);
   }

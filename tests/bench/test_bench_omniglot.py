@@ -163,3 +163,20 @@ def test_mirrored_classes_double_the_rotated_ones(zips, tmp_path):
         assert path == f"mirrored/{source}" and label == source_label + 4 * 7
         image = cv2.imread(str(data_dir / path), cv2.IMREAD_GRAYSCALE)
         assert np.array_equal(image, cv2.imread(str(data_dir / source), cv2.IMREAD_GRAYSCALE)[:, ::-1])
+
+
+def test_a_run_is_evaluated_in_process_as_eval_py_evaluates_it(trained, tmp_path, capsys):
+    import eval as eval_script
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = bench.evaluate(trained["checkpoint"], trained["data_dir"], trained["val_list"], run_dir)
+    eval_script.main([f"--pretrained_model={trained['checkpoint']}", f"--data_dir={trained['data_dir']}",
+                      f"--val_list={trained['val_list']}", f"--metrics_out={tmp_path / 'eval.jsonl'}"])
+    by_eval_py = json.loads((tmp_path / "eval.jsonl").read_text())
+    recorded = json.loads((run_dir / "metrics.jsonl").read_text())
+    assert recorded == by_eval_py
+    assert {key: results[key] for key in ("recall@1", "map@r", "nmi", "num_queries")} == \
+        {key: by_eval_py[key] for key in ("recall@1", "map@r", "nmi", "num_queries")}
+    log = (run_dir / "eval.log").read_text()
+    assert f"Recall@1: {results['recall@1']:.4f}" in log and "End test, test_loss" in log

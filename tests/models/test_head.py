@@ -235,7 +235,8 @@ def test_metric_loss_sees_the_feature_before_the_neck():
     # program's, the loss of the post-neck feature is not.
     model = eager_copy(config, 4, weights)
     metric, _, normalised = model(paddle.to_tensor(x))
-    loss = losses.get(config.loss_name).build(config, 512, 4)
+    spec = losses.get(config.loss_name)
+    loss = spec.build_loss(512, 4, spec.params_from(config))
     labels = paddle.to_tensor(y)
     assert float(loss(metric, labels)) == pytest.approx(float(loss_metric), rel=1e-4, abs=1e-6)
     assert float(loss(normalised, labels)) != pytest.approx(float(loss_metric), rel=1e-2, abs=1e-3)

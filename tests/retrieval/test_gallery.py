@@ -107,7 +107,7 @@ def test_image_path_refuses_files_outside_the_data_and_uploads_folders(tmp_path)
     assert gallery.item(ids[0]).path == outside and gallery.image_path(12345) is None
 
 
-@pytest.mark.parametrize("index_type, search_params", [("IVF4,Flat", "nprobe=4"), ("PQ4x8", "")])
+@pytest.mark.parametrize("index_type, search_params", [("IVF4,Flat", "nprobe=4"), ("SQ8", "")])
 def test_index_types_that_remove_vectors(tmp_path, index_type, search_params):
     gallery = new_gallery(tmp_path, index_type, search_params)
     features = unit_rows(400, 0)
@@ -197,7 +197,7 @@ def test_searches_during_changes_see_whole_versions(tmp_path):
             try:
                 for row in gallery.search(features[:8], 20):
                     assert len(row) == 20 and len({m.id for m in row}) == 20
-            except Exception as err:  # reported below: the test must see it
+            except Exception as err:  # noqa: BLE001 - any failure in a thread is collected and asserted below
                 errors.append(err)
                 return
 
@@ -221,11 +221,14 @@ def test_damaged_or_foreign_folders_are_one_line_errors(tmp_path):
         Gallery.open(str(tmp_path / "empty"))
     gallery = new_gallery(tmp_path)
     settings_path = os.path.join(gallery.index_dir, "gallery.json")
-    settings = json.load(open(settings_path))
-    json.dump(dict(settings, format_version=99), open(settings_path, "w"))
+    with open(settings_path) as f:
+        settings = json.load(f)
+    with open(settings_path, "w") as f:
+        json.dump(dict(settings, format_version=99), f)
     with pytest.raises(UserError, match="format 99"):
         Gallery.open(gallery.index_dir)
-    json.dump(settings, open(settings_path, "w"))
+    with open(settings_path, "w") as f:
+        json.dump(settings, f)
     os.remove(os.path.join(gallery.index_dir, "versions", f"{settings['version']:08d}", "items.jsonl"))
     with pytest.raises(UserError, match="damaged"):
         Gallery.open(gallery.index_dir)

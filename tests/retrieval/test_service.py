@@ -1,12 +1,15 @@
-"""The HTTP service in process (FastAPI's TestClient) over a small stand-in gallery with the Gallery interface.
+"""The HTTP service in process (FastAPI's TestClient).
 
-The stand-in embeds an image as its normalised mean colour, so that results are known without a model;
-tests/retrieval/test_service_real.py runs the same app over a real index.
+Most tests run over a stand-in with the Gallery interface that embeds an image as its normalised mean
+colour, so that results are known without a model; the last ones run over a real index
+(tests/served_index.py): results equal search.py's and exact search's, and changes survive a restart.
 """
 import asyncio
 import hmac
 import io
+import json
 import os
+import shutil
 import threading
 import time
 from typing import NamedTuple
@@ -17,6 +20,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from retrieval.service import EmbeddingBatcher, create_app
+from served_index import exact_top_k, served_index
 
 TOKEN = "s3cret-token"
 COLOURS = {0: (250, 20, 20), 1: (20, 250, 20), 2: (20, 20, 250), 3: (240, 240, 30)}  # label -> RGB
@@ -268,7 +272,8 @@ def test_writes_need_the_token_compared_in_constant_time(gallery, monkeypatch):
         assert client.delete(f"/items/{item['id']}", headers={"Authorization": f"Bearer {TOKEN}"}).json() == {
             "removed": item["id"], "items": 4}
         assert client.delete(f"/items/{item['id']}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
-        assert add(client, (0, 0, 0), "cat").status_code == 400  # labels are integers
+        assert add(client, (0, 0, 0), " ").status_code == 400
+        assert add(client, (0, 0, 0), "cat").json()["label"] == "cat"  # a class name where labels are not numbers
 
 
 def test_a_refused_upload_leaves_no_file_behind(gallery):
@@ -346,3 +351,66 @@ def test_a_failing_image_fails_only_its_own_request():
         thread.join()
     batcher.stop()
     assert outcome == {12: 12.0, 13: "non-finite embedding", 14: 14.0}
+
+
+# ---- over a real index -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_dataset):
+    return served_index(tmp_path_factory, tiny_dataset)
+
+
+def upload(path):
+    with open(path, "rb") as f:
+        return (os.path.basename(path), f.read(), "image/png")
+
+
+def test_the_api_answers_as_search_py_and_exact_search_do(served, tmp_path):
+    import search as search_script
+    from retrieval.gallery import Gallery
+
+    search_script.main(["--index_dir", served["index_dir"], "--query_list", served["query_list"], "--data_dir",
+                        served["data_dir"], "--top_k", "5", "--output", str(tmp_path / "cli.jsonl")])
+    cli = [json.loads(line)["matches"] for line in (tmp_path / "cli.jsonl").read_text().splitlines()]
+    query_paths = [path for path, _ in served["queries"]]
+    with client_of(Gallery.open(served["index_dir"])) as client:
+        single = [client.post("/search", files={"file": upload(path)}, data={"top_k": "5"}).json()["matches"]
+                  for path in query_paths]
+        batch = client.post("/search/batch", files=[("files", upload(path)) for path in query_paths],
+                            data={"top_k": "5"}).json()["results"]
+    exact = exact_top_k(served, 5)
+    assert len(exact) == len(single) == len(batch) == len(cli) == 8
+    for (ids, similarities), *answers in zip(exact, single, [r["matches"] for r in batch], cli):
+        for matches in answers:
+            assert [m["id"] for m in matches] == ids
+            np.testing.assert_allclose([m["similarity"] for m in matches], similarities, atol=1e-5)
+        assert [m["label"] for m in answers[0]] == [m["label"] for m in answers[2]]
+
+
+def test_changes_persist_across_a_restart(served, tmp_path):
+    from retrieval.gallery import Gallery
+
+    index_dir = shutil.copytree(served["index_dir"], tmp_path / "index")
+    query = served["queries"][0][0]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png_bytes((9, 9, 9)))
+    gallery = Gallery.open(index_dir)
+    with client_of(gallery, token=TOKEN) as client:
+        added = client.post("/items", files={"file": upload(query)}, data={"label": "42", "metadata": "the query"},
+                            headers=auth).json()
+        assert client.delete("/items/0", headers=auth).json() == {"removed": 0, "items": 40}
+        best = client.post("/search", files={"file": upload(query)}, data={"top_k": "1"}).json()["matches"][0]
+    assert best["id"] == added["id"] and best["similarity"] == pytest.approx(1.0, abs=1e-5)
+    stray, = gallery.add(gallery.embedder.embed_files([str(outside)]), [str(outside)], [7])  # outside both folders
+
+    reopened = Gallery.open(index_dir)
+    assert reopened.stats()["items"] == 41
+    with client_of(reopened) as client:
+        item = client.get(f"/items/{added['id']}").json()
+        assert (item["label"], item["metadata"]) == (42, "the query")
+        assert client.get(item["image_url"]).content == upload(query)[1]
+        assert client.get("/items/0").status_code == 404
+        assert client.post("/search", files={"file": upload(query)}, data={"top_k": "1"}).json()["matches"][0][
+            "id"] == added["id"]
+        assert client.get(f"/items/{stray}").status_code == 200
+        assert client.get(f"/items/{stray}/image").status_code == 404  # only the data and uploads folders are served

@@ -9,24 +9,10 @@ from PIL import Image
 
 import eval as eval_script
 import infer
-import train
-from evaluation import metrics
+from evaluation.evaluator import Evaluator
 from utility.errors import UserError
 
 END_TEST = re.compile(r"^End test, test_loss (\S+), test recall (\S+)$", re.M)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """A ResNet18 checkpoint (2 steps, 32x32, 16-d embedding) and the data it was trained on."""
-    data_dir, train_list, val_list = tiny_dataset
-    out = tmp_path_factory.mktemp("trained")
-    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
-                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
-                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
-    import paddle
-    paddle.disable_static()
-    return {"checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir, "val_list": val_list}
 
 
 def data_flags(trained, batch=10):
@@ -73,7 +59,7 @@ def test_infer_features_reproduce_eval_recall(trained, tmp_path, capsys):
         listed = [line.split() for line in f]
     assert [os.path.relpath(p, trained["data_dir"]) for p in paths] == [path for path, _ in listed]
     assert labels.tolist() == [int(label) for _, label in listed]
-    assert metrics.evaluate(features, labels, ks=(1,), with_nmi=False)["recall@1"] == pytest.approx(record["recall@1"])
+    assert Evaluator(["recall_at_k"], ks=(1,))(features, labels)["recall@1"] == pytest.approx(record["recall@1"])
 
 
 def test_exported_model_gives_the_checkpoint_features(trained, tmp_path):
@@ -169,7 +155,7 @@ def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_pa
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     want, want_labels, want_paths = run_infer(trained, str(tmp_path / "one"))
     result = subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
@@ -182,12 +168,11 @@ def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_pa
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
     assert np.load(tmp_path / "two" / "labels.npy").tolist() == want_labels.tolist()
     assert (tmp_path / "two" / "paths.txt").read_text().splitlines() == want_paths
-    assert sorted(os.listdir(tmp_path / "two")) == ["features.npy", "labels.npy", "paths.txt"]  # hand-over removed
+    assert sorted(os.listdir(tmp_path / "two")) == ["features.npy", "fingerprint.json", "labels.npy",
+                                                     "paths.txt"]  # hand-over removed
 
 
 def test_reid_protocol_and_verification_threshold_end_to_end(trained, tmp_path, capsys):
-    from evaluation.reid import evaluate_reid
-
     with open(trained["val_list"]) as f:
         lines = [line.split() for line in f]
     with_cameras = [f"{path} {label} {1 + i % 3}\n" for i, (path, label) in enumerate(lines)]
@@ -208,8 +193,8 @@ def test_reid_protocol_and_verification_threshold_end_to_end(trained, tmp_path, 
     features, labels, _ = run_infer(trained, str(tmp_path / "dump"))
     cameras = np.array([1 + i % 3 for i in range(len(labels))])
     query, gallery = np.arange(len(labels)) % 6 == 0, np.arange(len(labels)) % 6 != 0
-    want = evaluate_reid(features[query], labels[query], cameras[query], features[gallery], labels[gallery],
-                         cameras[gallery])
+    want = Evaluator(["map"])(features[gallery], labels[gallery], features[query], labels[query], cameras[gallery],
+                              cameras[query])
     assert record["map"] == pytest.approx(want["map"], abs=1e-5)
 
 

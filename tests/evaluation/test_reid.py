@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cli.args import parse_args
-from evaluation.reid import reid_metrics, squared_distance_fn
+from embedding_references import fake_reid
+from evaluation.reid import reid_metrics
 from utility.errors import UserError
 
 
@@ -37,29 +38,6 @@ def reference(query, query_ids, query_cams, gallery, gallery_ids, gallery_cams, 
         results[f"cmc@{k}"] = sum(hit <= k for hit in first_hits) / valid if valid else float("nan")
     results.update(num_valid_queries=valid, num_skipped_queries=skipped, num_queries=len(query))
     return results
-
-
-def fake_reid(seed, num_ids=12, per_id=6, num_cams=4, dim=8, junk=6, distractors=5, queries_per_id=2):
-    """Clustered embeddings with cameras, junk (-1) and distractors (0) in the gallery."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_ids + 1, dim))
-    q, qi, qc, g, gi, gc = [], [], [], [], [], []
-    for pid in range(1, num_ids + 1):
-        for k in range(per_id):
-            g.append(centres[pid] + rng.normal(scale=0.9, size=dim))
-            gi.append(pid)
-            gc.append(int(rng.integers(1, num_cams + 1)))
-        for k in range(queries_per_id):
-            q.append(centres[pid] + rng.normal(scale=0.9, size=dim))
-            qi.append(pid)
-            qc.append(int(rng.integers(1, num_cams + 1)))
-    for label, count in ((-1, junk), (0, distractors)):
-        for k in range(count):
-            g.append(rng.normal(size=dim) * 1.5)
-            gi.append(label)
-            gc.append(int(rng.integers(1, num_cams + 1)))
-    as_arrays = lambda f, i, c: (np.array(f, np.float32), np.array(i), np.array(c))  # noqa: E731
-    return as_arrays(q, qi, qc) + as_arrays(g, gi, gc)
 
 
 def assert_same(results, expected):
@@ -165,16 +143,6 @@ def test_custom_distances():
                                    distances=distances))
 
 
-def test_squared_distance_fn():
-    rng = np.random.default_rng(1)
-    query, gallery = rng.normal(size=(5, 4)), rng.normal(size=(7, 4))
-    expected = ((query[:, None] - gallery[None]) ** 2).sum(-1)
-    assert np.allclose(squared_distance_fn(query, gallery, feat_norm=False)(1, 4), expected[1:4], atol=1e-5)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    expected = ((unit(query)[:, None] - unit(gallery)[None]) ** 2).sum(-1)
-    assert np.allclose(squared_distance_fn(query, gallery)(0, 5), expected, atol=1e-5)
-
-
 def test_max_rank_and_bad_input():
     data = fake_reid(7)
     results = reid_metrics(*data, max_rank=3)
@@ -196,16 +164,3 @@ def test_re_ranking_flag_needs_query_and_gallery():
     args = parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt",
                                "--with_camera=True"])
     assert args.re_ranking and args.with_camera
-
-
-def test_evaluate_reid_with_and_without_re_ranking():
-    from evaluation.reid import evaluate_reid
-    from evaluation.reranking import KReciprocalReranker
-
-    data = fake_reid(8)
-    plain = evaluate_reid(*data)
-    assert plain == {**reid_metrics(*data), "re_ranking": False}
-    reranked = evaluate_reid(*data, re_ranking=True)
-    expected = reid_metrics(*data, distance_fn=KReciprocalReranker(data[0], data[3]))
-    assert reranked == {**expected, "re_ranking": True}
-    assert reranked["map"] != plain["map"]

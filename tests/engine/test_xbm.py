@@ -3,17 +3,16 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
-from test_train import _final_parameters, read_log, run_train
+from train_runs import REPO, final_parameters, read_log, read_state, run_train
 
+import losses
 from engine.trainer import Trainer
 from engine.xbm import CrossBatchMemory
 from utility.errors import UserError
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # ---------------------------------------------------------------- the ring on the host
 
@@ -110,16 +109,14 @@ def batch_embedding(checkpoint_dir, images, labels):
     from engine import checkpoint, programs
 
     config = resolve("train", [*PK, "--model=ResNet18", "--image_shape=3,32,32", "--train_list=unused",
-                               "--total_iter_num=1", "--xbm_size=30"])
+                               "--total_iter_num=1"])
     paddle.enable_static()
     try:
         graph = programs.build_train_graph(config, 8, 10)
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(graph.startup)
         checkpoint.restore(graph.main, checkpoint_dir)
-        feed = {"image": images, "label": labels, "xbm_features": np.zeros((30, 512), np.float32),
-                "xbm_labels": np.full(30, -1)}
-        embedding, = exe.run(graph.main, feed=feed, fetch_list=[graph.memory_rows[0]])
+        embedding, = exe.run(graph.main, feed={"image": images, "label": labels}, fetch_list=[graph.embedding])
     finally:
         paddle.disable_static()
     return embedding
@@ -129,8 +126,7 @@ def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_pa
     out = str(tmp_path / "xbm")
     run_train(tiny_dataset, out, *PK, "--xbm_size=30", "--xbm_start_iter=1", "--save_iter_step=1", iters=4)
     capsys.readouterr()
-    with open(os.path.join(out, "ResNet18", "4", "state.json")) as f:
-        state = json.load(f)["xbm"]
+    state = read_state(os.path.join(out, "ResNet18", "4"))["xbm"]
     memory = CrossBatchMemory(30, state["dim"])
     memory.restore(state)
     features, labels = memory.contents()
@@ -171,17 +167,15 @@ def test_resume_with_memory_equals_uninterrupted_training(tiny_dataset, tmp_path
     first = [r for r in read_log(straight) if "loss_metric" in r]
     second = [r for r in read_log(resumed) if "loss_metric" in r]
     assert [r["iter"] for r in second] == [2, 3]
-    for a, b in zip(first[2:], second):
-        assert b["loss_metric"] == pytest.approx(a["loss_metric"], rel=1e-5, abs=1e-6)
-    want, got = _final_parameters(f"{straight}/ResNet18/4"), _final_parameters(f"{resumed}/ResNet18/4")
+    assert [b["loss_metric"] for b in second] == [a["loss_metric"] for a in first[2:]]
+    want, got = final_parameters(f"{straight}/ResNet18/4"), final_parameters(f"{resumed}/ResNet18/4")
     for name in ("conv1_weights", "bn_conv1_mean", "res5b_branch2b_weights", "classifier_fc_weights"):
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[name], want[name])
     states = []
     for run in (straight, resumed):
-        with open(f"{run}/ResNet18/4/state.json") as f:
-            states.append(CrossBatchMemory(24, 512))
-            states[-1].restore(json.load(f)["xbm"])
-    np.testing.assert_allclose(states[1].contents()[0], states[0].contents()[0], rtol=1e-5, atol=1e-6)
+        states.append(CrossBatchMemory(24, 512))
+        states[-1].restore(read_state(f"{run}/ResNet18/4")["xbm"])
+    np.testing.assert_array_equal(states[1].contents()[0], states[0].contents()[0])
     np.testing.assert_array_equal(states[1].contents()[1], states[0].contents()[1])
     # Without the memory in the checkpoint, the resumed run would differ: the memory does matter.
     assert (states[0].contents()[1] != -1).all()
@@ -212,22 +206,17 @@ def launch(script_args, log_dir, timeout=300):
 
 
 def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
-    from test_losses_references import (
-        np_batch_hard,
-        np_eml,
-        np_margin,
-        np_ms,
-        np_quadruplet,
-        np_rll,
-    )
+    from loss_checks import np_batch_hard, np_eml, np_margin, np_ms, np_quadruplet, np_rll
 
-    logs = launch([os.path.join(REPO, "tests", "gather_two_devices.py")], tmp_path / "logs")
+    logs = launch([os.path.join(REPO, "tests", "engine", "gather_two_devices.py")], tmp_path / "logs")
     results = [json.loads(next(line for line in log.splitlines() if line.startswith("RESULT "))[7:]) for log in logs]
     embeddings = [np.array(r["embedding"]) for r in results]
     labels = [np.array(r["labels"]) for r in results]
+    rll, ms, margin = (asdict(losses.get(name).params())
+                       for name in ("rankedlistloss", "multisimilarityloss", "marginloss"))  # the defaults
     numpy_losses = {"batchhardtripletloss": lambda *a: np_batch_hard(*a, margin=0.3),
                     "quadrupletloss": lambda *a: np_quadruplet(*a, margin=0.3), "emlloss": np_eml,
-                    "rankedlistloss": np_rll, "multisimilarityloss": np_ms}
+                    "rankedlistloss": lambda *a: np_rll(*a, **rll), "multisimilarityloss": lambda *a: np_ms(*a, **ms)}
     for rank, result in enumerate(results):
         other = 1 - rank
         # The references are exactly the other device's rows, in rank order.
@@ -240,7 +229,8 @@ def test_each_device_compares_its_anchors_with_the_global_batch(tmp_path):
             if name == "batchhardtripletloss":
                 assert abs(want - alone) > 1e-3, "the other device's rows must change this case"
         noise = np.array(result["noise"])
-        want = np_margin(embeddings[rank], labels[rank], embeddings[other], labels[other], noise, np.full(10, 1.2))
+        want = np_margin(embeddings[rank], labels[rank], noise, np.full(10, margin["beta"]), embeddings[other],
+                         labels[other], alpha=margin["alpha"], cutoff=margin["cutoff"])
         assert result["losses"]["marginloss"] == pytest.approx(want, rel=1e-4, abs=1e-6)
 
     # One data-parallel step of batchhardtripletloss: each device differentiates its own rows only

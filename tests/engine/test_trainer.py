@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-import eval as eval_script
 import train
 from cli.args import defaults
+from engine import evaluate
 from engine.trainer import LOG_FILE, RunLog, Schedule, claim_save_dir
 from reader.samplers import batches_of_one_pass
 from utility.errors import UserError
@@ -96,8 +96,8 @@ def test_test_loss_lays_the_evaluation_set_out_as_the_loss_trains():
     for rows in batches_of_one_pass(labels, "pk", 12, 3, seed=0):
         assert sorted(np.unique(labels[rows], return_counts=True)[1]) == [3] * 4
     config = defaults("eval", loss_name="emlloss", samples_each_class=3, test_batch_size=12)
-    assert eval_script.test_loss(config, features, labels) > 0
-    assert math.isnan(eval_script.test_loss(defaults("eval", loss_name="softmax"), features, labels))
+    assert evaluate.test_loss(config, features, labels) > 0
+    assert math.isnan(evaluate.test_loss(defaults("eval", loss_name="softmax"), features, labels))
 
 
 def test_skip_batch_undoes_non_finite_steps_and_counts_them(tiny_dataset, tmp_path, capsys):

@@ -1,15 +1,16 @@
 """Divide and conquer: cluster-wise batches, the learner's slice of the embedding, resume with it on."""
-import json
 import os
 
 import numpy as np
 import pytest
+from train_runs import final_parameters, read_state, run_train, step_records
 
-import train
+import losses
 from cli.args import defaults
 from engine.dac import DivideAndConquer
 from engine.trainer import Position
 from reader.samplers import ClusterSampler
+from utility.errors import UserError
 
 
 def _cluster_sampler(world_size=1, layout="pk"):
@@ -62,31 +63,38 @@ def test_the_loss_sees_one_learner_slice_until_full_training():
     assert dac.mask(Position(pass_id=5, batch=0)).tolist() == [1] * 8
 
 
-def _read_log(folder):
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if '"loss_metric"' in line]
-
-
 def test_resume_with_divide_and_conquer_equals_the_uninterrupted_run(tiny_dataset, tmp_path, capsys):
-    data_dir, train_list, val_list = tiny_dataset
-    common = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
-              "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=batchhardtripletloss",
-              "--samples_each_class=3", "--embedding_size=8", "--dac_clusters=2", "--dac_period=1",
-              "--total_iter_num=6", "--save_iter_step=5", "--test_iter_step=100", "--num_workers=0",
-              "--display_iter_step=1", "--lr=0.05"]
+    common = ["--loss_name=batchhardtripletloss", "--samples_each_class=3", "--embedding_size=8",
+              "--dac_clusters=2", "--dac_period=1", "--save_iter_step=5", "--test_iter_step=100", "--lr=0.05"]
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.main(common + [f"--model_save_dir={straight}"])
+    run_train(tiny_dataset, straight, *common, iters=6)
     out = capsys.readouterr().out
     assert "Divide and conquer, pass 0: 2 clusters of" in out and "Divide and conquer, pass 1:" in out
-    train.main(common + [f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/5"])
+    run_train(tiny_dataset, resumed, *common, f"--checkpoint={straight}/ResNet18/5", iters=6)
     assert "Divide and conquer" not in capsys.readouterr().out  # the pass's clustering came back from the checkpoint
-    with open(os.path.join(straight, "ResNet18", "5", "state.json")) as f:
-        assert len(json.load(f)["dac"]["assignment"]) == 48
-    first, second = _read_log(straight), _read_log(resumed)
+    assert len(read_state(os.path.join(straight, "ResNet18", "5"))["dac"]["assignment"]) == 48
+    first, second = step_records(straight), step_records(resumed)
     assert [r["iter"] for r in second] == [5]
-    assert second[0]["loss_metric"] == pytest.approx(first[5]["loss_metric"], rel=1e-5, abs=1e-6)
-    from engine.checkpoint import load_checkpoint_state
-    want = load_checkpoint_state(os.path.join(straight, "ResNet18", "6"))
-    got = load_checkpoint_state(os.path.join(resumed, "ResNet18", "6"))
+    assert second[0]["loss_metric"] == first[5]["loss_metric"]
+    want = final_parameters(os.path.join(straight, "ResNet18", "6"))
+    got = final_parameters(os.path.join(resumed, "ResNet18", "6"))
     for name in ("conv1_weights", "embedding_fc_weights"):
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(got[name], want[name])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--dac_clusters=1"], "--dac_clusters must be 0 .off. or 2 or more"),
+    (["--dac_clusters=2", "--dac_period=0"], "--dac_period positive"),
+    (["--dac_clusters=2", "--loss_name=softmax"], "--dac_clusters needs a pair loss"),
+])
+def test_options_that_cannot_apply_are_refused(flags, message):
+    from engine.dac import check_options
+
+    config = defaults("train", **{flag[2:].split("=")[0]: _value(flag) for flag in flags})
+    with pytest.raises(UserError, match=message):
+        check_options(config, losses.get(config.loss_name))
+
+
+def _value(flag):
+    text = flag.split("=")[1]
+    return int(text) if text.isdigit() else text

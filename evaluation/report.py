@@ -1,0 +1,45 @@
+"""eval.py's printed report of an evaluation's figures, and the --metrics_out record.
+
+The first lines are the original example's (`End test, test_loss ..., test recall ...`, then
+`Recall@K: ...`); tests and bench scripts parse them, so their wording stays.
+"""
+import json
+
+
+def print_report(results, ks):
+    """Print the figures of engine.evaluate.evaluate_checkpoint's results (ks: the K of Recall@K)."""
+    if "map" in results:
+        print(f"Re-identification: mAP {results['map']:.4f}, CMC@1 {results['cmc@1']:.4f}, "
+              f"CMC@5 {results['cmc@5']:.4f}, CMC@10 {results['cmc@10']:.4f} ({results['num_skipped_queries']} of "
+              f"{results['num_queries']} queries have no match under another camera and are left out; "
+              f"re-ranking {'on' if results['re_ranking'] else 'off'})", flush=True)
+    else:
+        print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
+        for k in ks:
+            print(f"Recall@{k}: {results[f'recall@{k}']:.4f}")
+        print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
+              f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their "
+              "class)")
+        if "nmi" in results:
+            print(f"NMI: {results['nmi']:.4f}")
+        _print_confusions(results["confused_pairs"])
+    if "threshold" in results:
+        print(f"Verification: threshold {results['threshold']:.4f}, accuracy {results['threshold_accuracy']:.4f} "
+              f"over {results['num_positive_pairs']} same-class and {results['num_negative_pairs']} different-class "
+              f"pairs; TPR {results['tpr@fpr1e-3']:.4f} at FPR 1e-3", flush=True)
+
+
+def append_record(path, checkpoint, model, results):
+    """Append the figures as one JSON line (with the checkpoint and model) to `path`."""
+    with open(path, "a") as f:
+        f.write(json.dumps({"checkpoint": checkpoint, "model": model, **results}) + "\n")
+    print(f"Wrote the metrics to {path}")
+
+
+def _print_confusions(pairs):
+    if not pairs:
+        return
+    print("Most confused classes (queries of the pair whose nearest neighbour is in the other class):")
+    for pair in pairs:
+        (a, b), (name_a, name_b) = pair["classes"], pair["names"]
+        print(f"  {pair['errors']:>5} of {pair['queries']:<5} {a} {name_a}  <->  {b} {name_b}")

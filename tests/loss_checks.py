@@ -1,0 +1,293 @@
+"""What the loss tests share: numpy references of every loss (loops over anchors and candidates, not
+masks), batches, and the finite-difference gradient check.
+
+Each reference takes the loss's settings as keywords named like its settings dataclass's fields, so
+a test at the defaults passes `**asdict(SomeParams())`. The pair losses also take an optional
+reference set (references [R, D], reference_labels [R]): candidates are the batch followed by the
+references, a reference labelled -1 takes part in no pair (losses/common.py, candidates).
+"""
+import contextlib
+import math
+
+import numpy as np
+import paddle
+import pytest
+from numeric import numeric_gradient
+
+# (P classes, K per class, D) of the P x K batches the forward values are checked on.
+SHAPES = [(3, 2, 4), (4, 2, 16), (2, 4, 4), (4, 4, 16), (3, 4, 4), (5, 3, 8)]
+
+
+# ---------------------------------------------------------------- batches and tensors
+
+def pk_labels(classes, per_class, spread=True):
+    """P x K labels; spread: arbitrary, non-contiguous ids, else 0..classes-1."""
+    ids = np.arange(classes) * 7 + 3 if spread else np.arange(classes)
+    return np.repeat(ids, per_class)
+
+
+def triplet_labels(triplets, rng):
+    rows = []
+    for _ in range(triplets):
+        anchor, negative = rng.choice(20, size=2, replace=False)
+        rows += [anchor, anchor, negative]
+    return np.array(rows)
+
+
+def uniform_noise(rng, rows, columns=None):
+    """Uniform noise in (0, 1) [rows, columns] for the losses that sample pairs (default square)."""
+    return rng.uniform(1e-6, 1 - 1e-6, size=(rows, rows if columns is None else columns))
+
+
+def tensor(array):
+    return paddle.to_tensor(array, stop_gradient=False)
+
+
+def value(loss):
+    assert loss.shape == [], "a loss must be a scalar tensor"
+    return loss.item()
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """Parameters of layers built inside are of `dtype` (float64 for finite differences)."""
+    previous = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        paddle.set_default_dtype(previous)
+
+
+def assert_gradient(paddle_loss, numpy_loss, x):
+    """Paddle's gradient of paddle_loss at x (float64) equals the central difference of numpy_loss."""
+    x_tensor = tensor(x)
+    paddle_loss(x_tensor).backward()
+    numeric = numeric_gradient(numpy_loss, x)
+    assert np.abs(numeric).max() > 1e-3, "the case must have a non-zero gradient"
+    np.testing.assert_allclose(x_tensor.grad.numpy(), numeric, rtol=1e-5, atol=1e-7)
+
+
+def assert_shuffle_invariant(loss_of, features, labels, rng):
+    """loss_of(features, labels, order) (order: where each row came from) is the same for the batch in
+    order and shuffled by `rng`, and not 0 (so that the check means something)."""
+    order = rng.permutation(len(labels))
+    in_order = loss_of(features, labels, np.arange(len(labels)))
+    shuffled = loss_of(features[order], labels[order], order)
+    assert in_order > 0
+    assert shuffled == pytest.approx(in_order, rel=1e-12)
+
+
+# ---------------------------------------------------------------- numpy building blocks
+
+def np_normalize(x, axis=1):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def np_sqdist(a, b):
+    return float(np.sum((a - b) ** 2))
+
+
+def np_distance(a, b):
+    return math.sqrt(np_sqdist(a, b))
+
+
+def np_candidates(features, labels, references=None, reference_labels=None, transform=lambda x: x):
+    """(candidate rows, candidate labels): the batch, then the references when given."""
+    if references is None:
+        return transform(features), labels
+    return (np.concatenate([transform(features), transform(references)]),
+            np.concatenate([labels, reference_labels]))
+
+
+def pairs_of(labels, candidate_labels, i):
+    """(positive candidates, negative candidates) of anchor i: j != i, same / other class, label -1 left out."""
+    positives = [j for j, c in enumerate(candidate_labels) if c != -1 and j != i and c == labels[i]]
+    negatives = [j for j, c in enumerate(candidate_labels) if c != -1 and c != labels[i]]
+    return positives, negatives
+
+
+def np_log_softmax(row):
+    shifted = row - row.max()
+    return shifted - math.log(np.sum(np.exp(shifted)))
+
+
+def np_log1p_sum_exp(xs):
+    """log(1 + sum exp(x)) written as a logsumexp, so that large scales cannot overflow."""
+    top = max(0.0, max(xs))
+    return top + math.log(math.exp(-top) + sum(math.exp(x - top) for x in xs))
+
+
+# ---------------------------------------------------------------- the losses
+
+def np_triplet(features, *, margin):
+    f = np_normalize(features)
+    terms = [max(np_sqdist(f[t], f[t + 1]) - np_sqdist(f[t], f[t + 2]) + margin, 0.0)
+             for t in range(0, len(f), 3)]
+    return np.mean(terms)
+
+
+def np_batch_hard(features, labels, references=None, reference_labels=None, *, margin):
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    terms = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        terms.append(max(max(np_sqdist(cand[i], cand[j]) for j in positives)
+                         - min(np_sqdist(cand[i], cand[k]) for k in negatives) + margin, 0.0))
+    return np.mean(terms)
+
+
+def np_quadruplet(features, labels, references=None, reference_labels=None, *, margin):
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    hardest_positive, hardest_negative = -math.inf, math.inf
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        hardest_positive = max([hardest_positive] + [np_sqdist(cand[i], cand[j]) for j in positives])
+        hardest_negative = min([hardest_negative] + [np_sqdist(cand[i], cand[k]) for k in negatives])
+    return max(hardest_positive - hardest_negative + margin, 0.0)
+
+
+def np_eml(features, labels, references=None, reference_labels=None, beta=100000.0, threshold=20.0):
+    """EML on squared distances of the raw features; beta and threshold are the loss's constants."""
+    def surrogate(theta, bias):
+        return math.log(1 + beta * theta * math.exp(bias)) / math.log(1 + beta)
+
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels)
+    terms = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        p = np.array([np_sqdist(cand[i], cand[j]) for j in positives])
+        n = np.array([np_sqdist(cand[i], cand[k]) for k in negatives])
+        theta = np.mean(np.exp(p - p.max())) * np.mean(np.exp(n.min() - n))
+        bias = p.max() - n.min()
+        terms.append(surrogate(theta, min(bias, threshold))
+                     + (math.log(theta) + max(bias, threshold) + math.log(beta)) / math.log(1 + beta)
+                     - surrogate(theta, threshold))
+    return np.mean(terms)
+
+
+def np_eml_biases(features, labels):
+    """max positive - min negative squared distance of each anchor (the EML's bias)."""
+    biases = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, labels, i)
+        biases.append(max(np_sqdist(features[i], features[j]) for j in positives)
+                      - min(np_sqdist(features[i], features[k]) for k in negatives))
+    return biases
+
+
+def np_npairs(features, labels, *, reg_lambda):
+    anchors, positives = features[0::2], features[1::2]
+    anchor_labels, positive_labels = labels[0::2], labels[1::2]
+    cross_entropy = []
+    for i, anchor in enumerate(anchors):
+        target = (positive_labels == anchor_labels[i]).astype(float)
+        target /= target.sum()
+        cross_entropy.append(-np.sum(target * np_log_softmax(positives @ anchor)))
+    reg = np.mean(np.sum(anchors ** 2, axis=1)) + np.mean(np.sum(positives ** 2, axis=1))
+    return np.mean(cross_entropy) + 0.25 * reg_lambda * reg
+
+
+def np_arcmargin(cosine, labels, *, margin, scale, easy_margin):
+    terms = []
+    for row, label in zip(cosine, labels):
+        logits = row.copy()
+        c = row[label]
+        angle = math.acos(c)
+        if easy_margin:
+            logits[label] = math.cos(angle + margin) if c > 0 else c
+        else:
+            logits[label] = math.cos(angle + margin) if angle + margin < math.pi else c - margin * math.sin(margin)
+        terms.append(-np_log_softmax(scale * logits)[label])
+    return np.mean(terms)
+
+
+def np_cosface(cosine, labels, *, margin, scale):
+    terms = []
+    for row, label in zip(cosine, labels):
+        logits = scale * row.copy()
+        logits[label] = scale * (row[label] - margin)
+        terms.append(-np_log_softmax(logits)[label])
+    return np.mean(terms)
+
+
+def np_softmax_loss(logits, labels, smoothing):
+    classes = logits.shape[1]
+    terms = []
+    for row, label in zip(logits, labels):
+        target = np.full(classes, smoothing / classes)
+        target[label] += 1 - smoothing
+        terms.append(-np.sum(target * np_log_softmax(row)))
+    return np.mean(terms)
+
+
+def np_rll(features, labels, references=None, reference_labels=None, *, alpha, margin, temperature, balance,
+           weights_at=None):
+    """Ranked list loss; the negative weights come from `weights_at` (default: `features` themselves).
+
+    Evaluating it at perturbed features with weights_at fixed gives the derivative with the
+    weights held constant, which is what the loss's gradient is.
+    """
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    weight_cand = cand if weights_at is None else np_candidates(weights_at, labels, references, reference_labels,
+                                                                np_normalize)[0]
+    terms = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        distance = {j: np_distance(cand[i], cand[j]) for j in positives + negatives}
+        positive_costs = [distance[j] - (alpha - margin) for j in positives if distance[j] > alpha - margin]
+        hard = [k for k in negatives if distance[k] < alpha]
+        weights = [math.exp(temperature * (alpha - np_distance(weight_cand[i], weight_cand[k]))) for k in hard]
+        positive_loss = np.mean(positive_costs) if positive_costs else 0.0
+        negative_loss = (np.dot(weights, [alpha - distance[k] for k in hard]) / np.sum(weights)) if hard else 0.0
+        terms.append(positive_loss + balance * negative_loss)
+    return np.mean(terms)
+
+
+def np_ms(features, labels, references=None, reference_labels=None, *, alpha, beta, base, epsilon):
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    total = 0.0
+    for i in range(len(labels)):
+        positive_rows, negative_rows = pairs_of(labels, cand_labels, i)
+        positives = [float(cand[i] @ cand[j]) for j in positive_rows]
+        negatives = [float(cand[i] @ cand[k]) for k in negative_rows]
+        mined_negatives = [s for s in negatives if s + epsilon > min(positives)]
+        mined_positives = [s for s in positives if s - epsilon < max(negatives)]
+        if mined_negatives and mined_positives:
+            total += np_log1p_sum_exp([-alpha * (s - base) for s in mined_positives]) / alpha
+            total += np_log1p_sum_exp([beta * (s - base) for s in mined_negatives]) / beta
+    return total / len(labels)
+
+
+def np_log_weight(d, dim, cutoff):
+    d = max(d, cutoff)
+    return (2 - dim) * math.log(d) - 0.5 * (dim - 3) * math.log(max(1 - d * d / 4, 1e-8))
+
+
+def np_sampled_negatives(features, labels, noise, references=None, reference_labels=None, *, cutoff):
+    """{anchor: [negatives]}: per row, the #positives negatives of largest log weight + Gumbel noise."""
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    chosen = {}
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        score = {k: np_log_weight(np_distance(cand[i], cand[k]), cand.shape[1], cutoff)
+                 - math.log(-math.log(noise[i, k])) for k in negatives}
+        chosen[i] = sorted(negatives, key=lambda k: -score[k])[:len(positives)]
+    return chosen
+
+
+def np_margin(features, labels, noise, beta, references=None, reference_labels=None, *, alpha, cutoff,
+              per_class=True, weights_at=None):
+    """Margin loss over all positive pairs and the sampled negatives (drawn at `weights_at`, default the
+    features); `beta` holds one boundary per class id (per_class) or one shared value."""
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    draw_at = features if weights_at is None else weights_at
+    chosen = np_sampled_negatives(draw_at, labels, noise, references, reference_labels, cutoff=cutoff)
+    pair_losses = []
+    for i in range(len(labels)):
+        positives, _ = pairs_of(labels, cand_labels, i)
+        b = beta[labels[i]] if per_class else beta[0]
+        pair_losses += [max(alpha + np_distance(cand[i], cand[j]) - b, 0.0) for j in positives]
+        pair_losses += [max(alpha + b - np_distance(cand[i], cand[k]), 0.0) for k in chosen[i]]
+    active = [x for x in pair_losses if x > 0]
+    return sum(active) / len(active) if active else 0.0
