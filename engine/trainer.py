@@ -3,6 +3,7 @@
 Training length is counted in iterations only: --num_epochs N is N passes' worth of batches,
 evaluated and saved after every pass. Checkpoints are named by the iteration they were saved at.
 """
+import itertools
 import json
 import math
 import os
@@ -183,21 +184,26 @@ class Trainer:
         fetch_lists = [extension.fetch_list() for extension in self.extensions]
         step_start = time.time()
         values = self.exe.run(self.graph.main, feed=feed,
-                              fetch_list=list(self.graph.fetch.values()) + sum(fetch_lists, []))
+                              fetch_list=[*self.graph.fetch.values(), *itertools.chain(*fetch_lists)])
         step_s = time.time() - step_start
         lr = self.graph.scheduler.get_lr()
         self.graph.scheduler.step()
         stats = step.stats = dict(zip(self.fetch_names, (float(v.item()) for v in values)))
-        fetched = values[len(self.fetch_names):]
-        for extension, names in zip(self.extensions, fetch_lists):
-            if not extension.after_step(step, fetched[:len(names)]):
-                return
-            fetched = fetched[len(names):]
+        if not self._after_step(step, values[len(self.fetch_names):], fetch_lists):
+            return
         self._stop_if_diverged(position, stats)
         self.since_eval.append(stats)
         self.window_images += len(labels) * self.world_size  # img/s over all devices
         if position.batch % self.config.display_iter_step == 0:
             self._display(position, lr, stats, step_s, reader_s)
+
+    def _after_step(self, step, fetched, fetch_lists):
+        """Each extension's after_step with the values it asked for; False when one discarded the step."""
+        for extension, asked in zip(self.extensions, fetch_lists):
+            own, fetched = fetched[:len(asked)], fetched[len(asked):]
+            if not extension.after_step(step, own):
+                return False
+        return True
 
     def _stop_if_diverged(self, position, stats):
         bad = {name: value for name, value in stats.items() if not math.isfinite(value)}
