@@ -34,19 +34,21 @@ function matchElement(match) {
   thumbnail.src = match.image_url;
   thumbnail.alt = `item ${match.id}`;
   thumbnail.title = match.path;
-  const caption = document.createElement("div");
-  caption.className = "caption";
-  const label = document.createElement("span");
+  const label = document.createElement("div");
   label.className = "label";
   label.textContent = match.label;
+  label.title = "label";
+  const details = document.createElement("div");
+  details.className = "details";
   const similarity = document.createElement("span");
   similarity.className = "similarity";
   similarity.textContent = match.similarity.toFixed(3);
-  caption.append(label, similarity);
-  const rank = document.createElement("div");
+  similarity.title = "similarity (cosine)";
+  const rank = document.createElement("span");
   rank.className = "rank";
   rank.textContent = `#${match.rank} · id ${match.id}`;
-  item.append(thumbnail, caption, rank);
+  details.append(similarity, rank);
+  item.append(thumbnail, label, details);
   return item;
 }
 
