@@ -7,6 +7,7 @@ typed (`args.explicit`); cli/config.py turns that into the run's settled configu
 import argparse
 import sys
 
+from engine.network_spec import CHOICES as NETWORK_CHOICES
 from reader.decode import MAX_PIXELS
 from utility.errors import UserError
 
@@ -55,10 +56,10 @@ def _common(p):
     g = p.add_argument_group("model and data (all scripts)")
     g.add_argument("--model", default="ResNet50", help="network builder: ResNet18, ResNet34, ResNet50, SE_ResNeXt50_32x4d")
     g.add_argument("--embedding_size", type=int, default=0, help="project the pooled feature to N dims; 0 keeps the pooled feature")
-    g.add_argument("--neck", choices=["none", "bnneck"], default="none", help="bnneck: batch norm (no learned shift) between the feature and a bias-free classifier; the metric loss sees the feature before it")
-    g.add_argument("--neck_feat", choices=["after", "before"], default="after", help="with --neck=bnneck: evaluate and export the feature after the batch norm or before it")
-    g.add_argument("--last_stride", type=int, choices=[1, 2], default=2, help="stride of the last stage: 1 doubles the final feature map (same parameters)")
-    g.add_argument("--stem", choices=["imagenet", "small"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps)")
+    g.add_argument("--neck", choices=NETWORK_CHOICES["neck"], default="none", help="bnneck: batch norm (no learned shift) between the feature and a bias-free classifier; the metric loss sees the feature before it")
+    g.add_argument("--neck_feat", choices=NETWORK_CHOICES["neck_feat"], default="after", help="with --neck=bnneck: evaluate and export the feature after the batch norm or before it")
+    g.add_argument("--last_stride", type=int, choices=NETWORK_CHOICES["last_stride"], default=2, help="stride of the last stage: 1 doubles the final feature map (same parameters)")
+    g.add_argument("--stem", choices=NETWORK_CHOICES["stem"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps)")
     g.add_argument("--image_shape", type=image_shape, default=(3, 224, 224), help="C,H,W of the network input")
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
     g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")
@@ -69,7 +70,7 @@ def _common(p):
     g.add_argument("--max_image_pixels", type=int, default=MAX_PIXELS,
                    help="images with more pixels are refused (a JPEG is first decoded at 1/2..1/8 size to fit); 0 = no limit")
     g.add_argument("--test_batch_size", type=int, default=50, help="batch size for embedding evaluation images")
-    g.add_argument("--eval_resize", choices=["crop", "full"], default="crop",
+    g.add_argument("--eval_resize", choices=NETWORK_CHOICES["eval_resize"], default="crop",
                    help="evaluation preprocessing: 'crop' resizes the short side to 256/224 of the input size and "
                         "takes the centre crop (ImageNet protocol); 'full' resizes the whole image to the input "
                         "size, nothing cut off (drawings, characters)")

@@ -50,9 +50,8 @@ def read_export_info(model_dir):
 DUMP_FINGERPRINT = "fingerprint.json"  # beside infer.py's dumps: {"fingerprint", "embedding_size"}
 
 # What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
-FINGERPRINT_FIELDS = ("model", "embedding_size", "neck", "neck_feat", "last_stride", "stem", "image_shape",
-                      "eval_resize", "ink_crop", "color", "mean", "std", "resize_ratio", "ink_threshold",
-                      "ink_fraction", "layout")
+FINGERPRINT_FIELDS = (*NetworkSpec.names(), "color", "mean", "std", "resize_ratio", "ink_threshold", "ink_fraction",
+                      "layout")
 
 
 def model_fingerprint(model_dir):
