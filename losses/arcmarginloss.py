@@ -12,6 +12,7 @@ from losses.registry import LossSpec, require, setting
 
 @dataclass(frozen=True)
 class ArcMarginParams:
+    """The settings of arcmargin (flags --arc_*)."""
     scale: float = setting(80.0, "arc_scale", "scale s of the cosine logits")
     margin: float = setting(0.15, "arc_margin", "additive angular margin m (radians)")
     easy_margin: bool = setting(False, "arc_easy_margin", "apply the margin only where cos > 0")

@@ -11,6 +11,7 @@ from losses.registry import LossSpec, require, setting
 
 @dataclass(frozen=True)
 class CosFaceParams:
+    """The settings of cosface (flags --cos_*)."""
     scale: float = setting(30.0, "cos_scale", "scale s of the cosine logits")
     margin: float = setting(0.35, "cos_margin", "additive cosine margin m")
 

@@ -19,6 +19,7 @@ _MIN_SHELL = 1e-8     # floor of 1 - d^2/4 (d reaches 2 for opposite unit vector
 
 @dataclass(frozen=True)
 class MarginParams:
+    """The settings of marginloss (flags --margin_*, not --margin: that one is TripletParams')."""
     alpha: float = setting(0.2, "margin_alpha", "margin alpha around the boundary beta")
     beta: float = setting(1.2, "margin_beta", "initial value of the learned boundary beta")
     per_class: bool = setting(True, "margin_beta_per_class",

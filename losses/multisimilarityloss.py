@@ -25,6 +25,7 @@ def log_one_plus_sum_exp(values, mask):
 
 @dataclass(frozen=True)
 class MultiSimilarityParams:
+    """The settings of multisimilarityloss (flags --ms_*; base is the paper's lambda)."""
     alpha: float = setting(2.0, "ms_alpha", "scale alpha of the positive term")
     beta: float = setting(50.0, "ms_beta", "scale beta of the negative term")
     base: float = setting(0.5, "ms_lambda", "similarity offset lambda")

@@ -12,6 +12,7 @@ from utility.errors import UserError
 
 @dataclass(frozen=True)
 class NPairsParams:
+    """The settings of npairsloss (flags --npairs_*)."""
     reg_lambda: float = setting(0.01, "npairs_reg_lambda", "weight of the L2 regulariser on embeddings")
 
     def __post_init__(self):

@@ -11,6 +11,7 @@ from losses.registry import LossSpec, require, setting
 
 @dataclass(frozen=True)
 class RankedListParams:
+    """The settings of rankedlistloss (flags --rll_*; balance is the paper's lambda)."""
     alpha: float = setting(1.2, "rll_alpha", "distance alpha beyond which negatives cost nothing")
     margin: float = setting(0.4, "rll_margin", "margin m; positives cost beyond alpha - m")
     temperature: float = setting(10.0, "rll_temperature", "temperature T of the negative weights exp(T (alpha - d))")

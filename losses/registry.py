@@ -151,6 +151,7 @@ def loss_flags(specs):
     for params_class, names in owners.items():
         for f in fields(params_class):
             flag = f.metadata["flag"]
+            assert f.type in (float, int, bool), f"{params_class.__name__}.{f.name}: float, int or bool, not {f.type}"
             assert flag not in flags, f"--{flag} is declared twice (the second time by {params_class.__name__})"
             flags[flag] = Flag(flag, f.type, f.default, f"{', '.join(names)}: {f.metadata['help']}")
     return list(flags.values())

@@ -14,8 +14,8 @@ from utility.errors import UserError
 
 @dataclass(frozen=True)
 class TripletParams:
-    """The margin of the triplet-style hinges: tripletloss, batchhardtripletloss and quadrupletloss share it
-    (one flag, --margin, as before the settings moved next to the losses)."""
+    """The settings of the triplet-style hinges, shared by tripletloss, batchhardtripletloss and
+    quadrupletloss: one margin, one flag (--margin)."""
     margin: float = setting(0.1, "margin", "margin by which a positive distance must undercut a negative one")
 
     def __post_init__(self):
