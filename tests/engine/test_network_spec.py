@@ -2,7 +2,7 @@
 import pytest
 
 from cli.args import defaults
-from engine.network_spec import NetworkSpec
+from engine.network_spec import CHOICES, NetworkSpec
 from utility.errors import UserError
 
 
@@ -44,3 +44,14 @@ def test_a_record_missing_a_setting_is_refused():
     del record["neck"]
     with pytest.raises(UserError, match="^f: network.neck is missing$"):
         NetworkSpec.from_record(record, "f: network.")
+
+
+def test_the_allowed_values_are_those_the_model_builders_accept():
+    import models
+    from models.head import NECK_FEATS, NECKS
+    from models.layers import STEMS
+
+    assert NetworkSpec.names() == ("model", "embedding_size", "image_shape", "neck", "neck_feat", "last_stride",
+                                   "stem", "eval_resize", "ink_crop")
+    assert (CHOICES["neck"], CHOICES["neck_feat"], CHOICES["last_stride"], CHOICES["stem"]) == \
+        (NECKS, NECK_FEATS, models.LAST_STRIDES, tuple(STEMS))
