@@ -102,7 +102,11 @@ def _loss(p):
 
 def _train(p):
     g = p.add_argument_group("training (train.py)")
-    g.add_argument("--train_batch_size", type=int, default=80, help="images per iteration, over all devices")
+    g.add_argument("--config", default=None,
+                   help="a recipe: YAML file of flag values (recipes/); flags on the command line override it")
+    g.add_argument("--train_batch_size", type=int, default=96,
+                   help="images per iteration, over all devices (96 fits triplets and P x K batches with "
+                        "K = 2, 3, 4, 6 or 8 on 1, 2 or 4 devices)")
     g.add_argument("--num_epochs", type=int, default=None, help="train this many passes over the list (instead of --total_iter_num)")
     g.add_argument("--total_iter_num", type=int, default=None, help=f"train this many iterations (default {DEFAULT_ITERATIONS} unless --num_epochs)")
     g.add_argument("--lr", type=float, default=0.01, help="base learning rate")
@@ -194,6 +198,17 @@ def defaults(script="train", **overrides):
     return args
 
 
+def _recipe_argv(parser, argv):
+    """The flags of the --config recipe named in argv (cli/recipes.py), or []."""
+    from cli.recipes import recipe_argv
+
+    if not any(token == "--config" or token.startswith("--config=") for token in argv):
+        return []
+    recipe = parser.parse_known_args(argv)[0].config
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    return recipe_argv(recipe, known) if recipe else []
+
+
 def explicit_flags(argv):
     """Names of the flags present on the command line."""
     return {tok[2:].split("=", 1)[0] for tok in argv if tok.startswith("--")}
@@ -201,7 +216,9 @@ def explicit_flags(argv):
 
 def parse_args(script, argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(script).parse_args(argv)
+    parser = build_parser(script)
+    argv = _recipe_argv(parser, argv) + argv  # the command line after the recipe: it wins
+    args = parser.parse_args(argv)
     args.explicit = explicit_flags(argv)
     _check(script, args)
     return args
