@@ -1,27 +1,32 @@
 """k-reciprocal re-ranking (Zhong, Zheng, Cao, Li: "Re-ranking Person Re-identification with
 k-reciprocal Encoding", CVPR 2017), in memory that grows linearly with the number of images.
 
-Definition, on the pool P of all query and gallery images (the probes take part in each
-other's neighbourhoods, as in the authors' evaluation):
+Definition: what the authors' released code computes (the re_ranking function that
+reid-strong-baseline ships and ReID papers report), on the pool P of all query and gallery images
+(the probes take part in each other's neighbourhoods):
 
-- d(i, j): squared Euclidean distance between the (L2-normalised, with feat_norm)
-  embeddings, divided by (2 R)^2, R the largest embedding norm in the pool, so that it
-  lies in [0, 1] like the Jaccard distance it is mixed with, whatever the feature scale.
-  For normalised embeddings that is d(i, j) = (1 - cos(i, j)) / 2.
+- d(i, j): squared Euclidean distance between the (L2-normalised, with feat_norm) embeddings,
+  divided by the largest squared distance from i to any image of the pool (the authors divide
+  each column of the pool x pool matrix by its maximum, then transpose it), so d(i, .) lies in
+  [0, 1]; d is not symmetric.
 - N(i, k): i itself and its k nearest other images (ties by index).
 - R(i, k) = {j in N(i, k) : i in N(j, k)}: the k-reciprocal neighbours (i included).
-- R*(i, k1) = R(i, k1) together with every R(q, k1/2), q in R(i, k1), that shares at
-  least 2/3 of its members with R(i, k1) (k1/2 rounded to the nearest integer).
-- V_i: a vector over the pool, V_i[j] = exp(-d(i, j)) for j in R*(i, k1), 0 elsewhere.
+- R*(i, k1) = R(i, k1) together with every R(q, k1/2), q in R(i, k1), that shares more than
+  2/3 of its members with R(i, k1) (k1/2 rounded half to even, as numpy's around).
+- V_i: a vector over the pool, V_i[j] = exp(-d(i, j)) for j in R*(i, k1), 0 elsewhere,
+  normalised to sum 1.
 - Local query expansion: V_i is replaced by the mean of V_t over the k2 images t
-  nearest to i, i itself included (k2 = 1: no expansion).
-- Jaccard distance d_J(i, j) = 1 - sum_c min(V_i[c], V_j[c]) / sum_c max(V_i[c], V_j[c]).
+  nearest to i, i itself included (k2 = 1: no expansion); the rows still sum to 1.
+- Jaccard distance d_J(i, j) = 1 - m / (2 - m), m = sum_c min(V_i[c], V_j[c]) (the same as
+  1 - sum min / sum max, the vectors summing to 1).
 - Final distance d*(q, g) = (1 - lambda) d_J(q, g) + lambda d(q, g).
 
-Defaults k1 = 20, k2 = 6, lambda = 0.3 are the paper's Market-1501 settings.
+Defaults k1 = 20, k2 = 6, lambda = 0.3 are the paper's Market-1501 settings. The authors keep V in
+float16; this module computes in float64, so a near tie may fall the other way.
 
 Memory. Nothing of size pool x pool is ever built: the nearest neighbours come from
-faiss in blocks (evaluation.distances.nearest_neighbors), the vectors V are sparse
+faiss in blocks (evaluation.distances.nearest_neighbors), the largest distance of each image
+from blocks of the pool x pool distances, the vectors V are sparse
 (about k2 * |R*| non-zeros per image), and the query x gallery distances are produced a
 block of queries at a time, for evaluation.reid.reid_scores(distance_fn=...).
 """
@@ -35,6 +40,8 @@ from evaluation.distances import (as_matrix, check_same_width, l2_normalized, ne
 _PAIR_CHUNK = 4096
 # Entries gathered at once when intersecting a block of query vectors with the gallery's.
 _GATHER_CHUNK = 4_000_000
+# Pool x pool distances computed at once when finding each image's largest distance (float32 each).
+_DISTANCE_CELLS = 16 * 2**20
 
 
 class KReciprocalReranker:
@@ -58,20 +65,20 @@ class KReciprocalReranker:
         # With fewer images than k1 + 1, every image is everyone's neighbour.
         self.k1 = min(k1, len(pool) - 1)
         self.k2 = min(k2, len(pool))
+        k_half = min(int(np.around(k1 / 2)), self.k1)
 
-        self.scale = _distance_scale(pool)
+        self.scale = _largest_distances(pool)
         neighbors = _neighbor_table(pool, self.k1)
-        expanded = _expanded_reciprocal_sets(neighbors, self.k1, int(round(self.k1 / 2)))
+        expanded = _expanded_reciprocal_sets(neighbors, self.k1, k_half)
         vectors = _weighted_vectors(pool, expanded, self.scale)
         vectors = _query_expansion(vectors, neighbors[:, :self.k2])
-        self.vector_sums = np.asarray(vectors.sum(axis=1)).ravel()
         self.query_vectors = vectors[:self.num_query]
         # Column c of the gallery vectors as a row: the gallery images whose vector uses c.
         self.gallery_by_column = vectors[self.num_query:].T.tocsr()
         self.original = squared_distance_fn(pool[:self.num_query], pool[self.num_query:], feat_norm=False)
 
     def __call__(self, start, stop):
-        original = self.original(start, stop).astype(np.float64) / self.scale
+        original = self.original(start, stop).astype(np.float64) / self.scale[start:stop, None]
         jaccard = self.jaccard(start, stop)
         return (1 - self.lambda_value) * jaccard + self.lambda_value * original
 
@@ -95,8 +102,7 @@ class KReciprocalReranker:
             cells = np.repeat(row_of_entry[chunk] * self.num_gallery, counts) + columns.indices[flat]
             overlap += np.bincount(cells, weights=smaller, minlength=overlap.size).reshape(overlap.shape)
             first = last
-        union = (self.vector_sums[start:stop, None] + self.vector_sums[None, self.num_query:]) - overlap
-        return 1.0 - overlap / union
+        return 1.0 - overlap / (2.0 - overlap)
 
 
 def re_rank(query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, feat_norm=True):
@@ -105,10 +111,13 @@ def re_rank(query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, fea
     return reranker(0, reranker.num_query)
 
 
-def _distance_scale(pool):
-    """(2 R)^2, R the largest norm: no two embeddings are farther apart (squared) than that."""
-    largest = 4.0 * float(np.einsum("ij,ij->i", pool, pool).max())
-    return largest if largest > 0 else 1.0  # every embedding zero: any scale will do
+def _largest_distances(pool):
+    """[N] float64: the largest squared distance from each image to the pool (1 where all are 0)."""
+    distances = squared_distance_fn(pool, pool, feat_norm=False)
+    rows = max(1, _DISTANCE_CELLS // len(pool))
+    largest = np.concatenate([distances(start, min(start + rows, len(pool))).max(axis=1)
+                              for start in range(0, len(pool), rows)]).astype(np.float64)
+    return np.where(largest > 0, largest, 1.0)  # an image equal to every other: any scale will do
 
 
 def _neighbor_table(pool, k):
@@ -133,21 +142,21 @@ def _reciprocal_sets(neighbors, k, rows=4096):
 
 
 def _expanded_reciprocal_sets(neighbors, k1, k_half):
-    """R*(i, k1): R(i, k1) plus the R(q, k_half) that share at least 2/3 of their members with it."""
+    """R*(i, k1): R(i, k1) plus the R(q, k_half) that share more than 2/3 of their members with it."""
     full, half = _reciprocal_sets(neighbors, k1), _reciprocal_sets(neighbors, k_half)
     expanded = []
     for members in full:
         grown = set(members)
         for q in members:
             candidate = half[q]
-            if 3 * len(candidate & members) >= 2 * len(candidate):
+            if 3 * len(candidate & members) > 2 * len(candidate):
                 grown |= candidate
         expanded.append(np.fromiter(sorted(grown), np.int64, len(grown)))
     return expanded
 
 
 def _weighted_vectors(pool, expanded, scale):
-    """Sparse [N, N] V with V[i, j] = exp(-d(i, j)) for j in R*(i)."""
+    """Sparse [N, N] V with V[i, j] = exp(-d(i, j)) for j in R*(i), each row normalised to sum 1."""
     rows = np.repeat(np.arange(len(expanded)), [len(members) for members in expanded])
     cols = np.concatenate(expanded)
     weights = np.empty(len(rows))
@@ -155,7 +164,9 @@ def _weighted_vectors(pool, expanded, scale):
         i, j = rows[start:start + _PAIR_CHUNK], cols[start:start + _PAIR_CHUNK]
         difference = pool[i] - pool[j]
         weights[start:start + _PAIR_CHUNK] = np.einsum("ij,ij->i", difference, difference)
-    return sparse.csr_matrix((np.exp(-weights / scale), (rows, cols)), shape=(len(pool), len(pool)))
+    weights = np.exp(-weights / scale[rows])
+    weights /= np.bincount(rows, weights=weights, minlength=len(pool))[rows]
+    return sparse.csr_matrix((weights, (rows, cols)), shape=(len(pool), len(pool)))
 
 
 def _query_expansion(vectors, nearest):

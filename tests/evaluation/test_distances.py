@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from embedding_references import brute_force_neighbors, clustered
+from embedding_references import brute_force_neighbors
 from evaluation.distances import nearest_neighbors, squared_distance_fn
 
 

@@ -9,37 +9,40 @@ from evaluation.reranking import KReciprocalReranker, re_rank
 
 
 def brute_force(query, gallery, k1, k2, lam, feat_norm=True):
-    """The module docstring's definition with a full pool x pool matrix and Python sets."""
+    """The authors' algorithm as issue 30 describes it, with a full pool x pool matrix and Python sets.
+
+    Squared distances over the pool divided by each column's maximum (then transposed), the V rows
+    normalised to sum 1, Jaccard distance 1 - m / (2 - m) with m the sum of minima.
+    """
     pool = np.concatenate([query, gallery]).astype(np.float64)
     if feat_norm:
         pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
     n, nq = len(pool), len(query)
-    dist = np.array([[float(np.sum((pool[i] - pool[j]) ** 2)) for j in range(n)] for i in range(n)])
-    dist /= 4 * max(float(np.sum(x ** 2)) for x in pool)
-    k1 = min(k1, n - 1)
+    squared = np.array([[float(np.sum((pool[i] - pool[j]) ** 2)) for j in range(n)] for i in range(n)])
+    dist = (squared / squared.max(axis=0)).T
     ranking = [[i] + sorted((j for j in range(n) if j != i), key=lambda j: (dist[i, j], j)) for i in range(n)]
 
     def reciprocal(i, k):
         return {j for j in ranking[i][:k + 1] if i in ranking[j][:k + 1]}
 
-    half = int(round(k1 / 2))
+    half = int(np.around(k1 / 2))
     vectors = np.zeros((n, n))
     for i in range(n):
         members = reciprocal(i, k1)
         grown = set(members)
         for q in members:
             candidate = reciprocal(q, half)
-            if len(candidate & members) >= 2 / 3 * len(candidate):
+            if len(candidate & members) > 2 / 3 * len(candidate):
                 grown |= candidate
         for j in grown:
             vectors[i, j] = math.exp(-dist[i, j])
+        vectors[i] /= vectors[i].sum()
     expanded = np.array([vectors[ranking[i][:k2]].mean(axis=0) for i in range(n)])
     out = np.zeros((nq, n - nq))
     for a in range(nq):
         for b in range(n - nq):
-            v, w = expanded[a], expanded[nq + b]
-            jaccard = 1 - np.minimum(v, w).sum() / np.maximum(v, w).sum()
-            out[a, b] = (1 - lam) * jaccard + lam * dist[a, nq + b]
+            shared = np.minimum(expanded[a], expanded[nq + b]).sum()
+            out[a, b] = (1 - lam) * (1 - shared / (2 - shared)) + lam * dist[a, nq + b]
     return out
 
 
