@@ -76,7 +76,6 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
 
     app = FastAPI(title="Gallery search", lifespan=lifespan,
                   description="Search a gallery index for the images most like an uploaded one.")
-    app.state.gallery, app.state.batcher, app.state.stats = gallery, batcher, stats
     one_file_body = max_file_bytes + FORM_OVERHEAD_BYTES
     app.add_middleware(LimitRequestBody, limits={"/search": one_file_body, "/items": one_file_body,
                                                  "/search/batch": max_batch_files * one_file_body})
@@ -98,7 +97,8 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     @app.post("/search", dependencies=[Depends(_require_multipart)])
     async def search(file: UploadFile = File(..., description="the query image"),
                      top_k: int = Form(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K),
-                     threshold: float | None = Form(None, description="drop matches less similar than this")):
+                     threshold: float | None = Form(None, allow_inf_nan=False,
+                                                    description="drop matches less similar than this")):
         """The gallery items most similar to the image, best first; `matches` is empty ("no match") when
         none reaches the threshold."""
         image = await run_in_threadpool(read_upload, file)
@@ -108,7 +108,7 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     @app.post("/search/batch", dependencies=[Depends(_require_multipart)])
     async def search_batch(files: list[UploadFile] = File(..., description="the query images"),
                            top_k: int = Form(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K),
-                           threshold: float | None = Form(None)):
+                           threshold: float | None = Form(None, allow_inf_nan=False)):
         """POST /search for several images at once: one result per file, in order."""
         if len(files) > max_batch_files:
             raise HTTPException(413, f"{len(files)} files, more than the limit of {max_batch_files} per request")
@@ -162,9 +162,12 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
 
     @app.delete("/items/{item_id}", dependencies=[Depends(require_token)])
     async def remove_item(item_id: int):
-        """Remove an item from the gallery (its uploaded image file, if any, stays on disk)."""
+        """Remove an item from the gallery (and its image, when it was uploaded through POST /items)."""
+        image = gallery.image_path(item_id)
         if not await run_in_threadpool(gallery.remove, [item_id]):
             raise HTTPException(404, f"no item {item_id}")
+        if image and os.path.dirname(image) == os.path.realpath(gallery.uploads_dir):
+            _remove_quietly(image)
         return {"removed": item_id, "items": gallery.stats()["items"]}
 
     return app

@@ -215,6 +215,7 @@ def test_bad_input_gets_a_json_error_and_the_server_keeps_serving(gallery):
                         400),
             "top_k 0": (search(client, (1, 2, 3), top_k=0), 400),
             "top_k text": (search(client, (1, 2, 3), top_k="ten"), 400),
+            "threshold nan": (search(client, (1, 2, 3), threshold="nan"), 400),
             "unknown id": (client.get("/items/12345"), 404),
         }
         for name, (response, status) in cases.items():
@@ -271,6 +272,7 @@ def test_writes_need_the_token_compared_in_constant_time(gallery, monkeypatch):
         assert search(client, (200, 0, 200), top_k=1).json()["matches"][0]["id"] == item["id"]
         assert client.delete(f"/items/{item['id']}", headers={"Authorization": f"Bearer {TOKEN}"}).json() == {
             "removed": item["id"], "items": 4}
+        assert os.listdir(gallery.uploads_dir) == []  # an uploaded image goes with its item
         assert client.delete(f"/items/{item['id']}", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
         assert add(client, (0, 0, 0), " ").status_code == 400
         assert add(client, (0, 0, 0), "cat").json()["label"] == "cat"  # a class name where labels are not numbers
@@ -398,7 +400,9 @@ def test_changes_persist_across_a_restart(served, tmp_path):
     with client_of(gallery, token=TOKEN) as client:
         added = client.post("/items", files={"file": upload(query)}, data={"label": "42", "metadata": "the query"},
                             headers=auth).json()
+        data_image = gallery.image_path(0)
         assert client.delete("/items/0", headers=auth).json() == {"removed": 0, "items": 40}
+        assert os.path.isfile(data_image)  # the data folder is never touched
         best = client.post("/search", files={"file": upload(query)}, data={"top_k": "1"}).json()["matches"][0]
     assert best["id"] == added["id"] and best["similarity"] == pytest.approx(1.0, abs=1e-5)
     stray, = gallery.add(gallery.embedder.embed_files([str(outside)]), [str(outside)], [7])  # outside both folders
