@@ -243,9 +243,9 @@ def add(args, extra):
                         f"was built with ({gallery.fingerprint}): the index folder was changed by hand")
     features, paths, labels, _ = _gallery_embeddings(args, gallery.model_dir, fingerprint, info, known)
     ids = gallery.add(features, paths, labels) if paths else []
-    gallery.close()
     print(f"Added {len(ids)} items to {args.index_dir}" + (f" (ids {ids[0]}-{ids[-1]})" if ids else "")
-          + f"; {len(Gallery.open(args.index_dir))} items now", flush=True)
+          + f"; {len(gallery)} items now", flush=True)
+    gallery.close()
 
 
 def remove(args, extra):

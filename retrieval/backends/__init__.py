@@ -12,11 +12,11 @@ BACKENDS = ("faiss", "milvus")
 def settings_for(backend, index_dir, dim, index_type, search_params, milvus_uri, expected_items):
     """The backend's entries of gallery.json for a new gallery."""
     if backend == "faiss":
-        from retrieval.backends.faiss_index import default_index_type
+        from retrieval.backends.faiss_index import default_index_type, default_search_params
 
         chosen_type, chosen_params = default_index_type(expected_items)
         if index_type:
-            chosen_type, chosen_params = index_type, ""
+            chosen_type, chosen_params = index_type, default_search_params(index_type)
         return {"index_type": chosen_type, "search_params": chosen_params if search_params is None else search_params}
     if backend == "milvus":
         from retrieval.backends.milvus_index import milvus_settings

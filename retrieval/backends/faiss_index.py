@@ -16,6 +16,7 @@ import re
 import faiss
 import numpy as np
 
+from engine.device import usable_cores
 from utility.errors import UserError
 
 INDEX_FILE = "index.faiss"
@@ -23,14 +24,37 @@ TOMBSTONES_FILE = "tombstones.npy"
 REBUILD_FRACTION = 0.1
 EXACT_UP_TO = 100_000       # galleries up to this size get the exact Flat index
 IVF_TRAIN_PER_LIST = 32     # training vectors per inverted list (faiss warns below 39; 32 measured enough)
+# Searches of fewer queries run on one OpenMP thread (the setting is per calling thread): on the
+# loaded 2-core machine a single query on 2 threads waited for the second one, 24 ms against 0.8 ms
+# (p50, Flat, 10k x 512; bench/bench_search.py).
+# Everything else (training, adding, larger batches) uses every core this process may run on,
+# whatever OMP_NUM_THREADS the scripts set for Paddle.
+ONE_THREAD_BELOW = 16
+ALL_THREADS = usable_cores()
+
+
+PROBED_FRACTION = 64        # IVF: search 1/64 of the lists (recall@10 0.99 at 100k and 1M, bench_search.py)
+HNSW_EF_SEARCH = 64         # HNSW: faiss's default of 16 loses recall
 
 
 def default_index_type(num_items):
-    """(index_factory string, search parameters) for a gallery of num_items (bench/bench_search.py measured it)."""
+    """(index_factory string, search parameters) for a gallery of num_items (bench/bench_search.py measured it).
+
+    Exact inner product up to EXACT_UP_TO items; beyond, an inverted file of about 4 sqrt(n) lists
+    with 8-bit scalar codes (a quarter of float32's memory: 1M x 512 in about 0.5 GB).
+    """
     if num_items <= EXACT_UP_TO:
         return "Flat", ""
-    lists = 1 << int(round(np.log2(4 * np.sqrt(num_items))))
-    return f"IVF{lists},SQ8", f"nprobe={max(1, lists // 64)}"
+    index_type = f"IVF{1 << round(np.log2(4 * np.sqrt(num_items)))},SQ8"
+    return index_type, default_search_params(index_type)
+
+
+def default_search_params(index_type):
+    """Search parameters for an index_factory string: nprobe for IVF, efSearch for HNSW, else none."""
+    ivf = re.search(r"IVF(\d+)", index_type)
+    if ivf:
+        return f"nprobe={max(1, int(ivf.group(1)) // PROBED_FRACTION)}"
+    return f"efSearch={HNSW_EF_SEARCH}" if "HNSW" in index_type else ""
 
 
 class FaissIndex:
@@ -80,6 +104,7 @@ class FaissIndex:
 
     def with_added(self, features, ids):
         """A new index with features [n, D] added under ids (trained on them first if the type needs it)."""
+        faiss.omp_set_num_threads(ALL_THREADS)
         index = faiss.clone_index(self.index)
         if not index.is_trained:
             _train(index, features, self.index_type)
@@ -111,6 +136,7 @@ class FaissIndex:
         if wanted == 0:
             n = len(features)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+        faiss.omp_set_num_threads(1 if len(features) < ONE_THREAD_BELOW else ALL_THREADS)
         sims, ids = self.index.search(np.ascontiguousarray(features, dtype=np.float32), wanted)
         if self.tombstones:
             dead = np.isin(ids, np.fromiter(self.tombstones, np.int64, len(self.tombstones)))

@@ -145,7 +145,8 @@ def test_hnsw_removal_by_tombstones_then_rebuild(tmp_path, monkeypatch):
 def test_default_index_type_by_size():
     assert faiss_index.default_index_type(100_000) == ("Flat", "")
     index_type, params = faiss_index.default_index_type(1_000_000)
-    assert index_type.startswith("IVF") and params.startswith("nprobe=")
+    assert (index_type, params) == ("IVF4096,SQ8", "nprobe=64")
+    assert faiss_index.default_search_params("HNSW32") == "efSearch=64"
 
 
 def test_bad_index_type_and_too_small_ivf_are_one_line_errors(tmp_path):
