@@ -7,9 +7,10 @@
 
 Lists come from data/omniglot.py's preparer (train: images_background_small1; test: the alphabets
 of images_background_small2 that small1 lacks). Each run trains with train.py --config RECIPE (the
-recipes/ files: recipes/omniglot/<loss>.yaml for the table's rows), evaluates with
-eval.py --metrics_out, draws its curves (evaluation/plot.py) and prints one JSON line. Runs of the
-table are appended to bench/results/omniglot.jsonl.
+recipes/ files: recipes/omniglot/<loss>.yaml for the table's rows), evaluates in this process as
+eval.py does (engine/evaluate.py; the report in the run's eval.log, the record in its metrics.jsonl),
+draws its curves (evaluation/plot.py) and prints one JSON line. Runs of the table are appended to
+bench/results/omniglot.jsonl.
 
 --validation N is for choosing a recipe without looking at the test alphabets: whole alphabets of
 small1 (smallest first) are held out until at least N characters are, the network trains on the
@@ -204,8 +205,9 @@ def evaluate(checkpoint, data_dir, eval_list, run_dir):
     from engine.evaluate import evaluate_checkpoint
     from evaluation.report import append_record, print_report
 
-    config = resolve("eval", [f"--pretrained_model={checkpoint}", f"--data_dir={data_dir}", f"--val_list={eval_list}"])
     with open(run_dir / "eval.log", "w") as log, redirect_stdout(log):
+        config = resolve("eval", [f"--pretrained_model={checkpoint}", f"--data_dir={data_dir}",
+                                  f"--val_list={eval_list}"])
         results = evaluate_checkpoint(config)
         print_report(results, config.recall_k)
         append_record(run_dir / "metrics.jsonl", config.pretrained_model, config.model, results)
