@@ -42,9 +42,10 @@ def evaluate_checkpoint(config):
         return None
     reid = query is not None and config.with_camera
     queries = gallery if query is None else query
-    evaluation = Evaluation(gallery.features, gallery.labels, query=None if query is None else query.features,
-                            query_labels=queries.labels, gallery_cameras=gallery.cameras,
-                            query_cameras=queries.cameras, settings=_settings(config, reid))
+    separate = {} if query is None else {"query": query.features, "query_labels": query.labels,
+                                         "query_cameras": query.cameras}
+    evaluation = Evaluation(gallery.features, gallery.labels, gallery_cameras=gallery.cameras,
+                            settings=_settings(config, reid), **separate)
     names = REID_METRICS if reid else ("recall_at_k", "map_at_r", "r_precision", *["nmi"] * config.nmi,
                                        "confused_pairs")
     results = Evaluator(names).evaluate(evaluation)

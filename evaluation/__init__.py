@@ -1,1 +1,2 @@
-"""Retrieval evaluation without Paddle: metrics on embeddings and the retrieval picture."""
+"""Evaluation without Paddle: distances, the metrics' definitions, the evaluator of named metrics, the report
+and the pictures (see docs/evaluation.md)."""

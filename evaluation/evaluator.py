@@ -107,7 +107,7 @@ class Evaluation:
     def counts(self):
         """How many queries were evaluated, and (for the parts computed) how many were left out."""
         found = {"num_queries": len(self.query)}
-        if "neighbors" in self.__dict__:
+        if "neighbors" in self.__dict__:  # (a cached_property, once computed, is in the instance's __dict__)
             found["num_lone_queries"] = int(np.sum(self.neighbors.relevant == 0))
         if "reid" in self.__dict__:
             found.update(reid.query_counts(self.reid[0]), re_ranking=self.settings.re_ranking)
