@@ -45,16 +45,18 @@ def main(argv=None):
     from retrieval.service import create_app
 
     gallery = Gallery.open(args.index_dir)
-    gallery.embedder  # load the model now: a bad model is one error line here, not a failing first request
+    model = gallery.embedder.info  # loads the model now: a bad one is an error line here, not a failed request
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     app = create_app(gallery, token, max_file_bytes=int(args.max_file_mb * 2**20),
                      max_image_pixels=args.max_image_pixels, max_batch_files=args.max_batch_files,
                      batch_images=args.batch_images, batch_wait_ms=args.batch_wait_ms)
     stats = gallery.stats()
-    print(f"Serving {stats['items']} items ({stats['index_type']} index) of {args.index_dir} at "
+    print(f"Serving {stats['items']} items ({stats['index_type']} index, {model['model']} at "
+          f"{model['image_shape'][1]}x{model['image_shape'][2]}) of {args.index_dir} at "
           f"http://{args.host}:{args.port}/ (API docs at /docs); writes "
           + ("need the token" if token else "refused (no token)"), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    gallery.close()
 
 
 def run():

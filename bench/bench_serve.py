@@ -86,7 +86,8 @@ async def _phase(url, queries, args, writes):
         before = (await client.get("/stats")).json()["batches"]
         deadline = time.monotonic() + args.seconds
         latencies, errors = [], []
-        searchers = [_searcher(client, queries, k, deadline, args.top_k, latencies, errors) for k in range(args.clients)]
+        searchers = [_searcher(client, queries, k, deadline, args.top_k, latencies, errors)
+                     for k in range(args.clients)]
         writer = _writer(client, queries, deadline, args.write_interval, errors) if writes else _nothing()
         started = time.monotonic()
         *_, (adds, removes) = await asyncio.gather(*searchers, writer)
@@ -251,7 +252,8 @@ def _run(*command):
 
 
 def _commit():
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=False, capture_output=True,
+                            text=True)
     return result.stdout.strip()
 
 

@@ -24,7 +24,7 @@ import time
 import uuid
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
@@ -52,6 +52,10 @@ WARM_UP_IMAGE = np.full((32, 32, 3), 128, np.uint8)  # embedded once at start-up
 # Content types an image upload may declare; browsers send image/*, some clients octet-stream.
 _ACCEPTED_TYPES = re.compile(r"^(image/[\w.+-]+|application/octet-stream)$")
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
+# The search endpoints' form fields.
+TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="matches per query")]
+Threshold = Annotated[float | None, Form(allow_inf_nan=False, description="drop matches less similar than this "
+                                                                           "(none left: no match)")]
 
 
 def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_pixels=MAX_PIXELS,
@@ -95,10 +99,8 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
         return FileResponse(os.path.join(STATIC_DIR, "index.html"))
 
     @app.post("/search", dependencies=[Depends(_require_multipart)])
-    async def search(file: UploadFile = File(..., description="the query image"),
-                     top_k: int = Form(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K),
-                     threshold: float | None = Form(None, allow_inf_nan=False,
-                                                    description="drop matches less similar than this")):
+    async def search(file: Annotated[UploadFile, File(description="the query image")],
+                     top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None):
         """The gallery items most similar to the image, best first; `matches` is empty ("no match") when
         none reaches the threshold."""
         image = await run_in_threadpool(read_upload, file)
@@ -106,9 +108,8 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
         return _search_result(matches, top_k, threshold)
 
     @app.post("/search/batch", dependencies=[Depends(_require_multipart)])
-    async def search_batch(files: list[UploadFile] = File(..., description="the query images"),
-                           top_k: int = Form(DEFAULT_TOP_K, ge=1, le=MAX_TOP_K),
-                           threshold: float | None = Form(None, allow_inf_nan=False)):
+    async def search_batch(files: Annotated[list[UploadFile], File(description="the query images")],
+                           top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None):
         """POST /search for several images at once: one result per file, in order."""
         if len(files) > max_batch_files:
             raise HTTPException(413, f"{len(files)} files, more than the limit of {max_batch_files} per request")
@@ -140,13 +141,13 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
         latency percentiles, embedding batches."""
         return {**_jsonable(gallery.stats()), **stats.summary(), "batches": batcher.summary()}
 
-    def require_token(authorization: str | None = Header(None, description="Bearer TOKEN")):
+    def require_token(authorization: Annotated[str | None, Header(description="Bearer TOKEN")] = None):
         _check_token(token, authorization)
 
     @app.post("/items", status_code=201, dependencies=[Depends(_require_multipart), Depends(require_token)])
-    async def add_item(file: UploadFile = File(..., description="the image to add"),
-                       label: str = Form(..., description="its label"),
-                       metadata: str | None = Form(None, description="free text kept with the item")):
+    async def add_item(file: Annotated[UploadFile, File(description="the image to add")],
+                       label: Annotated[str, Form(description="its label: an integer or a class name")],
+                       metadata: Annotated[str | None, Form(description="free text kept with the item")] = None):
         """Add an image to the gallery (kept in the index's uploads folder); returns the new item."""
         label_value = _parse_label(label)
         stored = _upload_path(gallery.uploads_dir, file.filename)

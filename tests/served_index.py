@@ -1,7 +1,7 @@
 """A small real gallery index for the service tests, built once per test session.
 
-train.py (ResNet18, 32x32, 16-d, 2 steps) on conftest's tiny_dataset, then `index.py build --pretrained_model`
-over images 0-4 of each of the 8 training classes; image 5 of each class is left out as a query.
+`index.py build --pretrained_model` of tests/retrieval/conftest.py's tiny_checkpoint (ResNet18, 32x32, 16-d)
+over images 0-4 of each of the 8 classes it was trained on; image 5 of each class is left out as a query.
 """
 import os
 
@@ -10,36 +10,32 @@ import numpy as np
 _BUILT = {}
 
 
-def served_index(tmp_path_factory, tiny_dataset):
+def served_index(tmp_path_factory, tiny_dataset, tiny_checkpoint):
     """The session's index, built on first call: {"index_dir", "data_dir", "gallery_list", "query_list",
     "queries": [(absolute path, label)], "work_dir"}."""
     if "index" not in _BUILT:
-        _BUILT["index"] = _build(tmp_path_factory, tiny_dataset)
+        _BUILT["index"] = _build(tmp_path_factory, tiny_dataset, tiny_checkpoint["checkpoint"])
     return _BUILT["index"]
 
 
-def _build(tmp_path_factory, tiny_dataset):
+def _build(tmp_path_factory, tiny_dataset, checkpoint):
     import index
-    import train
 
-    data_dir, train_list, val_list = tiny_dataset
+    data_dir, train_list, _ = tiny_dataset
     out = tmp_path_factory.mktemp("served")
-    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
-                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
-                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
-    import paddle
-
-    paddle.disable_static()
     with open(train_list) as f:
         lines = f.readlines()
     gallery_list, query_list = out / "gallery.txt", out / "queries.txt"
     gallery_list.write_text("".join(line for line in lines if "/5.png " not in line))
     query_list.write_text("".join(line for line in lines if "/5.png " in line))
     index_dir = str(out / "index")
-    index.main(["build", f"--pretrained_model={out / 'ResNet18' / 'latest'}", f"--gallery_list={gallery_list}",
+    index.main(["build", f"--pretrained_model={checkpoint}", f"--gallery_list={gallery_list}",
                 f"--data_dir={data_dir}", f"--index_dir={index_dir}", "--num_workers=0"])
+    import paddle
+
     paddle.disable_static()
-    queries = [(os.path.join(data_dir, path), int(label)) for path, label in map(str.split, query_list.read_text().splitlines())]
+    queries = [(os.path.join(data_dir, path), int(label))
+               for path, label in map(str.split, query_list.read_text().splitlines())]
     return {"index_dir": index_dir, "data_dir": data_dir, "gallery_list": str(gallery_list),
             "query_list": str(query_list), "queries": queries, "work_dir": out}
 

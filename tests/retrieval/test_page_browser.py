@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 
 import pytest
-
 from served_index import exact_top_k, served_index
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -24,8 +23,8 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_dataset):
-    return served_index(tmp_path_factory, tiny_dataset)
+def served(tmp_path_factory, tiny_dataset, tiny_checkpoint):
+    return served_index(tmp_path_factory, tiny_dataset, tiny_checkpoint)
 
 
 @contextmanager

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from served_index import exact_top_k, served_index
 
 from retrieval.service import EmbeddingBatcher, create_app
-from served_index import exact_top_k, served_index
 
 TOKEN = "s3cret-token"
 COLOURS = {0: (250, 20, 20), 1: (20, 250, 20), 2: (20, 20, 250), 3: (240, 240, 30)}  # label -> RGB
@@ -133,7 +133,7 @@ def test_search_ranks_the_gallery_by_similarity(gallery):
         response = search(client, (230, 40, 30), top_k=3)
     assert response.status_code == 200
     body = response.json()
-    assert [m["label"] for m in body["matches"]][0] == 0 and len(body["matches"]) == 3
+    assert body["matches"][0]["label"] == 0 and len(body["matches"]) == 3
     assert [m["rank"] for m in body["matches"]] == [1, 2, 3]
     similarities = [m["similarity"] for m in body["matches"]]
     assert similarities == sorted(similarities, reverse=True) and similarities[0] > 0.99
@@ -357,8 +357,8 @@ def test_a_failing_image_fails_only_its_own_request():
 
 # ---- over a real index -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, tiny_dataset):
-    return served_index(tmp_path_factory, tiny_dataset)
+def served(tmp_path_factory, tiny_dataset, tiny_checkpoint):
+    return served_index(tmp_path_factory, tiny_dataset, tiny_checkpoint)
 
 
 def upload(path):
