@@ -19,7 +19,7 @@ def parse_args(argv=None):
     parser.add_argument("--index_dir", required=True, help="index folder written by index.py build")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 serves other machines: put TLS in front for a token)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     parser.add_argument("--token", default=None,
                         help=f"bearer token for the write endpoints (default: the {TOKEN_ENV} environment variable, "
                              "which other users cannot read from the process list); none: writes are refused")
