@@ -1,0 +1,57 @@
+"""search.py: ranked results, threshold and "no match", JSON lines, the picture, bad queries."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import index
+import search
+from evaluation import visualize
+from utility.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def built(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search-cli")
+    index.main(["build", "--model_dir", tiny_export["model_dir"], "--gallery_list", tiny_export["val_list"],
+                "--data_dir", tiny_export["data_dir"], "--index_dir", str(out / "gallery"), "--num_workers", "0"])
+    stranger = out / "stranger.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(stranger)
+    return {"index_dir": str(out / "gallery"), "stranger": str(stranger), **tiny_export}
+
+
+def test_threshold_answers_no_match_for_an_unknown_image(built, tmp_path, capsys):
+    known = os.path.join(built["data_dir"], "c101", "0.png")
+    search.main(["--index_dir", built["index_dir"], "--query", built["stranger"], "--query", known, "--top_k", "3",
+                 "--threshold", "0.99999", "--output", str(tmp_path / "r.jsonl")])
+    out = capsys.readouterr().out
+    assert f"Query {built['stranger']}:\n  no match (no gallery image reaches similarity 0.99999)\n" in out
+    stranger, itself = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert stranger["matches"] == [] and stranger["label"] is None
+    assert [(m["path"], m["label"]) for m in itself["matches"]] == [(os.path.join("c101", "0.png"), 101)]
+
+
+def test_a_labelled_query_list_and_its_picture(built, tmp_path, capsys):
+    queries = tmp_path / "queries.txt"
+    queries.write_text("c102/1.png 102\nc103/2.png 103\n")
+    search.main(["--index_dir", built["index_dir"], "--query_list", str(queries), "--data_dir", built["data_dir"],
+                 "--top_k", "4", "--picture", str(tmp_path / "p.png")])
+    out = capsys.readouterr().out
+    assert "(label 102):" in out and "(label 103):" in out and len([l for l in out.splitlines() if l.startswith("  ")]) == 8
+    cell = visualize.BORDER * 2 + 96 + visualize.TEXT_HEIGHT
+    with Image.open(tmp_path / "p.png") as picture:  # two rows: each query and its 4 matches
+        assert picture.size[1] == visualize.MARGIN + 2 * (cell + visualize.MARGIN)
+        assert picture.size[0] > visualize.cell_left(4, 96) + 96 > visualize.cell_left(3, 96) + 96
+
+
+def test_bad_queries_are_one_line_errors(built, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    with pytest.raises(UserError, match="cannot read image .*broken.png"):
+        search.main(["--index_dir", built["index_dir"], "--query", str(broken)])
+    with pytest.raises(UserError, match="--top_k must be at least 1"):
+        search.main(["--index_dir", built["index_dir"], "--query", built["stranger"], "--top_k", "0"])
+    with pytest.raises(UserError, match="give a query image"):
+        search.main(["--index_dir", built["index_dir"]])
