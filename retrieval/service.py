@@ -219,7 +219,8 @@ class EmbeddingBatcher:
             if job is None:
                 return
             jobs, stopping = self._gather([job])
-            self._run(jobs)
+            # a request cancelled meanwhile (its client gone) is left out; the others can no longer be cancelled
+            self._run([job for job in jobs if job.future.set_running_or_notify_cancel()])
             if stopping:
                 return
 
@@ -239,6 +240,8 @@ class EmbeddingBatcher:
         return jobs, False
 
     def _run(self, jobs):
+        if not jobs:
+            return
         images = [image for job in jobs for image in job.images]
         try:
             features = self.embed_images(images)

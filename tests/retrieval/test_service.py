@@ -418,3 +418,29 @@ def test_changes_persist_across_a_restart(served, tmp_path):
             "id"] == added["id"]
         assert client.get(f"/items/{stray}").status_code == 200
         assert client.get(f"/items/{stray}/image").status_code == 404  # only the data and uploads folders are served
+
+
+def test_a_request_cancelled_while_queued_does_not_stop_the_worker():
+    release = threading.Event()
+    calls = []
+
+    def embed(images):
+        calls.append(len(images))
+        release.wait(5)
+        return np.ones((len(images), 2), "float32")
+
+    batcher = EmbeddingBatcher(embed, max_images=1, wait_ms=0)
+    batcher.start()
+
+    async def give_up_then_ask_again():
+        first = asyncio.ensure_future(batcher.embed([np.zeros((1, 1, 3), np.uint8)]))
+        await asyncio.sleep(0.1)  # the worker holds the first request
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.embed([np.zeros((1, 1, 3), np.uint8)]), 0.1)  # cancelled while queued
+        release.set()
+        await first
+        return await asyncio.wait_for(batcher.embed([np.zeros((1, 1, 3), np.uint8)] * 3), 10)
+
+    features = asyncio.run(give_up_then_ask_again())
+    batcher.stop()
+    assert features.shape == (3, 2) and calls == [1, 3]  # the cancelled request was never embedded
