@@ -220,7 +220,7 @@ class EmbeddingBatcher:
                 return
             jobs, stopping = self._gather([job])
             # a request cancelled meanwhile (its client gone) is left out; the others can no longer be cancelled
-            self._run([job for job in jobs if job.future.set_running_or_notify_cancel()])
+            self._run([queued for queued in jobs if queued.future.set_running_or_notify_cancel()])
             if stopping:
                 return
 
