@@ -291,3 +291,18 @@ def np_margin(features, labels, noise, beta, references=None, reference_labels=N
         pair_losses += [max(alpha + b - np_distance(cand[i], cand[k]), 0.0) for k in chosen[i]]
     active = [x for x in pair_losses if x > 0]
     return sum(active) / len(active) if active else 0.0
+
+
+def np_contrastive(features, labels, references=None, reference_labels=None, *, positive_margin, negative_margin):
+    """PML's ContrastiveLoss: mean of the non-zero positive-pair hinges plus mean of the non-zero negative ones."""
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    positive_costs, negative_costs = [], []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        positive_costs += [max(np_distance(cand[i], cand[j]) - positive_margin, 0.0) for j in positives]
+        negative_costs += [max(negative_margin - np_distance(cand[i], cand[k]), 0.0) for k in negatives]
+
+    def mean_of_nonzero(costs):
+        nonzero = [c for c in costs if c > 0]
+        return sum(nonzero) / len(nonzero) if nonzero else 0.0
+    return mean_of_nonzero(positive_costs) + mean_of_nonzero(negative_costs)

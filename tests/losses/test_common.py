@@ -9,11 +9,13 @@ from dataclasses import asdict
 import numpy as np
 import paddle
 import pytest
-from loss_checks import default_dtype, np_batch_hard, np_eml, np_margin, np_ms, np_quadruplet, np_rll
+from loss_checks import (default_dtype, np_batch_hard, np_contrastive, np_eml, np_margin, np_ms, np_quadruplet,
+                         np_rll)
 from numeric import numeric_gradient
 from paddle_modes import static_mode
 
 import losses
+from losses.contrastiveloss import contrastiveloss
 from losses.emlloss import emlloss
 from losses.marginloss import MarginParams
 from losses.multisimilarityloss import MultiSimilarityParams, multisimilarityloss
@@ -21,11 +23,12 @@ from losses.quadrupletloss import quadrupletloss
 from losses.rankedlistloss import RankedListParams, rankedlistloss
 from losses.tripletloss import batch_hard_tripletloss
 
-REFERENCE_LOSSES = ["batchhardtripletloss", "emlloss", "marginloss", "multisimilarityloss", "quadrupletloss",
-                    "rankedlistloss"]
+REFERENCE_LOSSES = ["batchhardtripletloss", "contrastiveloss", "emlloss", "marginloss", "multisimilarityloss",
+                    "quadrupletloss", "rankedlistloss"]
 BETA = np.array([1.0, 1.1, 1.2, 1.3, 1.15])  # marginloss: one learned beta per class 0..4
 RLL = asdict(RankedListParams(temperature=3.0))
 MS = asdict(MultiSimilarityParams(beta=10.0))
+CONTRASTIVE = dict(positive_margin=0.3, negative_margin=1.2)
 MARGIN = dict(alpha=MarginParams().alpha, cutoff=MarginParams().cutoff)
 
 
@@ -46,6 +49,9 @@ def case(name, dim, noise=None):
                 lambda f, y, r, rl: np_quadruplet(f, y, r, rl, margin=0.3))
     if name == "emlloss":
         return emlloss, np_eml
+    if name == "contrastiveloss":
+        return (lambda f, y, r, rl: contrastiveloss(f, y, r, rl, **CONTRASTIVE),
+                lambda f, y, r, rl: np_contrastive(f, y, r, rl, **CONTRASTIVE))
     if name == "rankedlistloss":
         return (lambda f, y, r, rl: rankedlistloss(f, y, r, rl, **RLL), lambda f, y, r, rl: np_rll(f, y, r, rl, **RLL))
     if name == "multisimilarityloss":
@@ -173,6 +179,7 @@ def test_references_as_static_inputs(name):
                   "quadrupletloss": lambda *a: np_quadruplet(*a, **defaults), "emlloss": np_eml,
                   "rankedlistloss": lambda *a: np_rll(*a, **defaults),
                   "multisimilarityloss": lambda *a: np_ms(*a, **defaults),
+                  "contrastiveloss": lambda *a: np_contrastive(*a, **defaults),
                   "marginloss": lambda f, y, r, rl: np_margin(f, y, noise.astype("float32").astype(float),
                                                               np.full(5, MarginParams().beta), r, rl, **MARGIN)}[name]
     assert got.item() == pytest.approx(numpy_loss(f32, labels, r32, reference_labels), rel=1e-4, abs=1e-6)
