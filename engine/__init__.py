@@ -1,4 +1,5 @@
 """The engine: static programs, checkpoints, embedding an image list, the training loop.
 
-Everything here imports Paddle; the scripts import it after the configuration is settled.
+Most of it imports Paddle, which the scripts load after the configuration is settled; network_spec.py,
+checkpoint/storage.py and checkpoint/run_state.py do not (the configuration step reads them).
 """

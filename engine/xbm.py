@@ -20,7 +20,7 @@ Exact order of the memory (a ring):
   device's ring (same write position) and device 0 can save them all with the checkpoint; each
   device feeds its own ring.
 
-Checkpoints: `state()` goes into the checkpoint's state.json (engine/checkpoint.py writes it
+Checkpoints: `state()` goes into the checkpoint's state.json (engine/checkpoint/ writes it
 atomically): the rings as base64 of their little-endian float32 / int64 bytes, which is exact and
 takes 4/3 x 4 bytes per embedding value (about 5.3 x N x D x devices bytes, 22 MB for N = 8192,
 D = 512, one device). `restore(state)` makes a resumed run continue as if never stopped.
