@@ -8,7 +8,7 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
     import losses
     loss = losses.get("multisimilarityloss").build_loss(128, 100, alpha=3.0)   # callable(embedding, labels)
 """
-from losses import (arcmarginloss, contrastiveloss, cosfaceloss, emlloss, marginloss, multisimilarityloss,
+from losses import (arcmarginloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss, multisimilarityloss,
                     npairsloss, quadrupletloss, rankedlistloss, softmaxloss, tripletloss)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
@@ -27,6 +27,7 @@ LOSSES = {spec.name: spec for spec in (
     marginloss.SPEC,
     cosfaceloss.SPEC,
     contrastiveloss.SPEC,
+    circleloss.SPEC,
 )}
 
 # The command-line flags of every loss setting (cli/args.py adds them to the loss group).

@@ -306,3 +306,29 @@ def np_contrastive(features, labels, references=None, reference_labels=None, *, 
         nonzero = [c for c in costs if c > 0]
         return sum(nonzero) / len(nonzero) if nonzero else 0.0
     return mean_of_nonzero(positive_costs) + mean_of_nonzero(negative_costs)
+
+
+def np_logsumexp(xs):
+    top = max(xs)
+    return top + math.log(sum(math.exp(x - top) for x in xs))
+
+
+def np_circle(features, labels, references=None, reference_labels=None, *, margin, gamma, weights_at=None):
+    """Circle loss per anchor, averaged over the anchors with a non-zero loss. The weights a_p, a_n come
+    from `weights_at` (default: the features): held fixed, they give the loss's gradient."""
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    weight_cand = cand if weights_at is None else np_candidates(weights_at, labels, references, reference_labels,
+                                                                np_normalize)[0]
+    terms = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        if not positives or not negatives:
+            continue
+        positive_logits = [-gamma * max(1 + margin - weight_cand[i] @ weight_cand[j], 0.0)
+                           * (cand[i] @ cand[j] - (1 - margin)) for j in positives]
+        negative_logits = [gamma * max(weight_cand[i] @ weight_cand[k] + margin, 0.0)
+                           * (cand[i] @ cand[k] - margin) for k in negatives]
+        x = np_logsumexp(positive_logits) + np_logsumexp(negative_logits)
+        terms.append(max(x, 0.0) + math.log1p(math.exp(-abs(x))))
+    nonzero = [t for t in terms if t > 0]
+    return sum(nonzero) / len(nonzero) if nonzero else 0.0

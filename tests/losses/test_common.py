@@ -9,12 +9,13 @@ from dataclasses import asdict
 import numpy as np
 import paddle
 import pytest
-from loss_checks import (default_dtype, np_batch_hard, np_contrastive, np_eml, np_margin, np_ms, np_quadruplet,
+from loss_checks import (default_dtype, np_batch_hard, np_circle, np_contrastive, np_eml, np_margin, np_ms, np_quadruplet,
                          np_rll)
 from numeric import numeric_gradient
 from paddle_modes import static_mode
 
 import losses
+from losses.circleloss import circleloss
 from losses.contrastiveloss import contrastiveloss
 from losses.emlloss import emlloss
 from losses.marginloss import MarginParams
@@ -23,11 +24,12 @@ from losses.quadrupletloss import quadrupletloss
 from losses.rankedlistloss import RankedListParams, rankedlistloss
 from losses.tripletloss import batch_hard_tripletloss
 
-REFERENCE_LOSSES = ["batchhardtripletloss", "contrastiveloss", "emlloss", "marginloss", "multisimilarityloss",
+REFERENCE_LOSSES = ["batchhardtripletloss", "circleloss", "contrastiveloss", "emlloss", "marginloss", "multisimilarityloss",
                     "quadrupletloss", "rankedlistloss"]
 BETA = np.array([1.0, 1.1, 1.2, 1.3, 1.15])  # marginloss: one learned beta per class 0..4
 RLL = asdict(RankedListParams(temperature=3.0))
 MS = asdict(MultiSimilarityParams(beta=10.0))
+CIRCLE = dict(margin=0.3, gamma=8.0)
 CONTRASTIVE = dict(positive_margin=0.3, negative_margin=1.2)
 MARGIN = dict(alpha=MarginParams().alpha, cutoff=MarginParams().cutoff)
 
@@ -49,6 +51,8 @@ def case(name, dim, noise=None):
                 lambda f, y, r, rl: np_quadruplet(f, y, r, rl, margin=0.3))
     if name == "emlloss":
         return emlloss, np_eml
+    if name == "circleloss":
+        return (lambda f, y, r, rl: circleloss(f, y, r, rl, **CIRCLE), lambda f, y, r, rl: np_circle(f, y, r, rl, **CIRCLE))
     if name == "contrastiveloss":
         return (lambda f, y, r, rl: contrastiveloss(f, y, r, rl, **CONTRASTIVE),
                 lambda f, y, r, rl: np_contrastive(f, y, r, rl, **CONTRASTIVE))
@@ -140,6 +144,8 @@ def test_gradient_with_references_matches_finite_differences(name):
     paddle_loss, numpy_loss = case(name, features.shape[1], noise)
     fixed = {"rankedlistloss": lambda f: np_rll(f, labels, references, reference_labels, **RLL,
                                                 weights_at=features),  # the weights are constants
+             "circleloss": lambda f: np_circle(f, labels, references, reference_labels, **CIRCLE,
+                                               weights_at=features),  # a_p, a_n are constants
              "marginloss": lambda f: np_margin(f, labels, noise, BETA, references, reference_labels, **MARGIN,
                                                weights_at=features)}  # the draw is a selection
     numpy_of_f = fixed.get(name, lambda f: numpy_loss(f, labels, references, reference_labels))
@@ -180,6 +186,7 @@ def test_references_as_static_inputs(name):
                   "rankedlistloss": lambda *a: np_rll(*a, **defaults),
                   "multisimilarityloss": lambda *a: np_ms(*a, **defaults),
                   "contrastiveloss": lambda *a: np_contrastive(*a, **defaults),
+                  "circleloss": lambda *a: np_circle(*a, **defaults),
                   "marginloss": lambda f, y, r, rl: np_margin(f, y, noise.astype("float32").astype(float),
                                                               np.full(5, MarginParams().beta), r, rl, **MARGIN)}[name]
     assert got.item() == pytest.approx(numpy_loss(f32, labels, r32, reference_labels), rel=1e-4, abs=1e-6)
