@@ -18,9 +18,14 @@ from utility.errors import UserError
 DEMO_SETTINGS = {"image_shape": (3, 32, 32), "train_batch_size": 60, "total_iter_num": 150,
                  "lr_steps": [100], "test_iter_step": 50, "save_iter_step": 50}
 
-# Besides the network (engine.network_spec.NetworkSpec), eval.py and infer.py take the loss of the
-# checkpoint's training run (for eval.py's test_loss) unless the user types them.
-LOSS_SETTINGS_FROM_CHECKPOINT = ("loss_name", "margin", "samples_each_class")
+
+def loss_settings_from_checkpoint():
+    """Besides the network (engine.network_spec.NetworkSpec), eval.py and infer.py take the loss of the
+    checkpoint's training run (for eval.py's test_loss) unless the user types them: its name, the P x K
+    batch's K and every loss setting's flag (losses.FLAGS; importing losses loads Paddle, hence a function)."""
+    import losses
+
+    return ("loss_name", "samples_each_class", *(flag.name for flag in losses.FLAGS))
 
 
 class Config(argparse.Namespace):
@@ -111,13 +116,13 @@ def _adopt_trained_settings(script, values, typed):
         state = RunState.read(values["pretrained_model"])
         if not state:
             return  # plain parameters (e.g. pretrained weights): the flags describe the network
-        trained = {name: state.args[name] for name in (*LOSS_SETTINGS_FROM_CHECKPOINT, "triplet_mining")
+        trained = {name: state.args[name] for name in (*loss_settings_from_checkpoint(), "triplet_mining")
                    if name in state.args}
         _settle_loss_name(trained)
         trained.update(state.network)
         source = "the checkpoint's training run"
     adopted = []
-    for name in (*NetworkSpec.names(), *LOSS_SETTINGS_FROM_CHECKPOINT):
+    for name in (*NetworkSpec.names(), *loss_settings_from_checkpoint()):
         if name not in trained:
             continue
         value = tuple(trained[name]) if name == "image_shape" else trained[name]

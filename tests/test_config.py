@@ -88,6 +88,14 @@ def test_eval_adopts_the_checkpoint_settings_unless_typed(in_empty_dir, capsys):
            "--loss_name=batchhardtripletloss --samples_each_class=4" in out
 
 
+def test_eval_adopts_every_loss_setting_of_the_checkpoint(in_empty_dir):
+    folder = _checkpoint(in_empty_dir / "ckpt", loss_name="multisimilarityloss", triplet_mining="none",
+                         ms_alpha=3.0, ms_beta=40.0, rll_alpha=1.5)
+    config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt", "--ms_beta=45"])
+    assert (config.loss_name, config.ms_alpha, config.ms_beta, config.rll_alpha) == ("multisimilarityloss", 3.0,
+                                                                                      45.0, 1.5)
+
+
 def test_eval_adopts_the_preprocessing_a_checkpoint_was_trained_with(in_empty_dir, capsys):
     folder = _checkpoint(in_empty_dir / "ckpt", ink_crop=True, eval_resize="full")
     config = resolve("eval", [f"--pretrained_model={folder}", "--val_list=v.txt"])
