@@ -332,3 +332,19 @@ def np_circle(features, labels, references=None, reference_labels=None, *, margi
         terms.append(max(x, 0.0) + math.log1p(math.exp(-abs(x))))
     nonzero = [t for t in terms if t > 0]
     return sum(nonzero) / len(nonzero) if nonzero else 0.0
+
+
+def np_supcon(features, labels, references=None, reference_labels=None, *, temperature):
+    """SupCon's L_out per anchor (mean over its positives of -log softmax over all other rows), averaged over
+    the anchors with a non-zero loss (anchors without a positive add nothing)."""
+    cand, cand_labels = np_candidates(features, labels, references, reference_labels, np_normalize)
+    terms = []
+    for i in range(len(labels)):
+        positives, negatives = pairs_of(labels, cand_labels, i)
+        if not positives:
+            continue
+        logit = {j: float(cand[i] @ cand[j]) / temperature for j in positives + negatives}
+        log_denominator = np_logsumexp(list(logit.values()))
+        terms.append(-np.mean([logit[p] - log_denominator for p in positives]))
+    nonzero = [t for t in terms if t > 0]
+    return sum(nonzero) / len(nonzero) if nonzero else 0.0

@@ -10,7 +10,7 @@ import numpy as np
 import paddle
 import pytest
 from loss_checks import (default_dtype, np_batch_hard, np_circle, np_contrastive, np_eml, np_margin, np_ms, np_quadruplet,
-                         np_rll)
+                         np_rll, np_supcon)
 from numeric import numeric_gradient
 from paddle_modes import static_mode
 
@@ -22,10 +22,11 @@ from losses.marginloss import MarginParams
 from losses.multisimilarityloss import MultiSimilarityParams, multisimilarityloss
 from losses.quadrupletloss import quadrupletloss
 from losses.rankedlistloss import RankedListParams, rankedlistloss
+from losses.supconloss import supconloss
 from losses.tripletloss import batch_hard_tripletloss
 
 REFERENCE_LOSSES = ["batchhardtripletloss", "circleloss", "contrastiveloss", "emlloss", "marginloss", "multisimilarityloss",
-                    "quadrupletloss", "rankedlistloss"]
+                    "quadrupletloss", "rankedlistloss", "supconloss"]
 BETA = np.array([1.0, 1.1, 1.2, 1.3, 1.15])  # marginloss: one learned beta per class 0..4
 RLL = asdict(RankedListParams(temperature=3.0))
 MS = asdict(MultiSimilarityParams(beta=10.0))
@@ -51,6 +52,9 @@ def case(name, dim, noise=None):
                 lambda f, y, r, rl: np_quadruplet(f, y, r, rl, margin=0.3))
     if name == "emlloss":
         return emlloss, np_eml
+    if name == "supconloss":
+        return (lambda f, y, r, rl: supconloss(f, y, r, rl, temperature=0.5),
+                lambda f, y, r, rl: np_supcon(f, y, r, rl, temperature=0.5))
     if name == "circleloss":
         return (lambda f, y, r, rl: circleloss(f, y, r, rl, **CIRCLE), lambda f, y, r, rl: np_circle(f, y, r, rl, **CIRCLE))
     if name == "contrastiveloss":
@@ -187,6 +191,7 @@ def test_references_as_static_inputs(name):
                   "multisimilarityloss": lambda *a: np_ms(*a, **defaults),
                   "contrastiveloss": lambda *a: np_contrastive(*a, **defaults),
                   "circleloss": lambda *a: np_circle(*a, **defaults),
+                  "supconloss": lambda *a: np_supcon(*a, **defaults),
                   "marginloss": lambda f, y, r, rl: np_margin(f, y, noise.astype("float32").astype(float),
                                                               np.full(5, MarginParams().beta), r, rl, **MARGIN)}[name]
     assert got.item() == pytest.approx(numpy_loss(f32, labels, r32, reference_labels), rel=1e-4, abs=1e-6)

@@ -19,7 +19,7 @@ from utility.errors import UserError
 FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_reg_lambda", "rll_alpha", "rll_margin",
               "rll_temperature", "rll_lambda", "ms_alpha", "ms_beta", "ms_lambda", "ms_epsilon", "margin_alpha",
               "margin_beta", "margin_beta_per_class", "margin_cutoff", "cos_scale", "cos_margin",
-              "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma"}
+              "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma", "supcon_temperature"}
 
 
 def test_registry_builds_every_name_without_a_command_line():
@@ -117,7 +117,8 @@ def test_batch_layouts():
                        "quadrupletloss": ("pk", 4), "emlloss": ("pk", 4), "npairsloss": ("pk", 2),
                        "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1),
                        "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
-                       "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4)}
+                       "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
+                       "supconloss": ("pk", 4)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)
