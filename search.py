@@ -23,12 +23,13 @@ def main(argv=None):
         raise UserError(f"--top_k must be at least 1, not {args.top_k}")
     query_paths, query_labels = _queries(args)
     from retrieval.gallery import Gallery
+    from retrieval.query import read_images
 
     gallery = Gallery.open(args.index_dir)
     results = []
     for start in range(0, len(query_paths), QUERY_BATCH):
-        features = gallery.embedder.embed_files(query_paths[start:start + QUERY_BATCH])
-        results.extend(gallery.search(features, args.top_k, args.threshold))
+        images = read_images(query_paths[start:start + QUERY_BATCH])  # a bad file stops before the model loads
+        results.extend(gallery.search(gallery.embedder.embed_images(images), args.top_k, args.threshold))
     for path, label, matches in zip(query_paths, query_labels, results):
         _print_matches(path, label, matches, args.threshold)
     if args.output:

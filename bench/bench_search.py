@@ -14,7 +14,8 @@ backend (FaissIndex.create + with_added, training included), then measured:
   recall@10         |approximate top 10 & exact top 10| / 10, mean over the queries (exact: faiss.knn)
 "default" is the type the gallery chooses for that size (default_index_type); --sweep re-measures
 an index under other search parameters without rebuilding it. One JSON line per measurement goes to
---out (appended) with the machine's load average before and after.
+--out (appended) with the machine's load average before and after; --table prints them as the
+Markdown table of docs/retrieval.md.
 """
 import argparse
 import json
@@ -129,6 +130,25 @@ def bench_size(n, index_types, sweep, out_path, command):
         del index
 
 
+TABLE_COLUMNS = (("n", "items"), ("index_type", "index"), ("search_params", "search"), ("build_s", "build s"),
+                 ("stored_mb", "index MB"), ("index_mb", "RSS +MB"), ("single_p50_ms", "1 query p50 ms"),
+                 ("single_p99_ms", "p99 ms"), ("batch64_p50_ms", "64 queries p50 ms"), ("batch64_p99_ms", "p99 ms"),
+                 ("recall@10", "recall@10"), ("load_before", "load before"))
+
+
+def table(results_path):
+    """The recorded measurements as a Markdown table (docs/retrieval.md's benchmark section)."""
+    with open(results_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    lines = ["| " + " | ".join(title for _, title in TABLE_COLUMNS) + " |",
+             "|" + " --- |" * len(TABLE_COLUMNS)]
+    for record in records:
+        cells = [f"{record[key]:,}" if key == "n" else str(record[key] if record[key] != "" else "-")
+                 for key, _ in TABLE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -138,7 +158,11 @@ def main(argv=None):
                                                                "e.g. nprobe=32 nprobe=64")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                       "search.jsonl"))
+    parser.add_argument("--table", action="store_true", help="print the recorded results (--out) as a Markdown table")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return
     command = "python bench/bench_search.py " + " ".join(sys.argv[1:] if argv is None else argv)
     for n in args.sizes:
         bench_size(n, args.index_types, args.sweep, args.out, command)

@@ -53,13 +53,18 @@ class QueryEmbedder:
         return normalized(np.concatenate(features), self.model_dir)
 
     def embed_files(self, paths):
-        images = []
-        for path in paths:
-            try:
-                images.append(load_rgb(path, self.max_pixels))
-            except BadImageError as err:
-                raise UserError(str(err)) from None
-        return self.embed_images(images)
+        return self.embed_images(read_images(paths, self.max_pixels))
+
+
+def read_images(paths, max_pixels=MAX_PIXELS):
+    """HxWx3 uint8 RGB arrays of image files (reader.decode.load_rgb); UserError naming an unreadable one."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_rgb(path, max_pixels))
+        except BadImageError as err:
+            raise UserError(str(err)) from None
+    return images
 
 
 def normalized(features, source):

@@ -24,13 +24,19 @@ TOMBSTONES_FILE = "tombstones.npy"
 REBUILD_FRACTION = 0.1
 EXACT_UP_TO = 100_000       # galleries up to this size get the exact Flat index
 IVF_TRAIN_PER_LIST = 32     # training vectors per inverted list (faiss warns below 39; 32 measured enough)
-# Searches of fewer queries run on one OpenMP thread (the setting is per calling thread): on the
-# loaded 2-core machine a single query on 2 threads waited for the second one, 24 ms against 0.8 ms
-# (p50, Flat, 10k x 512; bench/bench_search.py).
-# Everything else (training, adding, larger batches) uses every core this process may run on,
-# whatever OMP_NUM_THREADS the scripts set for Paddle.
-ONE_THREAD_BELOW = 16
+# Searches run on one OpenMP thread (the setting is per calling thread; concurrent searches, e.g. the
+# service's requests, use the other cores). On the shared 2-core machine, two threads per search
+# waited on each other: one query on Flat 10k x 512 took 24 ms (p50) against 0.8 ms on one thread,
+# 64 queries on Flat 100k 0.5-0.7 s against 0.09-0.14 s. Training and adding use every core this
+# process may run on, whatever OMP_NUM_THREADS the scripts set for Paddle.
 ALL_THREADS = usable_cores()
+# Exact (Flat) distances: a batch of queries goes through BLAS matrix products, a few queries one by
+# one. Measured on Flat 100k x 512, one thread: 64 queries 0.09 s with BLAS against 0.66-0.9 s one by
+# one; 1 query 30 ms with BLAS against 10-14 ms. faiss's own switch (distance_compute_blas_threshold)
+# is process-wide and did not follow the number of queries, so each search sets it: concurrent
+# searches may see each other's setting, which changes their speed, never their results.
+BLAS_FROM_QUERIES = 8
+NEVER = 1 << 30
 
 
 PROBED_FRACTION = 64        # IVF: search 1/64 of the lists (recall@10 0.99 at 100k and 1M, bench_search.py)
@@ -136,7 +142,8 @@ class FaissIndex:
         if wanted == 0:
             n = len(features)
             return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
-        faiss.omp_set_num_threads(1 if len(features) < ONE_THREAD_BELOW else ALL_THREADS)
+        faiss.omp_set_num_threads(1)
+        faiss.cvar.distance_compute_blas_threshold = 1 if len(features) >= BLAS_FROM_QUERIES else NEVER
         sims, ids = self.index.search(np.ascontiguousarray(features, dtype=np.float32), wanted)
         if self.tombstones:
             dead = np.isin(ids, np.fromiter(self.tombstones, np.int64, len(self.tombstones)))

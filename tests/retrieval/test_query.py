@@ -9,8 +9,12 @@ from retrieval.query import QueryEmbedder
 from utility.errors import UserError
 
 
-def test_queries_are_embedded_as_infer_py_embeds_the_gallery(tiny_export):
-    embedder = QueryEmbedder(tiny_export["model_dir"])
+@pytest.fixture(scope="module")
+def embedder(tiny_export):
+    return QueryEmbedder(tiny_export["model_dir"])
+
+
+def test_queries_are_embedded_as_infer_py_embeds_the_gallery(tiny_export, embedder):
     with open(os.path.join(tiny_export["dump_dir"], "paths.txt")) as f:
         paths = f.read().splitlines()[:5]
     dump = np.load(os.path.join(tiny_export["dump_dir"], "features.npy"))[:5]
@@ -21,11 +25,9 @@ def test_queries_are_embedded_as_infer_py_embeds_the_gallery(tiny_export):
     assert embedder.embed_images([]).shape == (0, 16)
 
 
-def test_non_finite_embeddings_and_wrong_arrays_are_refused(tiny_export):
-    embedder = QueryEmbedder(tiny_export["model_dir"])
-    image = np.zeros((20, 30, 3), np.uint8)
-    embedder._embedder = lambda batch: np.full((len(batch), 16), np.nan, np.float32)
-    with pytest.raises(UserError, match="1 non-finite or zero embedding"):
-        embedder.embed_images([image])
+def test_non_finite_embeddings_and_wrong_arrays_are_refused(embedder, monkeypatch):
     with pytest.raises(UserError, match="HxWx3 uint8 RGB"):
         embedder.embed_images([np.zeros((20, 30), np.uint8)])
+    monkeypatch.setattr(embedder, "_embedder", lambda batch: np.full((len(batch), 16), np.nan, np.float32))
+    with pytest.raises(UserError, match="1 non-finite or zero embedding"):
+        embedder.embed_images([np.zeros((20, 30, 3), np.uint8)])
