@@ -17,6 +17,7 @@ import reader
 from cli.args import print_arguments
 from cli.config import check_model_and_loss, resolve
 from cli.runtime import run_cli
+from utility.files import save_npy, write_text
 
 NO_LABEL = -1
 
@@ -62,12 +63,11 @@ def save_dump(out_dir, features, labels, paths, fingerprint):
     from engine.embedder import DUMP_FINGERPRINT
 
     os.makedirs(out_dir, exist_ok=True)
-    np.save(os.path.join(out_dir, "features.npy"), features.astype("float32"))
-    np.save(os.path.join(out_dir, "labels.npy"), labels.astype("int64"))
-    with open(os.path.join(out_dir, "paths.txt"), "w") as f:
-        f.writelines(path + "\n" for path in paths)
-    with open(os.path.join(out_dir, DUMP_FINGERPRINT), "w") as f:
-        json.dump({"fingerprint": fingerprint, "embedding_size": int(features.shape[1])}, f)
+    save_npy(os.path.join(out_dir, "features.npy"), features.astype("float32"))
+    save_npy(os.path.join(out_dir, "labels.npy"), labels.astype("int64"))
+    write_text(os.path.join(out_dir, "paths.txt"), "".join(path + "\n" for path in paths))
+    write_text(os.path.join(out_dir, DUMP_FINGERPRINT),
+               json.dumps({"fingerprint": fingerprint, "embedding_size": int(features.shape[1])}))
     print(f"Wrote {len(paths)} features of {features.shape[1]} dims to {out_dir}/"
           f"features.npy, labels.npy, paths.txt, {DUMP_FINGERPRINT}", flush=True)
 

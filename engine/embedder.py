@@ -19,6 +19,7 @@ from engine import device
 from engine.device import usable_cores
 from engine.network_spec import NetworkSpec
 from utility.errors import UserError
+from utility.files import write_text
 from utility.progress import Progress
 
 EXPORT_PREFIX = "inference"
@@ -70,16 +71,36 @@ def model_fingerprint(model_dir):
 
 
 def export(exe, program, image, embedding, out_dir, config):
-    """Save `program`'s image -> embedding with its current parameters as an inference model in out_dir."""
+    """Save `program`'s image -> embedding with its current parameters as an inference model in out_dir.
+
+    The model is written to a temporary folder beside out_dir, then renamed into place: a symbolic link
+    standing at out_dir, or at one of its files, is replaced, never written through.
+    """
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    writing = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        _write_export(exe, program, image, embedding, writing, config)
+        if os.path.islink(out_dir):
+            os.unlink(out_dir)  # the link goes, its target stays as it was
+        if not os.path.isdir(out_dir):
+            os.replace(writing, out_dir)
+            return
+        for name in os.listdir(writing):  # an existing folder keeps its other files
+            os.replace(os.path.join(writing, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(writing, ignore_errors=True)
+
+
+def _write_export(exe, program, image, embedding, folder, config):
     import paddle
 
-    os.makedirs(out_dir, exist_ok=True)
-    paddle.static.save_inference_model(os.path.join(out_dir, EXPORT_PREFIX), [image], [embedding], exe,
+    paddle.static.save_inference_model(os.path.join(folder, EXPORT_PREFIX), [image], [embedding], exe,
                                        program=program)
     network = NetworkSpec.from_config(config)
     info = {**network.to_record(), **preprocess_description(network.eval_resize, network.ink_crop)}
-    with open(os.path.join(out_dir, EXPORT_INFO), "w") as f:
-        json.dump(info, f, indent=1)
+    write_text(os.path.join(folder, EXPORT_INFO), json.dumps(info, indent=1))
 
 
 def inference_threads():
@@ -139,7 +160,7 @@ class Embedder:
         """The embedder of a program's image -> embedding with its current parameters (through a temporary export)."""
         folder = tempfile.mkdtemp(prefix="embedder-")
         try:
-            export(exe, program, image, embedding, folder, config)
+            _write_export(exe, program, image, embedding, folder, config)
             return cls(folder, config.use_gpu)  # the predictor holds the parameters in memory
         finally:
             shutil.rmtree(folder, ignore_errors=True)

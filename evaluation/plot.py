@@ -7,6 +7,8 @@ No Paddle import; matplotlib draws off-screen (Agg), so it works without a displ
 import json
 import sys
 
+from utility.files import write_atomically
+
 LOSS_SERIES = ("loss_metric", "loss_cls")
 
 
@@ -61,7 +63,7 @@ def plot_training(log_jsonl_path, out_png):
     axes[-1].set_xlabel("iteration")
     fig.suptitle(str(log_jsonl_path), fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=90)
+    write_atomically(out_png, lambda f: fig.savefig(f, format="png", dpi=90))
     plt.close(fig)
     return {name: len(series[name][0]) for names in (p[1] for p in panels) for name in names}
 

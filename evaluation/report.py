@@ -5,6 +5,8 @@ The first lines are the original example's (`End test, test_loss ..., test recal
 """
 import json
 
+from utility.files import append_line
+
 
 def print_report(results, ks):
     """Print the figures of engine.evaluate.evaluate_checkpoint's results (ks: the K of Recall@K)."""
@@ -31,8 +33,7 @@ def print_report(results, ks):
 
 def append_record(path, checkpoint, model, results):
     """Append the figures as one JSON line (with the checkpoint and model) to `path`."""
-    with open(path, "a") as f:
-        f.write(json.dumps({"checkpoint": checkpoint, "model": model, **results}) + "\n")
+    append_line(path, json.dumps({"checkpoint": checkpoint, "model": model, **results}))
     print(f"Wrote the metrics to {path}")
 
 

@@ -25,6 +25,7 @@ threshold reported is the middle edge of the first run of best edges.
 import numpy as np
 
 from evaluation.distances import as_matrix, l2_normalized
+from utility.files import write_atomically
 
 NUM_BINS = 2**20
 BLOCK_BYTES = 128 * 2**20
@@ -158,4 +159,4 @@ def draw_threshold_plot(pos_hist, neg_hist, threshold, path, hist_max=2.0, accur
     axes.set_ylabel("share of pairs")
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    write_atomically(path, lambda f: figure.savefig(f, format="png"))

@@ -1,6 +1,8 @@
 """Pictures of retrieval results: each query beside its nearest gallery images."""
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from utility.files import write_atomically
+
 QUERY_COLOR = (60, 100, 200)
 MATCH_COLOR = (0, 160, 0)
 MISMATCH_COLOR = (210, 0, 0)
@@ -48,7 +50,7 @@ def draw_retrieval(query_paths, query_labels, neighbor_paths, neighbor_labels, o
             left = cell_left(rank, thumb)
             color = MATCH_COLOR if neighbor_label == label else MISMATCH_COLOR
             _draw_cell(canvas, font, neighbor_path, f"#{rank}, label {neighbor_label}", color, (left, top), thumb)
-    canvas.save(out_png)
+    write_atomically(out_png, lambda f: canvas.save(f, format="PNG"))
     return canvas.size
 
 

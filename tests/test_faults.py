@@ -468,3 +468,86 @@ def test_compositing_a_large_rgba_png_needs_no_full_size_float_copies(tmp_path):
     assert first == [255, 255, 255] and last == [90, 90, 90]  # alpha 0 -> white, alpha 255 -> the colour
     raw_mb = height * width * 4 // 2**20
     assert grown < 3 * raw_mb, f"decoding grew the peak by {grown} MB for a {raw_mb} MB image"
+
+
+# --- every output file: a planted link is replaced, never written through (issue 27 item 7) ------
+
+@pytest.fixture
+def planted(tmp_path):
+    """plant(folder, name): a symbolic link `folder/name` to a victim file outside; check() that it is intact."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+
+    def plant(folder, name):
+        os.makedirs(folder, exist_ok=True)
+        os.symlink(victim, os.path.join(folder, name))
+        return os.path.join(folder, name)
+
+    plant.intact = lambda: victim.read_text() == "keep me"
+    return plant
+
+
+def _written_not_through(path, planted):
+    assert planted.intact() and not os.path.islink(path) and os.path.getsize(path) > 0
+
+
+def test_the_training_curves_replace_a_planted_link(tmp_path, planted):
+    from evaluation.plot import plot_training
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "loss_metric": 0.5, "lr": 0.1}\n{"iter": 2, "test_recall": 0.3}\n')
+    target = planted(tmp_path / "out", "curves.png")
+    plot_training(str(log), target)
+    _written_not_through(target, planted)
+
+
+@pytest.mark.parametrize("name", ["features.npy", "labels.npy", "paths.txt", "fingerprint.json"])
+def test_infer_dumps_replace_a_planted_link(tmp_path, planted, name):
+    import infer
+
+    target = planted(tmp_path / "out", name)
+    infer.save_dump(str(tmp_path / "out"), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "f00d")
+    _written_not_through(target, planted)
+
+
+def test_the_metrics_record_refuses_a_planted_link(tmp_path, planted):
+    from evaluation.report import append_record
+
+    target = planted(tmp_path, "metrics.jsonl")
+    with pytest.raises(UserError, match="symbolic link"):
+        append_record(target, "ckpt", "ResNet18", {"recall@1": 0.5})
+    assert planted.intact()
+
+
+def test_the_threshold_and_retrieval_pictures_replace_a_planted_link(tmp_path, planted):
+    from evaluation.threshold import draw_threshold_plot
+    from evaluation.visualize import draw_retrieval
+
+    target = planted(tmp_path, "threshold.png")
+    draw_threshold_plot(np.array([0, 3, 1, 0]), np.array([0, 0, 2, 4]), 0.9, target, hist_max=2.0)
+    _written_not_through(target, planted)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    target = planted(tmp_path, "retrieval.png")
+    draw_retrieval([str(image)], [1], [[str(image)]], [[1]], target, thumb=16)
+    _written_not_through(target, planted)
+
+
+def test_an_export_replaces_planted_links_at_its_folder_and_its_files(trained, tmp_path, planted):
+    import infer
+
+    flags = [f"--pretrained_model={trained['checkpoint']}", f"--data_dir={trained['data_dir']}",
+             f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'dump'}"]
+    existing = tmp_path / "existing"
+    for name in ("preprocess.json", "inference.json", "inference.pdiparams"):
+        planted(existing, name)
+    infer.main(flags + [f"--export_model={existing}"])
+    for name in ("preprocess.json", "inference.json", "inference.pdiparams"):
+        _written_not_through(existing / name, planted)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "linked").symlink_to(outside)
+    infer.main(flags + [f"--export_model={tmp_path / 'linked'}"])
+    assert os.listdir(outside) == [] and not os.path.islink(tmp_path / "linked")
+    assert (tmp_path / "linked" / "preprocess.json").is_file()
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
