@@ -95,6 +95,7 @@ class Gallery:
         settings.update(backends.settings_for(backend, index_dir, int(dim), index_type, search_params, milvus_uri,
                                               expected_items))
         os.makedirs(os.path.join(index_dir, VERSIONS_DIR), exist_ok=True)
+        os.makedirs(os.path.join(index_dir, UPLOADS_DIR), exist_ok=True)
         index = backends.create(settings, index_dir)
         gallery = cls(index_dir, settings, _State(0, 0, index, {}))
         with gallery._write_lock, gallery._file_lock():
@@ -221,10 +222,11 @@ class Gallery:
         """Remove the items with these ids (unknown ones ignored); returns how many were removed, persisted."""
         with self._write_lock, self._file_lock():
             state = self._latest_state()
-            gone = sorted({_as_id(i) for i in ids} & state.items.keys())
+            gone = {_as_id(i) for i in ids} & state.items.keys()
             if not gone:
                 return 0
-            items = {i: item for i, item in state.items.items() if i not in set(gone)}
+            items = {i: item for i, item in state.items.items() if i not in gone}
+            gone = sorted(gone)
             self._in_flight = len(gone)
             try:
                 self._commit(_State(state.version + 1, state.next_id, state.index.without(gone), items))

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from engine.embedder import Embedder, model_fingerprint, read_export_info
+from engine.embedder import Embedder, read_export_info
 from reader.decode import MAX_PIXELS, BadImageError, load_rgb
 from reader.transforms import test_transform
 from utility.errors import UserError
@@ -26,8 +26,8 @@ class QueryEmbedder:
         self.eval_resize = self.info.get("eval_resize", "crop")
         self.ink_crop = bool(self.info.get("ink_crop", False))
         self.max_pixels = max_pixels
-        self.fingerprint = model_fingerprint(model_dir)
         self._embedder = Embedder(model_dir)
+        self.fingerprint = self._embedder.fingerprint
         self._lock = threading.Lock()  # one predictor: one run at a time
 
     @property
