@@ -348,3 +348,17 @@ def np_supcon(features, labels, references=None, reference_labels=None, *, tempe
         terms.append(-np.mean([logit[p] - log_denominator for p in positives]))
     nonzero = [t for t in terms if t > 0]
     return sum(nonzero) / len(nonzero) if nonzero else 0.0
+
+
+def np_proxy_anchor(features, labels, proxies, *, alpha, margin):
+    """Proxy anchor loss: proxies in the batch as anchors of their class's rows, every proxy against the others."""
+    x, p = np_normalize(features), np_normalize(proxies)
+    positive_terms, negative_terms = [], []
+    for c in range(len(p)):
+        members = [i for i in range(len(labels)) if labels[i] == c]
+        others = [i for i in range(len(labels)) if labels[i] != c]
+        if members:
+            positive_terms.append(np_log1p_sum_exp([-alpha * (float(x[i] @ p[c]) - margin) for i in members]))
+        negative_terms.append(np_log1p_sum_exp([alpha * (float(x[i] @ p[c]) + margin) for i in others])
+                              if others else 0.0)
+    return np.mean(positive_terms) + np.mean(negative_terms)
