@@ -35,12 +35,14 @@ def main(argv=None):
 
 
 def _parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    build_parser = commands.add_parser("build", help="embed a gallery into a new index folder")
-    add_parser = commands.add_parser("add", help="embed and add the images not yet in the gallery")
-    remove_parser = commands.add_parser("remove", help="remove items by id or by path")
-    info_parser = commands.add_parser("info", help="print the index's settings and size")
+    # No abbreviations: infer.py's --model after a build's --pretrained_model is not --model_dir.
+    build_parser = commands.add_parser("build", help="embed a gallery into a new index folder", allow_abbrev=False)
+    add_parser = commands.add_parser("add", help="embed and add the images not yet in the gallery", allow_abbrev=False)
+    remove_parser = commands.add_parser("remove", help="remove items by id or by path", allow_abbrev=False)
+    info_parser = commands.add_parser("info", help="print the index's settings and size", allow_abbrev=False)
     for sub in (build_parser, add_parser, remove_parser, info_parser):
         sub.add_argument("--index_dir", required=True, help="the index folder")
     for sub in (build_parser, add_parser):

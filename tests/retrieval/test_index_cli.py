@@ -17,7 +17,7 @@ from utility.errors import UserError
 def test_newcomer_flow_checkpoint_and_photo_folder(tiny_checkpoint, tiny_photos, tmp_path, capsys):
     gallery_dir = str(tmp_path / "gallery")
     index.main(["build", "--pretrained_model", tiny_checkpoint["checkpoint"], "--gallery_dir", tiny_photos,
-                "--index_dir", gallery_dir, "--num_workers", "0"])
+                "--index_dir", gallery_dir, "--num_workers", "0", "--model=ResNet18"])  # an infer.py flag passes
     assert "Built " + gallery_dir + ": 24 items, 16-d, faiss Flat" in capsys.readouterr().out
     photo = os.path.join(tiny_photos, "class102", "3.png")
     search.main(["--index_dir", gallery_dir, "--query", photo, "--top_k", "5", "--output", str(tmp_path / "r.jsonl"),
