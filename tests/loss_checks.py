@@ -362,3 +362,10 @@ def np_proxy_anchor(features, labels, proxies, *, alpha, margin):
         negative_terms.append(np_log1p_sum_exp([alpha * (float(x[i] @ p[c]) + margin) for i in others])
                               if others else 0.0)
     return np.mean(positive_terms) + np.mean(negative_terms)
+
+
+def np_proxy_nca(features, labels, proxies, *, scale):
+    """Proxy-NCA as PML: -log softmax over all proxies (target included) of -scale * squared distance."""
+    x, p = np_normalize(features), np_normalize(proxies)
+    return np.mean([-np_log_softmax(np.array([-scale * np_sqdist(x[i], p[c]) for c in range(len(p))]))[labels[i]]
+                    for i in range(len(labels))])

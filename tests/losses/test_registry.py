@@ -15,12 +15,16 @@ from losses.multisimilarityloss import MultiSimilarityParams
 from losses.registry import LossSpec, loss_flags, setting
 from utility.errors import UserError
 
-# The loss flags of earlier versions: command lines and checkpoints' saved settings use these names.
+# Every loss flag: command lines and checkpoints' saved settings use these names, so none may change.
 FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_reg_lambda", "rll_alpha", "rll_margin",
               "rll_temperature", "rll_lambda", "ms_alpha", "ms_beta", "ms_lambda", "ms_epsilon", "margin_alpha",
               "margin_beta", "margin_beta_per_class", "margin_cutoff", "cos_scale", "cos_margin",
               "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma", "supcon_temperature",
-              "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr"}
+              "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr", "proxynca_scale"}
+
+# The losses built as a layer (they own learned parameters) and those that classify the training classes.
+LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss"}
+CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss"}
 
 
 def test_registry_builds_every_name_without_a_command_line():
@@ -28,9 +32,8 @@ def test_registry_builds_every_name_without_a_command_line():
         assert spec.name == name and spec.summary
         loss = spec.build_loss(4, 3)
         assert (loss is None) == (name == "softmax")
-        assert isinstance(loss, paddle.nn.Layer) == (name in ("arcmargin", "marginloss", "cosface",
-                                                             "proxyanchorloss"))
-        assert spec.classifies == (name in ("softmax", "arcmargin", "cosface", "proxyanchorloss"))
+        assert isinstance(loss, paddle.nn.Layer) == (name in LAYERS)
+        assert spec.classifies == (name in CLASSIFIERS)
     with pytest.raises(UserError, match="tripletloss, batchhardtripletloss"):
         losses.get("contrastive")
 
@@ -120,7 +123,7 @@ def test_batch_layouts():
                        "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1),
                        "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
                        "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
-                       "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1)}
+                       "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)
