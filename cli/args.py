@@ -267,7 +267,8 @@ def _check_loss_settings(args):
 
 
 def _check_training_numbers(args):
-    """Values that would train nothing, or train into NaN, are refused before any work."""
+    """Values that would train nothing, or train into NaN, are refused before any work (the training
+    extensions' flags are checked by their own modules: engine/dac.py, engine/xbm.py, engine/extensions.py)."""
     import math
 
     for name in ("lr", "weight_decay", "alpha"):
@@ -278,12 +279,6 @@ def _check_training_numbers(args):
         raise UserError(f"--momentum must be in [0, 1), got {args.momentum}")
     if not 0 <= args.label_smoothing < 1:
         raise UserError(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
-    if args.dac_clusters < 0 or args.dac_clusters == 1 or args.dac_period <= 0:
-        raise UserError(f"--dac_clusters must be 0 (off) or 2 or more and --dac_period positive, "
-                        f"got {args.dac_clusters} and {args.dac_period}")
-    for name in ("xbm_size", "xbm_start_iter"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name} must be 0 or more, got {getattr(args, name)}")
     if args.warmup_iter < 0:
         raise UserError(f"--warmup_iter must be 0 or more, got {args.warmup_iter}")
     if any(step < 0 for step in args.lr_steps):
