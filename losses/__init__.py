@@ -9,8 +9,8 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
     loss = losses.get("multisimilarityloss").build_loss(128, 100, alpha=3.0)   # callable(embedding, labels)
 """
 from losses import (arcmarginloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss, multisimilarityloss,
-                    npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss, softmaxloss, supconloss,
-                    tripletloss)
+                    npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss, softmaxloss,
+                    subcenterarcface, supconloss, tripletloss)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
@@ -32,6 +32,7 @@ LOSSES = {spec.name: spec for spec in (
     supconloss.SPEC,
     proxyanchorloss.SPEC,
     proxyncaloss.SPEC,
+    subcenterarcface.SPEC,
 )}
 
 # The command-line flags of every loss setting (cli/args.py adds them to the loss group).

@@ -369,3 +369,12 @@ def np_proxy_nca(features, labels, proxies, *, scale):
     x, p = np_normalize(features), np_normalize(proxies)
     return np.mean([-np_log_softmax(np.array([-scale * np_sqdist(x[i], p[c]) for c in range(len(p))]))[labels[i]]
                     for i in range(len(labels))])
+
+
+def np_subcenter_arcface(features, labels, weight, *, sub_centers, margin, scale):
+    """ArcFace on, per class, the largest cosine between the row and the class's sub-centres (the columns
+    c * K ... c * K + K - 1 of `weight` [D, C * K])."""
+    cosine = np_normalize(features) @ np_normalize(weight, axis=0)
+    nearest = np.array([[max(row[c * sub_centers:(c + 1) * sub_centers]) for c in range(len(row) // sub_centers)]
+                        for row in cosine])
+    return np_arcmargin(nearest, labels, margin=margin, scale=scale, easy_margin=False)

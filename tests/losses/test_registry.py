@@ -20,11 +20,12 @@ FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_re
               "rll_temperature", "rll_lambda", "ms_alpha", "ms_beta", "ms_lambda", "ms_epsilon", "margin_alpha",
               "margin_beta", "margin_beta_per_class", "margin_cutoff", "cos_scale", "cos_margin",
               "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma", "supcon_temperature",
-              "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr", "proxynca_scale"}
+              "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr", "proxynca_scale", "subcenter_k",
+              "subcenter_scale", "subcenter_margin"}
 
 # The losses built as a layer (they own learned parameters) and those that classify the training classes.
-LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss"}
-CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss"}
+LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface"}
+CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface"}
 
 
 def test_registry_builds_every_name_without_a_command_line():
@@ -123,7 +124,8 @@ def test_batch_layouts():
                        "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1),
                        "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
                        "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
-                       "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1)}
+                       "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1),
+                       "subcenterarcface": ("shuffle", 1)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)
