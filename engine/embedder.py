@@ -137,6 +137,7 @@ class Embedder:
     def __init__(self, model_dir, use_gpu=None):
         import paddle.inference as inference
 
+        self.name = model_dir  # what error lines call the model
         self.info = read_export_info(model_dir)
         self.fingerprint = model_fingerprint(model_dir)
         prefix = os.path.join(model_dir, EXPORT_PREFIX)
@@ -156,14 +157,17 @@ class Embedder:
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
     @classmethod
-    def from_program(cls, exe, program, image, embedding, config):
-        """The embedder of a program's image -> embedding with its current parameters (through a temporary export)."""
+    def from_program(cls, exe, program, image, embedding, config, name="the network being trained"):
+        """The embedder of a program's image -> embedding with its current parameters (through a temporary export);
+        `name` says what it is in error lines."""
         folder = tempfile.mkdtemp(prefix="embedder-")
         try:
             _write_export(exe, program, image, embedding, folder, config)
-            return cls(folder, config.use_gpu)  # the predictor holds the parameters in memory
+            embedder = cls(folder, config.use_gpu)  # the predictor holds the parameters in memory
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        embedder.name = name
+        return embedder
 
     def __call__(self, images):
         self.input.reshape(images.shape)
@@ -189,14 +193,16 @@ def checkpoint_program(config):
 def checkpoint_embedder(config):
     """The embedder of the checkpoint config.pretrained_model."""
     exe, graph = checkpoint_program(config)
-    return Embedder.from_program(exe, graph.program, graph.image, graph.embedding, config)
+    return Embedder.from_program(exe, graph.program, graph.image, graph.embedding, config,
+                                 name=f"checkpoint {config.pretrained_model}")
 
 
 def embed_list(embedder, loader, show_progress=True):
     """Embed every image of `loader` (a reader.TestLoader) with `embedder(images) -> features`.
 
     Returns (features float32 [n, D], row_indices int64 [n]) in list order; rows are left
-    out only for unreadable images when the loader skips them.
+    out only for unreadable images when the loader skips them. A NaN or infinite embedding is a UserError
+    naming the model: nothing scores or writes it.
     """
     image_list = loader.image_list
     progress = Progress(loader.num_rows, "embedding") if show_progress else None
@@ -210,7 +216,13 @@ def embed_list(embedder, loader, show_progress=True):
         progress.close()
     if not features:
         raise UserError(f"no image of {image_list.source} could be embedded")
-    return np.concatenate(features), np.concatenate(rows)
+    features = np.concatenate(features)
+    bad = int((~np.isfinite(features).all(axis=1)).sum())
+    if bad:
+        raise UserError(f"{getattr(embedder, 'name', 'the model')} embeds {bad} of {len(features)} images of "
+                        f"{image_list.source} as NaN or infinite values (its parameters overflow: a diverged "
+                        "training?); nothing was written or scored")
+    return features, np.concatenate(rows)
 
 
 def test_loader(config, image_list, *, skip_bad, rows=None, num_workers=None):

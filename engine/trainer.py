@@ -24,6 +24,7 @@ from utility.progress import format_duration
 CLASSIFIER_FIGURES = ("loss_cls", "acc1", "acc5")
 LOG_FILE = "log.jsonl"
 CURVES_FILE = "curves.png"
+PROBE_IMAGES = 2  # the fixed batch a network must embed to finite values before it is evaluated or saved
 
 
 @dataclass
@@ -209,13 +210,29 @@ class Trainer:
         bad = {name: value for name, value in stats.items() if not math.isfinite(value)}
         if not bad:
             return
-        resume = (f"the last good checkpoint is {self.last_saved}: resume from it with "
-                  f"--checkpoint={self.last_saved} and a lower --lr") if self.last_saved else \
-            "no checkpoint was saved before it; start again with a lower --lr"
         self.log.write({"pass": position.pass_id, "iter": position.iteration, "diverged": True, **stats})
         raise UserError(f"training diverged at iteration {position.iteration}: "
                         f"{', '.join(f'{name} {value}' for name, value in bad.items())}; nothing was saved "
-                        f"after it; {resume}")
+                        f"after it; {self._resume_advice()}")
+
+    def _resume_advice(self):
+        if self.last_saved:
+            return (f"the last good checkpoint is {self.last_saved}: resume from it with "
+                    f"--checkpoint={self.last_saved} and a lower --lr")
+        return "no checkpoint was saved before it; start again with a lower --lr"
+
+    def _check_probe(self, position):
+        """UserError unless the network embeds a small fixed batch to finite values: parameters can be finite
+        yet so large that every embedding overflows, and such a network is neither evaluated nor saved."""
+        shape = (PROBE_IMAGES, *self.config.image_shape)
+        probe = np.random.default_rng(0).standard_normal(shape).astype("float32")
+        embedding, = self.exe.run(self.graph.test, feed={IMAGE: probe}, fetch_list=[self.graph.test_embedding])
+        if np.isfinite(embedding).all():
+            return
+        self.log.write({"pass": position.pass_id, "iter": position.iteration, "diverged": True})
+        raise UserError(f"training diverged by iteration {position.iteration}: the network embeds a fixed probe "
+                        f"batch to NaN or infinite values (its parameters overflow); checkpoint "
+                        f"{position.iteration} was not saved; {self._resume_advice()}")
 
     def _milestones(self, position):
         if self.schedule.evaluates_after(position.iteration):
@@ -240,6 +257,7 @@ class Trainer:
         since_eval, self.since_eval = self.since_eval, []
         if not self.leader:
             return
+        self._check_probe(position)
         recall = self.validator.recall_at_1(self.exe, self.graph, self.config)
         means = {name: float(np.mean([s[name] for s in since_eval])) if since_eval and name in self.fetch_names
                  else math.nan for name in ("loss_metric", *CLASSIFIER_FIGURES)}
@@ -260,6 +278,7 @@ class Trainer:
     def _save(self, position):
         if not self.leader:
             return None
+        self._check_probe(position)  # before `latest` can move
         records = {extension.name: extension.state() for extension in self.extensions if extension.name}
         state = checkpoint.RunState.of_run(vars(position), self.graph.scheduler.state_dict(), self.classes,
                                            self.config, records)

@@ -551,3 +551,83 @@ def test_an_export_replaces_planted_links_at_its_folder_and_its_files(trained, t
     assert os.listdir(outside) == [] and not os.path.islink(tmp_path / "linked")
     assert (tmp_path / "linked" / "preprocess.json").is_file()
     assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+
+
+# --- a checkpoint is good only if it embeds to finite values (issue 27 item 3) -----------------
+
+def _copy_with_embedding_weights(checkpoint_dir, out_dir, value):
+    """A copy of a checkpoint whose 2-D (fully connected) weights are all `value`."""
+    import shutil
+
+    import safetensors.numpy
+
+    shutil.copytree(checkpoint_dir, out_dir)
+    params = safetensors.numpy.load_file(os.path.join(out_dir, "model.safetensors"))
+    params = {name: np.full_like(a, value) if a.ndim == 2 else a for name, a in params.items()}
+    with open(os.path.join(out_dir, "model.safetensors"), "wb") as f:
+        f.write(safetensors.numpy.save(params))
+    return str(out_dir)
+
+
+def _eval_flags(trained, model):
+    return [f"--pretrained_model={model}", f"--data_dir={trained['data_dir']}", f"--val_list={trained['val_list']}",
+            "--num_workers=0"]
+
+
+def test_a_checkpoint_with_nan_parameters_is_refused_on_load(trained, tmp_path):
+    import eval as eval_script
+
+    model = _copy_with_embedding_weights(trained["checkpoint"], tmp_path / "nan", np.nan)
+    with pytest.raises(UserError, match=r"refusing .*nan: .* hold NaN or infinite values"):
+        eval_script.main(_eval_flags(trained, model))
+
+
+def test_eval_and_infer_refuse_embeddings_that_overflow(trained, tmp_path):
+    import eval as eval_script
+    import infer
+
+    model = _copy_with_embedding_weights(trained["checkpoint"], tmp_path / "huge", 3e38)  # finite, overflows
+    with pytest.raises(UserError, match=r"checkpoint .*huge embeds 24 of 24 images .* NaN or infinite"):
+        eval_script.main(_eval_flags(trained, model))
+    out = tmp_path / "dump"
+    with pytest.raises(UserError, match=r"checkpoint .*huge embeds .* NaN or infinite"):
+        infer.main(_eval_flags(trained, model) + [f"--infer_list={trained['val_list']}", f"--output_dir={out}"])
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_an_exported_model_that_embeds_inf_writes_nothing():
+    """index.py and infer.py --inference_model embed through embed_list: the export's folder is named."""
+    from engine.embedder import embed_list
+
+    class Loader:
+        image_list = type("List", (), {"source": "gallery.txt"})
+        num_rows = 3
+
+        def batches(self):
+            yield np.zeros((3, 3, 4, 4), np.float32), [0, 1, 2]
+
+    embedder = lambda images: np.array([[1.0, 0.0], [np.inf, 0.0], [0.0, 1.0]])
+    embedder.name = "exported/"
+    with pytest.raises(UserError, match=r"^exported/ embeds 1 of 3 images of gallery.txt as NaN or infinite"):
+        embed_list(embedder, Loader(), show_progress=False)
+
+
+def test_a_network_that_embeds_to_inf_is_never_saved(tiny_dataset, tmp_path, monkeypatch):
+    """Finite parameters that overflow every embedding: the probe batch stops the run before `latest` moves."""
+    from engine.trainer import Trainer
+    from train_runs import run_train
+
+    original = Trainer._milestones
+
+    def overflow_then(self, position):
+        if position.iteration == 2:
+            for name, shape in checkpoint.program_parameters(self.graph.main).items():
+                if len(shape) == 2:
+                    set_scope_value(name, np.full(shape, 3e38, np.float32))
+        original(self, position)
+
+    monkeypatch.setattr(Trainer, "_milestones", overflow_then)
+    with pytest.raises(UserError, match=r"embeds a fixed probe batch to NaN .* checkpoint 2 was not saved; "
+                                        r"the last good checkpoint is .*1"):
+        run_train(tiny_dataset, tmp_path, "--embedding_size=16", "--save_iter_step=1", "--test_iter_step=1", iters=2)
+    assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"

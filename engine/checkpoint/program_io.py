@@ -85,6 +85,10 @@ def _set(program, arrays, directory):
         converted[name] = value
     if wrong:
         raise UserError(f"{directory} does not fit this network (other shape: {few_names(sorted(wrong))})")
+    bad = storage.non_finite_names(converted)
+    if bad:  # it would embed as NaN or zeros and be scored as if it were a model
+        raise UserError(f"refusing {directory}: {few_names(bad)} hold NaN or infinite values "
+                        "(a diverged or damaged model)")
     paddle.static.set_program_state(program, converted)
 
 
