@@ -10,7 +10,7 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
 """
 from losses import (arcmarginloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss, multisimilarityloss,
                     npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss, softmaxloss,
-                    subcenterarcface, supconloss, tripletloss)
+                    softtripleloss, subcenterarcface, supconloss, tripletloss)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
@@ -33,6 +33,7 @@ LOSSES = {spec.name: spec for spec in (
     proxyanchorloss.SPEC,
     proxyncaloss.SPEC,
     subcenterarcface.SPEC,
+    softtripleloss.SPEC,
 )}
 
 # The command-line flags of every loss setting (cli/args.py adds them to the loss group).

@@ -378,3 +378,29 @@ def np_subcenter_arcface(features, labels, weight, *, sub_centers, margin, scale
     nearest = np.array([[max(row[c * sub_centers:(c + 1) * sub_centers]) for c in range(len(row) // sub_centers)]
                         for row in cosine])
     return np_arcmargin(nearest, labels, margin=margin, scale=scale, easy_margin=False)
+
+
+def np_softtriple(features, labels, weight, *, centers, scale, gamma, tau, margin):
+    """SoftTriple: per row and class, S = sum_k softmax_k(cos_k / gamma) cos_k over the class's centres (columns
+    c * K ... c * K + K - 1 of `weight`); cross-entropy of scale * (S - margin on the true class); plus tau times
+    the sum over each class's centre pairs t < s of sqrt(2 + 1e-5 - 2 cos(w_t, w_s)) / (C K (K - 1))."""
+    x, w = np_normalize(features), np_normalize(weight, axis=0)
+    classes = w.shape[1] // centers
+    terms = []
+    for i, label in enumerate(labels):
+        similarity = []
+        for c in range(classes):
+            cosines = np.array([float(x[i] @ w[:, c * centers + k]) for k in range(centers)])
+            weights = np.exp(np_log_softmax(cosines / gamma))
+            similarity.append(float(weights @ cosines))
+        logits = scale * np.array(similarity)
+        logits[label] -= scale * margin
+        terms.append(-np_log_softmax(logits)[label])
+    spread = 0.0
+    for c in range(classes):
+        for t in range(centers):
+            for s in range(t + 1, centers):
+                a, b = w[:, c * centers + t], w[:, c * centers + s]
+                spread += math.sqrt(2 + 1e-5 - 2 * float(a @ b))
+    regulariser = spread / (classes * centers * (centers - 1)) if centers > 1 else 0.0
+    return np.mean(terms) + tau * regulariser

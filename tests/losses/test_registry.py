@@ -21,11 +21,14 @@ FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_re
               "margin_beta", "margin_beta_per_class", "margin_cutoff", "cos_scale", "cos_margin",
               "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma", "supcon_temperature",
               "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr", "proxynca_scale", "subcenter_k",
-              "subcenter_scale", "subcenter_margin"}
+              "subcenter_scale", "subcenter_margin", "softtriple_k", "softtriple_lambda", "softtriple_gamma",
+              "softtriple_tau", "softtriple_delta"}
 
 # The losses built as a layer (they own learned parameters) and those that classify the training classes.
-LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface"}
-CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface"}
+LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface",
+          "softtripleloss"}
+CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface",
+               "softtripleloss"}
 
 
 def test_registry_builds_every_name_without_a_command_line():
@@ -125,7 +128,7 @@ def test_batch_layouts():
                        "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
                        "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
                        "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1),
-                       "subcenterarcface": ("shuffle", 1)}
+                       "subcenterarcface": ("shuffle", 1), "softtripleloss": ("shuffle", 1)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)
