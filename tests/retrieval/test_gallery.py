@@ -1,6 +1,8 @@
 """retrieval.gallery on synthetic embeddings: exact results, add/remove, persistence, crashes, threads."""
 import json
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -242,3 +244,46 @@ def test_check_model_names_both_fingerprints_and_sizes(tmp_path):
     with pytest.raises(UserError, match=r"fingerprint 0123456789abcdef, .* by f{16}"):
         gallery.check_model("0123456789abcdef", 16, "dump")
     gallery.check_model("f" * 16, 16, "dump")
+
+
+KILLED_WRITER = """
+import os, signal, sys
+import numpy as np
+from retrieval import gallery as gallery_module
+from retrieval.gallery import Gallery
+
+original, calls = getattr(gallery_module, sys.argv[2]), []
+
+def die_on_call_n(*args, **kwargs):  # the n-th call of the function named on the command line is killed
+    calls.append(1)
+    if len(calls) == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(gallery_module, sys.argv[2], die_on_call_n)
+gallery = Gallery.open(sys.argv[1])
+gallery.add(np.eye(16, dtype=np.float32)[:3], ["a.png", "b.png", "c.png"], [0, 0, 0])
+"""
+
+
+@pytest.mark.parametrize("killed_in, call", [("_remove_leftovers", 1), ("_sync_folder_files", 1),
+                                             ("_write_json_atomically", 1), ("_remove_leftovers", 2)])
+def test_a_writer_killed_mid_write_leaves_a_whole_version(tmp_path, killed_in, call):
+    """A real SIGKILL at four points of a write: before it, with the version half written, before and after
+    the switch of gallery.json."""
+    gallery = new_gallery(tmp_path)
+    features = unit_rows(10, 0)
+    add_items(gallery, features)
+    before = found(gallery.search(features[:3], 4))
+    repository = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER, gallery.index_dir, killed_in, str(call)],
+                            check=False, cwd=repository)
+    assert result.returncode == -9
+    reopened = Gallery.open(gallery.index_dir)
+    if call == 2:  # killed after the switch to the new version, before the old one was deleted
+        assert len(reopened) == 13 and reopened.item(12).path.endswith("c.png")
+    else:
+        assert len(reopened) == 10 and found(reopened.search(features[:3], 4)) == before
+    next_id = len(reopened)
+    assert reopened.add(features[:1], ["x.png"], [0]) == [next_id]  # and writes go on
+    assert os.listdir(os.path.join(gallery.index_dir, "versions")) == [f"{reopened.stats()['version']:08d}"]
