@@ -1,13 +1,17 @@
 """One configuration step: `resolve(script, argv)` settles every setting of a run, in this order:
 
   1. defaults and the flags the user typed (cli/args.py);
-  2. the offline digits data set, when no data was given and the default lists are absent;
-  3. demo settings for the digits set (train.py), for every one of them the user did not type;
-  4. settings adopted from the checkpoint or exported model being evaluated (eval.py, infer.py).
+  2. for eval.py and infer.py without data flags: the data lists the checkpoint was trained with;
+  3. the offline digits data set, when no data was given and the default lists are absent;
+  4. demo settings for the digits set (train.py), for every one of them the user did not type;
+  5. settings adopted from the checkpoint or exported model being evaluated (eval.py, infer.py), and a
+     warning block when its data set is not the one the checkpoint was trained on.
 
 The result is a Config that cannot be changed afterwards: every later step reads it.
 """
 import argparse
+import os
+import sys
 
 import data
 from cli.args import DEFAULT_ITERATIONS, as_flag, parse_args
@@ -57,13 +61,23 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
         values["pretrained_model"] = _checkpoint_dir(values["pretrained_model"])
 
     needs_data = not (script == "eval" and values["query_list"]) and not (script == "infer" and values["infer_list"])
-    digits = data.default_dataset(typed, values["train_list"], digits_dir) if needs_data else None
+    state = _trained_state(values) if script in ("eval", "infer") else None
+    trained_data = _trained_data(state)
+    own_data = needs_data and trained_data and not set(data.DATA_FLAGS) & set(typed) \
+        and os.path.isfile(trained_data["val_list"])
+    if own_data:
+        values.update(trained_data)
+        print(f"The checkpoint's own data: --data_dir={values['data_dir']} --val_list={values['val_list']}",
+              flush=True)
+    digits = data.default_dataset(typed, values["train_list"], digits_dir) if needs_data and not own_data else None
     if digits:
         values.update(digits)
         if script == "train":
             _apply_demo_settings(values, typed)
     if script in ("eval", "infer"):
-        _adopt_trained_settings(script, values, typed)
+        _adopt_trained_settings(script, values, typed, state)
+    if trained_data and (script == "eval" or not {*data.DATA_FLAGS, "infer_list"} & set(typed)):
+        _warn_if_other_data(script, values, trained_data)
     if script == "infer" and values["infer_list"] is None:
         values["infer_list"] = values["val_list"]
     return Config(values)
@@ -94,9 +108,45 @@ def _apply_demo_settings(values, typed):
               + " ".join(f"--{name}={as_flag(value)}" for name, value in chosen.items()), flush=True)
 
 
-def _adopt_trained_settings(script, values, typed):
-    """Take the network's settings (its NetworkSpec) and loss from the checkpoint's training run, or the
-    network's from the exported model."""
+def _trained_state(values):
+    """The RunState of --pretrained_model (checked), or None: no checkpoint, or plain parameters."""
+    if not values.get("pretrained_model"):
+        return None
+    from engine.checkpoint import RunState
+
+    return RunState.read(values["pretrained_model"])
+
+
+def _trained_data(state):
+    """{data_dir, train_list, val_list} the checkpoint was trained with, or None when it does not say."""
+    recorded = {name: state.args.get(name) for name in data.DATA_FLAGS} if state else {}
+    return recorded if recorded and all(isinstance(value, str) for value in recorded.values()) else None
+
+
+def _warn_if_other_data(script, values, trained):
+    """A warning block, never a one-line notice, when the data is not the data set the checkpoint was trained on
+    (its images' folder, --data_dir, differs)."""
+    if os.path.realpath(values["data_dir"]) == os.path.realpath(trained["data_dir"]):
+        return
+    lists = ([f"--query_list={values['query_list']}", f"--gallery_list={values['gallery_list']}"]
+             if values.get("query_list") else [f"--{'infer' if script == 'infer' else 'val'}_list="
+                                               f"{values.get('infer_list') or values['val_list']}"])
+    lines = [f"the checkpoint {values['pretrained_model']} was trained on another data set:",
+             f"  trained on  --data_dir={trained['data_dir']} --train_list={trained['train_list']} "
+             f"--val_list={trained['val_list']}",
+             f"  {'evaluating' if script == 'eval' else 'embedding'}  --data_dir={values['data_dir']} "
+             + " ".join(lists)]
+    if not os.path.isfile(trained["val_list"]):
+        lines.append(f"  (its own evaluation list {trained['val_list']} is not found from {os.getcwd()})")
+    lines.append("the figures are not those of the data set it was trained for; give --data_dir and "
+                 f"--{'infer' if script == 'infer' else 'val'}_list to choose the data")
+    rule = "WARNING: " + "=" * 70
+    print("\n".join([rule, *(f"WARNING: {line}" for line in lines), rule]), file=sys.stderr, flush=True)
+
+
+def _adopt_trained_settings(script, values, typed, state):
+    """Take the network's settings (its NetworkSpec) and loss from the checkpoint's training run (`state`, its
+    RunState), or the network's from the exported model."""
     from engine.network_spec import NetworkSpec
 
     if script == "infer" and values["inference_model"]:
@@ -111,9 +161,6 @@ def _adopt_trained_settings(script, values, typed):
         raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)"
                         + (" or --inference_model=DIR (an exported model)" if script == "infer" else ""))
     else:
-        from engine.checkpoint import RunState
-
-        state = RunState.read(values["pretrained_model"])
         if not state:
             return  # plain parameters (e.g. pretrained weights): the flags describe the network
         trained = {name: state.args[name] for name in (*loss_settings_from_checkpoint(), "triplet_mining")

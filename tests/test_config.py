@@ -160,3 +160,45 @@ def test_infer_refuses_an_exported_model_with_a_wrong_network_setting(in_empty_d
     (exported / "preprocess.json").write_text(json.dumps({"model": "ResNet34", "image_shape": image_shape}))
     with pytest.raises(UserError, match=rf"^{exported}/preprocess\.json: image_shape .* is not 3,H,W"):
         resolve("infer", [f"--inference_model={exported}", "--val_list=v.txt"])
+
+
+def _trained_on(folder, data_dir):
+    """A checkpoint trained on data_dir's train.txt and val.txt (the lists are written)."""
+    os.makedirs(data_dir, exist_ok=True)
+    for name in ("train.txt", "val.txt"):
+        Path(data_dir, name).write_text("a/1.png 1\n")
+    return _checkpoint(folder, data_dir=str(data_dir), train_list=str(Path(data_dir, "train.txt")),
+                       val_list=str(Path(data_dir, "val.txt")))
+
+
+def test_eval_without_data_flags_evaluates_the_checkpoint_s_own_data(in_empty_dir, capsys):
+    folder = _trained_on(in_empty_dir / "ckpt", in_empty_dir / "omniglot")
+    config = resolve("eval", [f"--pretrained_model={folder}"], digits_dir=in_empty_dir / "digits")
+    assert (config.data_dir, config.val_list) == (str(in_empty_dir / "omniglot"),
+                                                  str(in_empty_dir / "omniglot" / "val.txt"))
+    captured = capsys.readouterr()
+    assert f"The checkpoint's own data: --data_dir={in_empty_dir / 'omniglot'}" in captured.out
+    assert "WARNING" not in captured.err and not (in_empty_dir / "digits").exists()
+
+
+@pytest.mark.parametrize("case", ["its lists are gone: the digits fallback", "other data typed"])
+def test_eval_on_data_the_checkpoint_was_not_trained_for_is_a_warning_block(in_empty_dir, capsys, case):
+    folder = _trained_on(in_empty_dir / "ckpt", in_empty_dir / "omniglot")
+    flags = [f"--pretrained_model={folder}"]
+    if case.startswith("its lists are gone"):
+        os.remove(in_empty_dir / "omniglot" / "val.txt")
+    else:
+        flags += [f"--data_dir={in_empty_dir / 'cars'}", "--val_list=cars.txt"]
+    config = resolve("eval", flags, digits_dir=in_empty_dir / "digits")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) >= 5 and all(line.startswith("WARNING: ") for line in err)
+    assert "was trained on another data set" in err[1]
+    assert f"evaluating  --data_dir={config.data_dir} --val_list={config.val_list}" in "\n".join(err)
+    assert ("is not found" in "\n".join(err)) == case.startswith("its lists are gone")
+
+
+def test_infer_embeds_the_checkpoint_s_own_list_and_typed_data_is_no_warning(in_empty_dir, capsys):
+    folder = _trained_on(in_empty_dir / "ckpt", in_empty_dir / "omniglot")
+    assert resolve("infer", [f"--pretrained_model={folder}"]).infer_list == str(in_empty_dir / "omniglot" / "val.txt")
+    resolve("infer", [f"--pretrained_model={folder}", "--infer_list=photos.txt", f"--data_dir={in_empty_dir}"])
+    assert "WARNING" not in capsys.readouterr().err
