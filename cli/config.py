@@ -80,6 +80,11 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
         _warn_if_other_data(script, values, trained_data)
     if script == "infer" and values["infer_list"] is None:
         values["infer_list"] = values["val_list"]
+    if script == "infer" and "data_dir" not in typed and {"infer_list", "val_list"} & set(typed):
+        # never the default data set's folder for a list the user brought
+        values["data_dir"] = os.path.dirname(os.path.abspath(values["infer_list"]))
+        print(f"The images of {values['infer_list']} are read from its folder {values['data_dir']} "
+              "(--data_dir chooses another)", flush=True)
     return Config(values)
 
 

@@ -202,3 +202,21 @@ def test_infer_embeds_the_checkpoint_s_own_list_and_typed_data_is_no_warning(in_
     assert resolve("infer", [f"--pretrained_model={folder}"]).infer_list == str(in_empty_dir / "omniglot" / "val.txt")
     resolve("infer", [f"--pretrained_model={folder}", "--infer_list=photos.txt", f"--data_dir={in_empty_dir}"])
     assert "WARNING" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("network", ["exported model", "checkpoint"])
+def test_infer_reads_a_typed_list_s_images_from_its_folder_unless_data_dir_is_given(in_empty_dir, capsys, network):
+    if network == "exported model":
+        exported = in_empty_dir / "exported"
+        exported.mkdir()
+        for name in ("inference.json", "inference.pdiparams"):
+            (exported / name).write_text("")
+        (exported / "preprocess.json").write_text(json.dumps({"model": "ResNet18", "image_shape": [3, 32, 32]}))
+        flag = f"--inference_model={exported}"
+    else:
+        flag = f"--pretrained_model={_trained_on(in_empty_dir / 'ckpt', in_empty_dir / 'omniglot')}"
+    config = resolve("infer", [flag, "--infer_list=photos/list.txt"])
+    assert config.data_dir == str(in_empty_dir / "photos")
+    assert f"The images of photos/list.txt are read from its folder {in_empty_dir / 'photos'}" in \
+        capsys.readouterr().out
+    assert resolve("infer", [flag, "--infer_list=photos/list.txt", "--data_dir=elsewhere"]).data_dir == "elsewhere"
