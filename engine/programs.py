@@ -97,6 +97,10 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, ex
             objective = loss_cls if metric_loss is None else loss_metric + config.alpha * loss_cls
             fetch.update(loss_cls=loss_cls, acc1=paddle.metric.accuracy(logits, label.unsqueeze(1), k=1),
                          acc5=paddle.metric.accuracy(logits, label.unsqueeze(1), k=min(5, num_classes)))
+        for term in losses.AUXILIARY.values():  # e.g. the center loss, when its weight is above 0
+            auxiliary_loss = term.build_loss(embedding.shape[-1], num_classes, term.params_from(config))
+            if auxiliary_loss is not None:
+                objective = objective + auxiliary_loss(embedding, label)
 
         scheduler = make_lr_scheduler(config, total_iters)
         optimizer = paddle.optimizer.Momentum(scheduler, momentum=config.momentum,

@@ -8,9 +8,9 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
     import losses
     loss = losses.get("multisimilarityloss").build_loss(128, 100, alpha=3.0)   # callable(embedding, labels)
 """
-from losses import (arcmarginloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss, multisimilarityloss,
-                    npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss, softmaxloss,
-                    softtripleloss, subcenterarcface, supconloss, tripletloss)
+from losses import (arcmarginloss, centerloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss,
+                    multisimilarityloss, npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss,
+                    softmaxloss, softtripleloss, subcenterarcface, supconloss, tripletloss)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
@@ -36,10 +36,13 @@ LOSSES = {spec.name: spec for spec in (
     softtripleloss.SPEC,
 )}
 
-# The command-line flags of every loss setting (cli/args.py adds them to the loss group).
-FLAGS = loss_flags(LOSSES.values())
+# Terms added to whichever loss is trained, each switched on by its own settings (not a --loss_name).
+AUXILIARY = {centerloss.SPEC.name: centerloss.SPEC}
 
-__all__ = ["FLAGS", "LOSSES", "LossSpec", "get", "softmax_loss"]
+# The command-line flags of every loss setting (cli/args.py adds them to the loss group).
+FLAGS = loss_flags([*LOSSES.values(), *AUXILIARY.values()])
+
+__all__ = ["AUXILIARY", "FLAGS", "LOSSES", "LossSpec", "get", "softmax_loss"]
 
 
 def get(name):

@@ -404,3 +404,8 @@ def np_softtriple(features, labels, weight, *, centers, scale, gamma, tau, margi
                 spread += math.sqrt(2 + 1e-5 - 2 * float(a @ b))
     regulariser = spread / (classes * centers * (centers - 1)) if centers > 1 else 0.0
     return np.mean(terms) + tau * regulariser
+
+
+def np_center(features, labels, centers):
+    """Center loss: mean over rows of the squared distance to the row's class centre (raw features)."""
+    return np.mean([np_sqdist(features[i], centers[labels[i]]) for i in range(len(labels))])

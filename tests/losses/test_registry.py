@@ -22,7 +22,7 @@ FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_re
               "contrastive_pos_margin", "contrastive_neg_margin", "circle_m", "circle_gamma", "supcon_temperature",
               "proxyanchor_alpha", "proxyanchor_delta", "proxyanchor_proxy_lr", "proxynca_scale", "subcenter_k",
               "subcenter_scale", "subcenter_margin", "softtriple_k", "softtriple_lambda", "softtriple_gamma",
-              "softtriple_tau", "softtriple_delta"}
+              "softtriple_tau", "softtriple_delta", "center_loss_weight"}
 
 # The losses built as a layer (they own learned parameters) and those that classify the training classes.
 LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface",
