@@ -101,7 +101,7 @@ def _open_loaders(config, spec, train_list, val_list, world_size, rank):
         train_list, image_shape=config.image_shape, batch_size=config.train_batch_size, layout=spec.layout,
         samples_each_class=spec.samples_each_class(config.samples_each_class), num_workers=config.num_workers,
         seed=config.seed + 1, world_size=world_size, rank=rank, augment=reader.loaders.augment_from_args(config),
-        max_pixels=config.max_image_pixels)
+        max_pixels=config.max_image_pixels, fixed_k=bool(spec.fixed_k))
     # An unreadable validation image is reported and left out: it must not end a long run.
     val_loader = test_loader(config, val_list, skip_bad=True, num_workers=config.num_workers if rank == 0 else 0)
     return train_loader, val_loader

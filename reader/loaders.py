@@ -23,7 +23,7 @@ CLASSES_NAMED = 5  # how many classes a note about small classes names
 
 
 def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_each_class, num_workers,
-                      seed, augment=None, world_size=1, rank=0, max_pixels=MAX_PIXELS):
+                      seed, augment=None, world_size=1, rank=0, max_pixels=MAX_PIXELS, fixed_k=False):
     """A TrainLoader for `image_list` (labelled) on device `rank` of `world_size`.
 
     layout: "triplet" (anchor, positive, negative triplets), "pk" (P classes x
@@ -32,11 +32,13 @@ def make_train_loader(image_list, *, image_shape, batch_size, layout, samples_ea
     augment: dict with any of the keys of AUGMENT_DEFAULTS (the rest keep their defaults);
     `augment_from_args(args)` builds it from train.py's flags.
     max_pixels: larger images are unreadable (reader.decode.load_rgb; 0 or None = no limit).
+    fixed_k: the loss fixes K (--samples_each_class does not apply), for the advice of error lines.
     Raises UserError at once for inconsistent sizes or a list that cannot fill a batch.
     """
     augment = check_augment(augment)
     _check_train_args(image_list, batch_size, layout, samples_each_class, world_size, rank, seed)
-    sampler = _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce=rank == 0)
+    sampler = _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce=rank == 0,
+                            fixed_k=fixed_k)
     job = TrainBatchJob(image_list, tuple(image_shape), augment, max_pixels)
     return TrainLoader(sampler, job, batch_size // world_size, rank, num_workers)
 
@@ -276,7 +278,7 @@ def _check_train_args(image_list, batch_size, layout, samples_each_class, world_
                         f"on each of the {world_size} device(s); each device gets {device_batch}")
 
 
-def _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce):
+def _make_sampler(image_list, batch_size, layout, samples_each_class, seed, announce, fixed_k=False):
     num_images = len(image_list.paths)
     if layout == "shuffle":
         return ShuffleSampler(num_images, batch_size, seed)
@@ -284,9 +286,13 @@ def _make_sampler(image_list, batch_size, layout, samples_each_class, seed, anno
     if layout == "pk":
         classes_per_batch = batch_size // samples_each_class
         if classes_per_batch > len(members):
+            most = len(members) * samples_each_class
+            advice = (f"this loss takes {samples_each_class} images of each class whatever --samples_each_class "
+                      f"says: lower --train_batch_size to at most {most}, or train on a list with more classes"
+                      if fixed_k else f"lower --train_batch_size to at most {most} or raise --samples_each_class")
             raise UserError(f"{image_list.source}: a batch of {batch_size} = {classes_per_batch} classes x "
                             f"{samples_each_class} images needs {classes_per_batch} classes, the list has "
-                            f"{len(members)} (lower --train_batch_size or raise --samples_each_class)")
+                            f"{len(members)} ({advice})")
         if announce:
             _note_small_classes(image_list, members, samples_each_class)
         return PKSampler(members, num_images, batch_size, samples_each_class, seed)

@@ -631,3 +631,24 @@ def test_a_network_that_embeds_to_inf_is_never_saved(tiny_dataset, tmp_path, mon
                                         r"the last good checkpoint is .*1"):
         run_train(tiny_dataset, tmp_path, "--embedding_size=16", "--save_iter_step=1", "--test_iter_step=1", iters=2)
     assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"
+
+
+# --- error lines that advise what helps (issue 27 item 11) ---------------------------------------
+
+def test_npairs_with_too_few_classes_names_the_batch_size_not_samples_each_class(tiny_dataset, tmp_path):
+    from train_runs import run_train
+
+    with pytest.raises(UserError) as info:  # 8 training classes; npairs takes 2 images of each
+        run_train(tiny_dataset, tmp_path, "--samples_each_class=3", loss="npairsloss", batch=24)
+    message = str(info.value)
+    assert "a batch of 24 = 12 classes x 2 images needs 12 classes, the list has 8" in message
+    assert "lower --train_batch_size to at most 16" in message and "raise --samples_each_class" not in message
+
+
+def test_a_pretrained_file_holding_no_arrays_reads_sensibly(program, tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    with open(folder / "model.pdparams", "wb") as f:
+        pickle.dump({"note": "no arrays here"}, f)
+    with pytest.raises(UserError, match=r"weights holds no parameter arrays: is it a model's parameter file\?$"):
+        checkpoint.load_matching(program, str(folder))

@@ -109,6 +109,8 @@ def load_matching(program, directory, log=print, model=None):
                 other_shape.append(f"{name} {tuple(state[name].shape)} -> {shape}")
     not_in_file = sorted(set(expected) - set(state))
     unused = sorted(n for n in state if n not in expected and not _is_optimizer_slot(n))
+    if not state:
+        raise UserError(f"{directory} holds no parameter arrays: is it a model's parameter file?")
     if not kept:
         raise UserError(f"no parameter of this network was found in {directory} "
                         f"(it holds e.g. {few_names(sorted(state))}); is --model right?")
