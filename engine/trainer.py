@@ -91,6 +91,8 @@ class RunLog:
                 raise UserError(f"{path} is a symbolic link: the log is not written through links")
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self.file = open(path, "w" if fresh else "a")
+            if not fresh and self.file.tell() and not _ends_with_newline(path):
+                self.file.write("\n")  # a record cut by a kill stays alone on its damaged line
 
     def write(self, record):
         if self.file:
@@ -115,6 +117,12 @@ class Validator:
         embedder = Embedder.from_program(exe, graph.test, graph.test_image, graph.test_embedding, config)
         features, rows = embed_list(embedder, self.loader, show_progress=False)
         return Evaluator(["recall_at_k"], ks=(1,))(features, self.labels[rows])["recall@1"]
+
+
+def _ends_with_newline(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _figures(values, computed, prefix=""):
@@ -269,11 +277,15 @@ class Trainer:
         self.window_start, self.window_images = time.time(), 0  # keep evaluation time out of img/s
 
     def _plot(self):
-        """Redraw <model_save_dir>/curves.png from log.jsonl: losses, learning rate, test Recall@1."""
+        """Redraw <model_save_dir>/curves.png from log.jsonl: losses, learning rate, test Recall@1. A picture
+        is never worth a run: a failure is one note, and training and its saves go on."""
         from evaluation.plot import plot_training
 
         self.log.file.flush()
-        plot_training(self.log.file.name, os.path.join(self.config.model_save_dir, CURVES_FILE))
+        try:
+            plot_training(self.log.file.name, os.path.join(self.config.model_save_dir, CURVES_FILE))
+        except Exception as err:  # noqa: BLE001 - matplotlib, the disk, a damaged log: all only cost the picture
+            print(f"note: could not draw {CURVES_FILE}: {type(err).__name__}: {err}", flush=True)
 
     def _save(self, position):
         if not self.leader:

@@ -10,29 +10,50 @@ import sys
 from utility.files import write_atomically
 
 LOSS_SERIES = ("loss_metric", "loss_cls")
+DAMAGED_LINES_NAMED = 5  # how many damaged lines' numbers a note names
 
 
-def read_series(log_jsonl_path):
-    """{name: (iterations, values)} for loss_metric, loss_cls, lr (progress records) and test_recall
-    (evaluation records). A series whose values are all missing or null is left out. When a resumed run
-    appended to the log, later records of the same iteration replace earlier ones."""
-    series = {}
-    with open(log_jsonl_path) as f:
+def read_records(log_jsonl_path, report=print):
+    """The records of a log.jsonl, in order. A damaged line (not a JSON object: a run killed mid-write, an
+    edit) is skipped, and `report` gets one line naming the first few such lines: a log never stops its reader."""
+    records, damaged = [], []
+    with open(log_jsonl_path, errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{log_jsonl_path}:{number}: not JSON ({err})") from None
-            if "iter" not in record:
-                continue
-            names = ("test_recall",) if "test_recall" in record else (*LOSS_SERIES, "lr")
-            for name in names:
-                value = record.get(name)
-                if value is not None:
-                    series.setdefault(name, {})[int(record["iter"])] = float(value)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                damaged.append(str(number))
+    if damaged:
+        report(f"note: skipped {len(damaged)} damaged line(s) of {log_jsonl_path}: line "
+               f"{', '.join(damaged[:DAMAGED_LINES_NAMED])}{' ...' if len(damaged) > DAMAGED_LINES_NAMED else ''}")
+    return records
+
+
+def read_series(log_jsonl_path, report=print):
+    """{name: (iterations, values)} for loss_metric, loss_cls, lr (progress records) and test_recall
+    (evaluation records). A series whose values are all missing or null is left out. When a resumed run
+    appended to the log, later records of the same iteration replace earlier ones. Damaged lines and
+    values that are not numbers are skipped (read_records)."""
+    series = {}
+    for record in read_records(log_jsonl_path, report):
+        if not _is_number(record.get("iter")):
+            continue
+        names = ("test_recall",) if "test_recall" in record else (*LOSS_SERIES, "lr")
+        for name in names:
+            value = record.get(name)
+            if _is_number(value):
+                series.setdefault(name, {})[int(record["iter"])] = float(value)
     return {name: (sorted(points), [points[i] for i in sorted(points)]) for name, points in series.items()}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def plot_training(log_jsonl_path, out_png):

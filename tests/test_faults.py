@@ -652,3 +652,33 @@ def test_a_pretrained_file_holding_no_arrays_reads_sensibly(program, tmp_path):
         pickle.dump({"note": "no arrays here"}, f)
     with pytest.raises(UserError, match=r"weights holds no parameter arrays: is it a model's parameter file\?$"):
         checkpoint.load_matching(program, str(folder))
+
+
+# --- a damaged log.jsonl or a failing plot never stops training (issue 27 item 2) ---------------
+
+def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, tmp_path, capsys):
+    from train_runs import run_train
+
+    run_train(tiny_dataset, tmp_path, "--save_iter_step=2", "--test_iter_step=2", iters=2)
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"pass": 0, "iter": 9, "lr"')  # a record cut by a kill, without its newline
+    latest = tmp_path / "ResNet18" / "latest"
+    run_train(tiny_dataset, tmp_path, f"--checkpoint={latest}", "--save_iter_step=2", "--test_iter_step=2", iters=4)
+    assert os.readlink(latest) == "4" and (tmp_path / "curves.png").is_file()
+    out = capsys.readouterr().out
+    assert f"note: skipped 1 damaged line(s) of {tmp_path / 'log.jsonl'}" in out
+    records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sum(1 for line in records if line.startswith('{"pass": 0, "iter": 9')) == 1  # alone on its line
+
+
+def test_a_failing_plot_never_stops_training_or_a_save(tiny_dataset, tmp_path, monkeypatch, capsys):
+    import evaluation.plot
+    from train_runs import run_train
+
+    def broken(*args):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(evaluation.plot, "plot_training", broken)
+    run_train(tiny_dataset, tmp_path, "--save_iter_step=2", "--test_iter_step=2", iters=2)
+    assert os.readlink(tmp_path / "ResNet18" / "latest") == "2"
+    assert "note: could not draw curves.png: RuntimeError: no backend" in capsys.readouterr().out

@@ -45,8 +45,9 @@ def test_a_loss_that_is_zero_at_every_step_is_not_drawn(tmp_path):
     assert counts == {"loss_cls": 3, "lr": 3}
 
 
-def test_a_broken_line_names_the_file_and_line(tmp_path):
+def test_damaged_lines_are_skipped_and_named(tmp_path, capsys):
     log = tmp_path / "log.jsonl"
-    log.write_text(json.dumps(_progress(0)) + "\n{not json\n")
-    with pytest.raises(ValueError, match=r"log.jsonl:2"):
-        plot_training(log, tmp_path / "c.png")
+    damaged = ['{not json', '[1, 2]', json.dumps(_progress(20))[:-9] + json.dumps(_progress(30))]  # two on one
+    log.write_text("\n".join([json.dumps(_progress(0)), *damaged, json.dumps(_progress(10) | {"lr": "x"})]) + "\n")
+    assert plot_training(log, tmp_path / "c.png") == {"loss_metric": 2, "loss_cls": 2, "lr": 1}
+    assert f"note: skipped 3 damaged line(s) of {log}: line 2, 3, 4" in capsys.readouterr().out
