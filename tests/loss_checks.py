@@ -409,3 +409,41 @@ def np_softtriple(features, labels, weight, *, centers, scale, gamma, tau, margi
 def np_center(features, labels, centers):
     """Center loss: mean over rows of the squared distance to the row's class centre (raw features)."""
     return np.mean([np_sqdist(features[i], centers[labels[i]]) for i in range(len(labels))])
+
+
+def assert_checkpoint_keeps(name, parameter, folder):
+    """Loss `name`'s learned `parameter` (its static name) is saved by a checkpoint and restored into a fresh
+    program: a Linear(5 -> 4) embedding and the loss take one SGD step, engine.checkpoint saves the program,
+    a second program starts from other random values and gets the trained ones back from the checkpoint."""
+    import losses
+    from engine import checkpoint
+    from paddle_modes import static_mode
+
+    labels = np.array([0, 2, 1, 1, 0, 2])
+    inputs = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
+
+    def build(seed):
+        paddle.seed(seed)
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
+            x = paddle.static.data("x", [None, 5], "float32")
+            y = paddle.static.data("y", [None], "int64")
+            loss = losses.get(name).build_loss(4, 3)(paddle.nn.Linear(5, 4)(x), y)
+            paddle.optimizer.SGD(0.1).minimize(loss)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        return main, exe
+
+    def current():
+        return np.array(paddle.static.global_scope().find_var(parameter).get_tensor())
+
+    with static_mode():
+        main, exe = build(seed=1)
+        initial = current()
+        exe.run(main, feed={"x": inputs, "y": labels})
+        trained = current()
+        saved = checkpoint.save_checkpoint(main, str(folder), "1", {})
+        fresh, _ = build(seed=2)
+        assert np.any(current() != trained) and np.any(trained != initial)
+        checkpoint.restore(fresh, saved)
+        np.testing.assert_array_equal(current(), trained)

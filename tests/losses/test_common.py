@@ -9,8 +9,8 @@ from dataclasses import asdict
 import numpy as np
 import paddle
 import pytest
-from loss_checks import (default_dtype, np_batch_hard, np_circle, np_contrastive, np_eml, np_margin, np_ms, np_quadruplet,
-                         np_rll, np_supcon)
+from loss_checks import (default_dtype, np_batch_hard, np_circle, np_contrastive, np_eml, np_margin, np_ms,
+                         np_quadruplet, np_rll, np_supcon)
 from numeric import numeric_gradient
 from paddle_modes import static_mode
 
@@ -25,8 +25,8 @@ from losses.rankedlistloss import RankedListParams, rankedlistloss
 from losses.supconloss import supconloss
 from losses.tripletloss import batch_hard_tripletloss
 
-REFERENCE_LOSSES = ["batchhardtripletloss", "circleloss", "contrastiveloss", "emlloss", "marginloss", "multisimilarityloss",
-                    "quadrupletloss", "rankedlistloss", "supconloss"]
+REFERENCE_LOSSES = ["batchhardtripletloss", "circleloss", "contrastiveloss", "emlloss", "marginloss",
+                    "multisimilarityloss", "quadrupletloss", "rankedlistloss", "supconloss"]
 BETA = np.array([1.0, 1.1, 1.2, 1.3, 1.15])  # marginloss: one learned beta per class 0..4
 RLL = asdict(RankedListParams(temperature=3.0))
 MS = asdict(MultiSimilarityParams(beta=10.0))
@@ -56,7 +56,8 @@ def case(name, dim, noise=None):
         return (lambda f, y, r, rl: supconloss(f, y, r, rl, temperature=0.5),
                 lambda f, y, r, rl: np_supcon(f, y, r, rl, temperature=0.5))
     if name == "circleloss":
-        return (lambda f, y, r, rl: circleloss(f, y, r, rl, **CIRCLE), lambda f, y, r, rl: np_circle(f, y, r, rl, **CIRCLE))
+        return (lambda f, y, r, rl: circleloss(f, y, r, rl, **CIRCLE),
+                lambda f, y, r, rl: np_circle(f, y, r, rl, **CIRCLE))
     if name == "contrastiveloss":
         return (lambda f, y, r, rl: contrastiveloss(f, y, r, rl, **CONTRASTIVE),
                 lambda f, y, r, rl: np_contrastive(f, y, r, rl, **CONTRASTIVE))

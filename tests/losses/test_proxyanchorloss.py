@@ -1,13 +1,11 @@
 """proxyanchorloss against a numpy loop of the paper's formula: values, gradients (features and proxies), the
-proxies' learning-rate multiplier in a static Program, and the proxies across a resumed training run."""
-import json
-import os
+proxies' learning-rate multiplier in a static Program, and the proxies in checkpoints."""
 from dataclasses import asdict
 
 import numpy as np
 import paddle
 import pytest
-from loss_checks import assert_gradient, default_dtype, np_proxy_anchor, tensor, value
+from loss_checks import assert_checkpoint_keeps, assert_gradient, default_dtype, np_proxy_anchor, tensor, value
 from numeric import numeric_gradient
 from paddle_modes import static_loss_step, static_mode
 
@@ -140,23 +138,5 @@ def test_proxies_learn_at_the_multiplied_rate_without_weight_decay():
     np.testing.assert_allclose(after_fast - before, 100.0 * plain_step, rtol=1e-3, atol=1e-7)
 
 
-def test_proxies_are_saved_and_restored_by_checkpoints(tiny_dataset, tmp_path, capsys):
-    import train
-
-    data_dir, train_list, val_list = tiny_dataset
-    common = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
-              "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=proxyanchorloss",
-              "--total_iter_num=4", "--save_iter_step=2", "--test_iter_step=100", "--num_workers=0",
-              "--display_iter_step=1"]
-    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.main(common + [f"--model_save_dir={straight}"])
-    train.main(common + [f"--model_save_dir={resumed}", f"--checkpoint={straight}/ResNet18/2"])
-    capsys.readouterr()
-
-    def losses_of(folder):
-        with open(os.path.join(folder, "log.jsonl")) as f:
-            return {r["iter"]: r["loss_metric"] for r in map(json.loads, f) if "loss_metric" in r}
-    first, second = losses_of(straight), losses_of(resumed)
-    assert sorted(second) == [2, 3]
-    for iteration in (2, 3):  # fresh proxies would give another loss
-        assert second[iteration] == pytest.approx(first[iteration], rel=1e-5, abs=1e-6)
+def test_proxies_are_saved_and_restored_by_checkpoints(tmp_path):
+    assert_checkpoint_keeps("proxyanchorloss", "proxyanchorloss_proxies", tmp_path)

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import paddle
 import pytest
-from loss_checks import assert_gradient, default_dtype, np_proxy_nca, tensor, value
+from loss_checks import assert_checkpoint_keeps, assert_gradient, default_dtype, np_proxy_nca, tensor, value
 from numeric import numeric_gradient
 from paddle_modes import static_loss_step
 
@@ -88,3 +88,7 @@ def test_static_program_trains_one_step():
     first, _, _, parameters = static_loss_step("proxyncaloss", labels, inputs)
     assert first > 0 and "proxyncaloss_proxies" in parameters
     assert paddle.in_dynamic_mode()
+
+
+def test_proxies_are_saved_and_restored_by_checkpoints(tmp_path):
+    assert_checkpoint_keeps("proxyncaloss", "proxyncaloss_proxies", tmp_path)

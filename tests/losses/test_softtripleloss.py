@@ -6,7 +6,7 @@ from dataclasses import asdict
 import numpy as np
 import paddle
 import pytest
-from loss_checks import assert_gradient, default_dtype, np_softtriple, tensor, value
+from loss_checks import assert_checkpoint_keeps, assert_gradient, default_dtype, np_softtriple, tensor, value
 from numeric import numeric_gradient
 from paddle_modes import static_loss_step
 
@@ -79,3 +79,7 @@ def test_static_program_trains_one_step():
     first, _, _, parameters = static_loss_step("softtripleloss", labels, inputs)
     assert first > 0 and "softtripleloss_centers" in parameters
     assert paddle.in_dynamic_mode()
+
+
+def test_centers_are_saved_and_restored_by_checkpoints(tmp_path):
+    assert_checkpoint_keeps("softtripleloss", "softtripleloss_centers", tmp_path)

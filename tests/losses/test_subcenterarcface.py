@@ -5,8 +5,8 @@ from dataclasses import asdict
 import numpy as np
 import paddle
 import pytest
-from loss_checks import (assert_gradient, default_dtype, np_arcmargin, np_normalize, np_subcenter_arcface, tensor,
-                         value)
+from loss_checks import (assert_checkpoint_keeps, assert_gradient, default_dtype, np_arcmargin, np_normalize,
+                         np_subcenter_arcface, tensor, value)
 from numeric import numeric_gradient
 from paddle_modes import static_loss_step
 
@@ -96,3 +96,7 @@ def test_static_program_trains_one_step():
     first, _, _, parameters = static_loss_step("subcenterarcface", labels, inputs)
     assert first > 0 and "subcenterarcface_weights" in parameters
     assert paddle.in_dynamic_mode()
+
+
+def test_weights_are_saved_and_restored_by_checkpoints(tmp_path):
+    assert_checkpoint_keeps("subcenterarcface", "subcenterarcface_weights", tmp_path)
