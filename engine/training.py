@@ -1,7 +1,8 @@
 """One training run from a resolved configuration (cli.config.resolve): what train.py does, callable in process.
 
-The order matters: the options are checked before any work; the loaders fork their worker processes
-before Paddle starts its threads; the save folder is claimed before anything is written to it.
+The order matters: the options are checked before any work; the save folder is locked for the whole run,
+then claimed before anything is written to it; the loaders fork their worker processes before Paddle starts
+its threads.
 """
 import os
 
@@ -14,11 +15,31 @@ def train(config):
     """Train as `config` says, resuming or finetuning if it asks to; returns the last checkpoint saved."""
     import losses
     from engine import programs
-    from engine.trainer import Schedule, Trainer, Validator
 
     world_size, rank = programs.distributed_env()
     spec = losses.get(config.loss_name)
     check_options(config, spec)
+    with lock_save_dir(config, leader=rank == 0):
+        return _train(config, spec, world_size, rank)
+
+
+def lock_save_dir(config, leader):
+    """The save folder's lock, held for the whole run by device 0 (training, resuming and --overwrite alike):
+    a second run into the folder stops at once, naming the process that holds it."""
+    import contextlib
+
+    from utility.locks import FolderLock
+
+    if not leader:
+        return contextlib.nullcontext()
+    if os.path.exists(config.model_save_dir) and not os.path.isdir(config.model_save_dir):
+        raise UserError(f"--model_save_dir {config.model_save_dir} is a file, not a folder")
+    return FolderLock(config.model_save_dir, "training run")
+
+
+def _train(config, spec, world_size, rank):
+    from engine.trainer import Schedule, Trainer, Validator
+
     train_list = reader.read_image_list(config.train_list, config.data_dir, with_camera=config.with_camera)
     val_list = reader.read_image_list(config.val_list, config.data_dir, with_camera=config.with_camera)
     resume_dir, resume_state = _resume(config, train_list, rank == 0)

@@ -682,3 +682,32 @@ def test_a_failing_plot_never_stops_training_or_a_save(tiny_dataset, tmp_path, m
     run_train(tiny_dataset, tmp_path, "--save_iter_step=2", "--test_iter_step=2", iters=2)
     assert os.readlink(tmp_path / "ResNet18" / "latest") == "2"
     assert "note: could not draw curves.png: RuntimeError: no backend" in capsys.readouterr().out
+
+
+# --- one run per save folder (issue 27 item 1) -----------------------------------------------------
+
+HOLD_SAVE_DIR = """
+import sys, time
+from utility.locks import FolderLock
+FolderLock(sys.argv[1], "training run").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_second_run_into_a_save_folder_in_use_is_refused_naming_the_holder(tiny_dataset, tmp_path):
+    from train_runs import run_train
+
+    run_train(tiny_dataset, tmp_path, iters=1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_SAVE_DIR, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for flags in (["--overwrite=True"], [f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}"]):
+            with pytest.raises(UserError, match=rf"in use by another training run \(process {holder.pid}, "):
+                run_train(tiny_dataset, tmp_path, *flags, iters=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"
+    run_train(tiny_dataset, tmp_path, "--overwrite=True", iters=1)  # the lock went with its process
