@@ -13,6 +13,7 @@ import argparse
 import json
 
 from utility.errors import UserError
+from utility.files import write_text
 
 QUERY_BATCH = 64  # query images read and embedded at a time
 
@@ -76,12 +77,13 @@ def _print_matches(path, label, matches, threshold):
 
 
 def _write_results(out_path, query_paths, query_labels, results):
-    with open(out_path, "w", encoding="utf-8") as f:
-        for path, label, matches in zip(query_paths, query_labels, results):
-            record = {"query": path, "label": label,
-                      "matches": [{"rank": m.rank, "id": m.id, "similarity": round(float(m.similarity), 6),
-                                   "path": m.path, "label": m.label, "metadata": m.metadata} for m in matches]}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    lines = []
+    for path, label, matches in zip(query_paths, query_labels, results):
+        record = {"query": path, "label": label,
+                  "matches": [{"rank": m.rank, "id": m.id, "similarity": round(float(m.similarity), 6),
+                               "path": m.path, "label": m.label, "metadata": m.metadata} for m in matches]}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    write_text(out_path, "".join(lines))
     print(f"Wrote the results to {out_path}", flush=True)
 
 

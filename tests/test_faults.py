@@ -533,6 +533,18 @@ def test_the_threshold_and_retrieval_pictures_replace_a_planted_link(tmp_path, p
     _written_not_through(target, planted)
 
 
+def test_search_results_replace_a_planted_link(tmp_path, planted):
+    from types import SimpleNamespace
+
+    import search
+
+    target = planted(tmp_path, "results.jsonl")
+    match = SimpleNamespace(rank=1, id=3, similarity=0.9, path="c1/0.png", label=1, metadata={})
+    search._write_results(target, ["q.png"], [None], [[match]])
+    _written_not_through(target, planted)
+    assert json.loads(open(target).read())["matches"][0]["id"] == 3
+
+
 def test_an_export_replaces_planted_links_at_its_folder_and_its_files(trained, tmp_path, planted):
     import infer
 
