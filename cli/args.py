@@ -135,6 +135,7 @@ def _train(p):
     g.add_argument("--nan_policy", choices=["stop", "skip_batch"], default="stop", help="a non-finite loss stops training (stop), or its step is undone and counted (skip_batch: keeps a copy of the parameters each step)")
     g.add_argument("--overwrite", type=str2bool, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
     g.add_argument("--save_iter_step", type=int, default=1000, help="save every N iterations (with --total_iter_num)")
+    g.add_argument("--keep_checkpoints", type=int, default=5, help="keep the last N checkpoints, and always the ones 'latest' and 'best' (best validation Recall@1) name; older ones are deleted (0 = keep all)")
     g.add_argument("--test_iter_step", type=int, default=1000, help="evaluate Recall@1 every N iterations (with --total_iter_num)")
     g.add_argument("--display_iter_step", type=int, default=10, help="print a progress line every N iterations")
 
@@ -242,6 +243,8 @@ def _check(script, args):
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{name} must be positive, got {value}")
+        if args.keep_checkpoints < 0:
+            raise UserError(f"--keep_checkpoints must be 0 (keep all) or more, got {args.keep_checkpoints}")
         _check_training_numbers(args)
         from reader.loaders import augment_from_args, check_augment
 

@@ -119,6 +119,20 @@ class Validator:
         return Evaluator(["recall_at_k"], ks=(1,))(features, self.labels[rows])["recall@1"]
 
 
+def _best_recall(config, model_dir):
+    """Recall@1 of the checkpoint `best` names, from the run's log.jsonl (-inf when unknown): a resumed run
+    moves `best` only for a better one."""
+    from evaluation.plot import read_records
+
+    best = checkpoint.link_target(model_dir, checkpoint.BEST)
+    log = os.path.join(config.model_save_dir, LOG_FILE)
+    if not best or not best.isdigit() or not os.path.isfile(log):
+        return -math.inf
+    recalls = [record["test_recall"] for record in read_records(log) if record.get("iter") == int(best)
+               and isinstance(record.get("test_recall"), (int, float))]
+    return recalls[-1] if recalls else -math.inf
+
+
 def _ends_with_newline(path):
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
@@ -148,6 +162,8 @@ class Trainer:
         self.fetch_names = list(graph.fetch)
         self.since_eval = []        # per-step figures since the last evaluation, for the End pass line
         self.last_saved = None
+        self.last_recall = None     # (iteration, Recall@1) of the last evaluation
+        self.best_recall = -math.inf if fresh_log or not self.leader else _best_recall(config, self.model_dir)
         self.window_start, self.window_images = time.time(), 0
         self.log = RunLog(os.path.join(config.model_save_dir, LOG_FILE) if self.leader else None, fresh_log)
 
@@ -267,6 +283,7 @@ class Trainer:
             return
         self._check_probe(position)
         recall = self.validator.recall_at_1(self.exe, self.graph, self.config)
+        self.last_recall = (position.iteration, recall)
         means = {name: float(np.mean([s[name] for s in since_eval])) if since_eval and name in self.fetch_names
                  else math.nan for name in ("loss_metric", *CLASSIFIER_FIGURES)}
         pass_id = position.pass_id - (position.batch == 0)  # the pass of the step just done
@@ -297,7 +314,24 @@ class Trainer:
         self.last_saved = checkpoint.save_checkpoint(self.graph.main, self.model_dir, str(position.iteration),
                                                      state.to_dict())
         print(f"Saved checkpoint {self.last_saved}", flush=True)
+        self._keep_best_and_prune(position)
         return self.last_saved
+
+    def _keep_best_and_prune(self, position):
+        """`best` onto this checkpoint if its Recall@1 is the best so far; then all but the last
+        --keep_checkpoints deleted (never `latest`'s or `best`'s). A failed deletion is a note, not the run's end."""
+        if self.last_recall and self.last_recall[0] == position.iteration and self.last_recall[1] > self.best_recall:
+            self.best_recall = self.last_recall[1]
+            checkpoint.point_best(self.model_dir, position.iteration)
+        if self.config.keep_checkpoints:
+            try:
+                deleted = checkpoint.prune(self.model_dir, self.config.keep_checkpoints)
+            except UserError as err:
+                print(f"note: {err}", flush=True)
+                return
+            if deleted:
+                print(f"Deleted old checkpoint(s) {', '.join(deleted)} (--keep_checkpoints "
+                      f"{self.config.keep_checkpoints})", flush=True)
 
     def _save_interrupted(self, position):
         if self.leader and position.iteration > 0 and not self.schedule.saves_after(position.iteration):

@@ -723,3 +723,46 @@ def test_a_second_run_into_a_save_folder_in_use_is_refused_naming_the_holder(tin
         holder.wait()
     assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"
     run_train(tiny_dataset, tmp_path, "--overwrite=True", iters=1)  # the lock went with its process
+
+
+# --- the disk does not fill: old checkpoints are deleted (issue 27 item 4) -------------------------
+
+def test_keep_checkpoints_keeps_the_last_n_and_the_best(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from engine.trainer import Validator
+    from train_runs import run_train
+
+    recalls = iter([0.2, 0.9, 0.3, 0.4, 0.1, 0.5])  # the best, 0.9, is at iteration 2
+    monkeypatch.setattr(Validator, "recall_at_1", lambda *args: next(recalls))
+    model_dir = tmp_path / "ResNet18"
+    run_train(tiny_dataset, tmp_path, "--save_iter_step=1", "--test_iter_step=1", "--keep_checkpoints=2", iters=4)
+    assert sorted(os.listdir(model_dir)) == ["2", "3", "4", "best", "latest"]
+    assert os.readlink(model_dir / "best") == "2" and os.readlink(model_dir / "latest") == "4"
+    assert "Deleted old checkpoint(s) 1 (--keep_checkpoints 2)" in capsys.readouterr().out
+    # resumed, `best` moves only for a better Recall@1 than 0.9 (read back from log.jsonl)
+    run_train(tiny_dataset, tmp_path, f"--checkpoint={model_dir / 'latest'}", "--save_iter_step=1",
+              "--test_iter_step=1", "--keep_checkpoints=2", iters=6)
+    assert sorted(os.listdir(model_dir)) == ["2", "5", "6", "best", "latest"]
+    assert os.readlink(model_dir / "best") == "2"
+
+
+def test_pruning_never_deletes_what_latest_or_best_name_and_a_kill_leaves_no_half_checkpoint(program, tmp_path,
+                                                                                            monkeypatch):
+    import engine.checkpoint.storage as storage
+
+    model_dir = tmp_path / "m"
+    for name in ("1", "2", "3", "4"):
+        saved(program, model_dir, name)
+    checkpoint.point_best(str(model_dir), "1")
+    os.utime(model_dir / "4" / "state.json", (1, 1))  # saved first (an earlier run's), `latest` names it
+    assert checkpoint.prune(str(model_dir), 1) == ["2"]
+    assert sorted(os.listdir(model_dir)) == ["1", "3", "4", "best", "latest"]
+
+    def killed(path):
+        raise Killed()
+
+    monkeypatch.setattr(storage, "_remove", killed)
+    with pytest.raises(Killed):
+        checkpoint.prune(str(model_dir), 0)
+    monkeypatch.undo()
+    leftovers = [name for name in os.listdir(model_dir) if name.startswith(".old-")]
+    assert leftovers == [f".old-3-{os.getpid()}"] and not (model_dir / "3").exists()

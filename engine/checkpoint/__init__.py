@@ -5,7 +5,8 @@ A checkpoint is a directory `<model_save_dir>/<model>/<N>/` holding
   optimizer.safetensors   the optimizer's persistable state (momentum velocities); absent when empty
   state.json              the run state (run_state.RunState): position, LR scheduler, class ids,
                           the network (NetworkSpec), the arguments, and the extensions' records
-and `<model_save_dir>/<model>/latest` is a symbolic link to the newest one.
+and `<model_save_dir>/<model>/latest` is a symbolic link to the newest one, `best` to the one of the best
+validation Recall@1; train.py keeps the last --keep_checkpoints of them besides those two.
 
 The package has one module per concern:
   storage.py     crash-safe folders: atomic saves, `latest`, repairing killed saves, reading state.json
@@ -19,9 +20,11 @@ from engine.checkpoint.foreign import load_checkpoint_state
 from engine.checkpoint.program_io import (load_all_parameters, load_matching, program_parameters, program_state,
                                           restore, save_checkpoint)
 from engine.checkpoint.run_state import RunState
-from engine.checkpoint.storage import (LATEST, OPTIMIZER_FILE, PARAMS_FILE, STATE_FILE, NonFiniteError,
-                                       non_finite_names, read_state, remove_stale_temporaries, resolve)
+from engine.checkpoint.storage import (BEST, LATEST, OPTIMIZER_FILE, PARAMS_FILE, STATE_FILE, NonFiniteError,
+                                       link_target, non_finite_names, point_best, prune, read_state,
+                                       remove_stale_temporaries, resolve)
 
-__all__ = ["LATEST", "OPTIMIZER_FILE", "PARAMS_FILE", "STATE_FILE", "NonFiniteError", "RunState",
-           "load_all_parameters", "load_checkpoint_state", "load_matching", "non_finite_names", "program_parameters",
-           "program_state", "read_state", "remove_stale_temporaries", "resolve", "restore", "save_checkpoint"]
+__all__ = ["BEST", "LATEST", "OPTIMIZER_FILE", "PARAMS_FILE", "STATE_FILE", "NonFiniteError", "RunState",
+           "link_target", "load_all_parameters", "load_checkpoint_state", "load_matching", "non_finite_names",
+           "point_best", "program_parameters", "program_state", "prune", "read_state", "remove_stale_temporaries",
+           "resolve", "restore", "save_checkpoint"]

@@ -20,6 +20,7 @@ PARAMS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 LATEST = "latest"
+BEST = "best"     # the checkpoint of the best validation Recall@1 so far
 TMP = ".tmp-"     # a save in progress: .tmp-<N>-<pid>, and the new link .tmp-latest-<pid>
 OLD = ".old-"     # the checkpoint being replaced: .old-<N>-<pid>
 # What saves before this layout left behind: <N>.old-<pid> and latest.tmp-<pid>.
@@ -119,19 +120,55 @@ def _install(model_dir, name, tmp):
 
 
 def _latest_target(model_dir):
-    link = os.path.join(model_dir, LATEST)
+    return link_target(model_dir, LATEST)
+
+
+def link_target(model_dir, link_name):
+    """The name `latest` or `best` points to, or None."""
+    link = os.path.join(model_dir, link_name)
     return os.readlink(link) if os.path.islink(link) else None
 
 
 def _point_latest(model_dir, target):
-    link = os.path.join(model_dir, LATEST)
+    _point_link(model_dir, LATEST, target)
+
+
+def _point_link(model_dir, link_name, target):
+    link = os.path.join(model_dir, link_name)
     if os.path.lexists(link) and not os.path.islink(link):
         raise UserError(f"{link} is not the symbolic link train.py keeps there; move it away")
-    tmp_link = os.path.join(model_dir, f"{TMP}{LATEST}-{os.getpid()}")
+    tmp_link = os.path.join(model_dir, f"{TMP}{link_name}-{os.getpid()}")
     _remove(tmp_link)
     os.symlink(target, tmp_link)
     os.replace(tmp_link, link)
     _fsync_dir(model_dir)
+
+
+def point_best(model_dir, name):
+    """Point `best` at the checkpoint model_dir/name (an atomic rename of a new link, like `latest`)."""
+    try:
+        _point_link(model_dir, BEST, str(name))
+    except OSError as err:
+        raise UserError(f"cannot point {os.path.join(model_dir, BEST)} at {name}: {err.strerror or err}") from None
+
+
+def prune(model_dir, keep):
+    """Delete all but the `keep` most recently saved numbered checkpoints, never what `latest` or `best` names;
+    returns the names deleted. Each is first renamed to `.old-<N>-<pid>` (a name no link points to), so a kill
+    mid-deletion leaves a leftover that remove_stale_temporaries deletes, never half a checkpoint under <N>."""
+    saved = [entry for entry in os.listdir(model_dir) if entry.isdigit()
+             and _is_complete(os.path.join(model_dir, entry))]
+    saved.sort(key=lambda entry: (os.path.getmtime(os.path.join(model_dir, entry, STATE_FILE)), int(entry)))
+    protected = {link_target(model_dir, LATEST), link_target(model_dir, BEST)}
+    doomed = [entry for entry in saved[:max(len(saved) - keep, 0)] if entry not in protected]
+    try:
+        for entry in doomed:
+            aside = os.path.join(model_dir, f"{OLD}{entry}-{os.getpid()}")
+            os.rename(os.path.join(model_dir, entry), aside)
+            _remove(aside)
+    except OSError as err:
+        raise UserError(f"cannot delete an old checkpoint in {model_dir}: {err.strerror or err}") from None
+    return doomed
 
 
 def _write_file(path, data):

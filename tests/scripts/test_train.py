@@ -87,7 +87,8 @@ def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
     per_pass = int(re.search(r"Training (\d+) iterations \((\d+) per pass\)", out).group(2))
     assert re.search(rf"Training {2 * per_pass} iterations", out)
     # One naming scheme: checkpoints are named by iteration, one after every pass.
-    assert sorted(os.listdir(tmp_path / "ResNet18"), key=str) == sorted([str(per_pass), str(2 * per_pass), "latest"])
+    assert sorted(os.listdir(tmp_path / "ResNet18"), key=str) == sorted([str(per_pass), str(2 * per_pass), "best",
+                                                                         "latest"])
 
 
 def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
