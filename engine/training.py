@@ -151,6 +151,7 @@ def _restore_or_finetune(config, graph, resume_dir, resume_state, extensions, le
     from engine.trainer import Position
 
     if resume_state:
+        _check_nothing_dropped(resume_dir, resume_state, extensions)
         checkpoint.restore(graph.main, resume_dir)
         graph.scheduler.set_state_dict(resume_state.scheduler)
         for extension in extensions:
@@ -163,6 +164,19 @@ def _restore_or_finetune(config, graph, resume_dir, resume_state, extensions, le
         checkpoint.load_matching(graph.main, config.pretrained_model, log=lambda line: _print(leader, line),
                                  model=config.model)
     return Position()
+
+
+def _check_nothing_dropped(resume_dir, resume_state, extensions):
+    """A resume continues the run as it was or is refused: the state of an extension this run does not have
+    (e.g. the cross-batch memory, when --xbm_size is not given) is never dropped without a word."""
+    running = {extension.name for extension in extensions if extension.name}
+    dropped = sorted(set(resume_state.extensions) - running)
+    if dropped:
+        flags = [f"--{name}={value}" for name, value in sorted(resume_state.args.items())
+                 if name.startswith(tuple(f"{record}_" for record in dropped))]
+        raise UserError(f"{resume_dir} holds the state of {', '.join(dropped)}, which this run does not have: resume "
+                        f"with its settings ({' '.join(flags) or 'see its state.json'}), or start from its "
+                        "parameters alone with --pretrained_model")
 
 
 def _print(leader, line):

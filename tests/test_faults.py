@@ -766,3 +766,28 @@ def test_pruning_never_deletes_what_latest_or_best_name_and_a_kill_leaves_no_hal
     monkeypatch.undo()
     leftovers = [name for name in os.listdir(model_dir) if name.startswith(".old-")]
     assert leftovers == [f".old-3-{os.getpid()}"] and not (model_dir / "3").exists()
+
+
+# --- a resume continues the run as it was, or is refused (issue 27 item 6) ------------------------
+
+PK_BATCH = ["--loss_name=batchhardtripletloss", "--samples_each_class=3"]
+
+
+def test_resuming_without_the_saved_cross_batch_memory_is_refused_naming_its_flags(tiny_dataset, tmp_path):
+    from train_runs import run_train
+
+    run_train(tiny_dataset, tmp_path, *PK_BATCH, "--xbm_size=24", loss="batchhardtripletloss", iters=1)
+    latest = tmp_path / "ResNet18" / "latest"
+    with pytest.raises(UserError, match=r"ResNet18/1 holds the state of xbm, which this run does not have: resume "
+                                        r"with its settings \(--xbm_size=24 --xbm_start_iter=0\)"):
+        run_train(tiny_dataset, tmp_path, *PK_BATCH, f"--checkpoint={latest}", loss="batchhardtripletloss", iters=2)
+
+
+def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tiny_dataset, tmp_path):
+    from train_runs import run_train
+
+    run_train(tiny_dataset, tmp_path, iters=1)
+    os.remove(tmp_path / "ResNet18" / "1" / "optimizer.safetensors")
+    with pytest.raises(UserError, match=r"holds no optimizer state for .*_velocity_.*: a resume would restart the "
+                                        r"momentum"):
+        run_train(tiny_dataset, tmp_path, f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}", iters=2)

@@ -43,6 +43,11 @@ def restore(program, directory):
     """Load parameters and optimizer state of a checkpoint into `program`, to resume training."""
     expected, state = _fitting_state(program, directory, with_optimizer=True)
     slots = [v.name for v in program.list_vars() if v.persistable and v.name not in expected]
+    fresh = sorted(name for name in slots if "_velocity_" in name and name not in state)
+    if fresh:  # resuming would silently restart the momentum
+        raise UserError(f"{directory} holds no optimizer state for {few_names(fresh)}: a resume would restart "
+                        "the momentum; resume from a complete checkpoint, or start from its parameters with "
+                        "--pretrained_model")
     _set(program, {name: state[name] for name in list(expected) + slots if name in state}, directory)
 
 
