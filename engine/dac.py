@@ -44,6 +44,10 @@ class DivideAndConquer(Extension):
         its threads)."""
         if not config.dac_clusters:
             return None
+        if 2 * config.dac_clusters > train_list.num_classes:  # refused now, not by k-means or a sampler mid-run
+            raise UserError(f"--dac_clusters {config.dac_clusters} is too many for the {train_list.num_classes} "
+                            f"classes of {train_list.source}: each cluster needs 2 classes or more for its pair "
+                            f"batches; use --dac_clusters {train_list.num_classes // 2} or fewer")
         # An unreadable image is reported and joins no cluster.
         embed_loader = test_loader(config, train_list, skip_bad=True) if rank == 0 else None
         return cls(config, train_list, train_loader, embed_loader, spec.layout,

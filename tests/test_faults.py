@@ -791,3 +791,14 @@ def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tiny_dataset, 
     with pytest.raises(UserError, match=r"holds no optimizer state for .*_velocity_.*: a resume would restart the "
                                         r"momentum"):
         run_train(tiny_dataset, tmp_path, f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}", iters=2)
+
+
+# --- settings checked against the data before training (issue 27 item 10) ------------------------
+
+def test_more_dac_clusters_than_the_classes_allow_is_refused_before_training(tiny_dataset, tmp_path, capsys):
+    from train_runs import run_train
+
+    with pytest.raises(UserError, match=r"^--dac_clusters 5 is too many for the 8 classes of .*train.txt: .* use "
+                                        r"--dac_clusters 4 or fewer$"):
+        run_train(tiny_dataset, tmp_path, *PK_BATCH, "--dac_clusters=5", loss="batchhardtripletloss")
+    assert "Training" not in capsys.readouterr().out
