@@ -30,11 +30,17 @@ def documented_train_commands():
 
 
 def _without_places(argv):
-    kept = []
+    """argv without "...", the place flags and their values; recipe paths made absolute."""
+    kept, skip_value = [], False
     for token in argv:
-        if token == "..." or token.split("=", 1)[0] in PLACE_FLAGS:
+        if skip_value or token == "...":
+            skip_value = False
             continue
-        kept.append(token.replace("recipes/", f"{REPO}/recipes/") if token.startswith("--config") else token)
+        name = token.split("=", 1)[0]
+        if name in PLACE_FLAGS:
+            skip_value = "=" not in token
+            continue
+        kept.append(re.sub(r"(^|=)recipes/", rf"\g<1>{REPO}/recipes/", token))
     return kept
 
 
