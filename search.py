@@ -91,7 +91,7 @@ def _draw(out_png, gallery, query_paths, query_labels, results):
     from evaluation.visualize import draw_retrieval
 
     item_paths = gallery.item_paths()
-    draw_retrieval(query_paths, ["?" if label is None else label for label in query_labels],
+    draw_retrieval(query_paths, query_labels,
                    [[item_paths[m.id] for m in matches] for matches in results],
                    [[m.label for m in matches] for matches in results], out_png)
     print(f"Wrote the picture to {out_png}", flush=True)

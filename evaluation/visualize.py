@@ -6,6 +6,7 @@ from utility.files import write_atomically
 QUERY_COLOR = (60, 100, 200)
 MATCH_COLOR = (0, 160, 0)
 MISMATCH_COLOR = (210, 0, 0)
+UNJUDGED_COLOR = (150, 150, 150)  # the query's label is unknown: a neighbour is neither right nor wrong
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (0, 0, 0)
 BORDER = 4  # frame width around each thumbnail
@@ -19,14 +20,14 @@ def draw_retrieval(query_paths, query_labels, neighbor_paths, neighbor_labels, o
 
     Args:
         query_paths: one image path per query.
-        query_labels: one label per query.
+        query_labels: one label per query; None where it is unknown (a new photo).
         neighbor_paths: per query, the paths of its neighbours, nearest first.
         neighbor_labels: per query, the labels of those neighbours.
         out_png: where the picture goes.
         thumb: side of the square each image is fitted into, in pixels.
 
-    The query is framed blue, a neighbour green when its label is the query's
-    and red otherwise; each label is written under its image (neighbours as
+    The query is framed blue, a neighbour green when its label is the query's,
+    red otherwise, and grey when the query's label is unknown; each label is written under its image (neighbours as
     "#rank, label L"). An image that cannot be read is drawn as a grey square
     marked "unreadable" rather than stopping the evaluation that asked for it.
 
@@ -44,11 +45,12 @@ def draw_retrieval(query_paths, query_labels, neighbor_paths, neighbor_labels, o
     font = ImageFont.load_default(size=11)
     for row, (path, label) in enumerate(zip(query_paths, query_labels)):
         top = MARGIN + row * (cell_height + MARGIN)
-        _draw_cell(canvas, font, path, f"query, label {label}", QUERY_COLOR, (MARGIN, top), thumb)
+        caption = "query" if label is None else f"query, label {label}"
+        _draw_cell(canvas, font, path, caption, QUERY_COLOR, (MARGIN, top), thumb)
         ranked = zip(neighbor_paths[row], neighbor_labels[row])
         for rank, (neighbor_path, neighbor_label) in enumerate(ranked, start=1):
             left = cell_left(rank, thumb)
-            color = MATCH_COLOR if neighbor_label == label else MISMATCH_COLOR
+            color = UNJUDGED_COLOR if label is None else MATCH_COLOR if neighbor_label == label else MISMATCH_COLOR
             _draw_cell(canvas, font, neighbor_path, f"#{rank}, label {neighbor_label}", color, (left, top), thumb)
     write_atomically(out_png, lambda f: canvas.save(f, format="PNG"))
     return canvas.size

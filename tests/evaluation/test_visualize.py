@@ -51,3 +51,14 @@ def test_rows_may_have_different_lengths(tmp_path):
     image = solid_image(tmp_path, "a.png", (10, 20, 30))
     size = draw_retrieval([image, image], ["a", "b"], [[image], []], [["a"], []], str(tmp_path / "r.png"), thumb=20)
     assert size == Image.open(tmp_path / "r.png").size
+
+
+def test_a_query_of_unknown_label_leaves_its_neighbours_unjudged(tmp_path):
+    from evaluation.visualize import UNJUDGED_COLOR
+
+    paths = [solid_image(tmp_path, f"g{i}.png", (0, 0, 40 * i)) for i in range(3)]
+    out = tmp_path / "retrieval.png"
+    draw_retrieval([paths[0]], [None], [[paths[1], paths[2]]], [[7, 5]], str(out), thumb=THUMB)
+    picture = Image.open(out).convert("RGB")
+    for column, color in enumerate([QUERY_COLOR, UNJUDGED_COLOR, UNJUDGED_COLOR]):
+        assert picture.getpixel((cell_left(column, THUMB) + 1, MARGIN + 1)) == color
