@@ -43,14 +43,17 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tiny_dataset, tmp_path_factory):
-    """A ResNet18 checkpoint (2 steps, 32x32, 16-d embedding) and the data it was trained on."""
-    import train
+    """A ResNet18 run (train_runs.run_train: 2 steps, 32x32, 16-d embedding) and the data it was trained on.
 
-    data_dir, train_list, val_list = tiny_dataset
+    Shared by every test of this process: read it, or copy its save_dir (train_runs.copy_run) to resume or
+    damage it; a resume passes --embedding_size=16.
+    """
+    from train_runs import run_train
+
+    data_dir, _, val_list = tiny_dataset
     out = tmp_path_factory.mktemp("trained")
-    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
-                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
-                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
+    run_train(tiny_dataset, str(out), "--embedding_size=16", iters=2)
     import paddle
     paddle.disable_static()
-    return {"checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir, "val_list": val_list}
+    return {"save_dir": str(out), "checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir,
+            "val_list": val_list}

@@ -668,15 +668,16 @@ def test_a_pretrained_file_holding_no_arrays_reads_sensibly(program, tmp_path):
 
 # --- a damaged log.jsonl or a failing plot never stops training (issue 27 item 2) ---------------
 
-def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, tmp_path, capsys):
-    from train_runs import run_train
+def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, trained, tmp_path, capsys):
+    from train_runs import copy_run, run_train
 
-    run_train(tiny_dataset, tmp_path, "--save_iter_step=2", "--test_iter_step=2", iters=2)
+    copy_run(trained["save_dir"], tmp_path)
+    (tmp_path / "curves.png").unlink()
     with open(tmp_path / "log.jsonl", "a") as f:
         f.write('{"pass": 0, "iter": 9, "lr"')  # a record cut by a kill, without its newline
     latest = tmp_path / "ResNet18" / "latest"
-    run_train(tiny_dataset, tmp_path, f"--checkpoint={latest}", "--save_iter_step=2", "--test_iter_step=2", iters=4)
-    assert os.readlink(latest) == "4" and (tmp_path / "curves.png").is_file()
+    run_train(tiny_dataset, tmp_path, f"--checkpoint={latest}", "--embedding_size=16", iters=3)
+    assert os.readlink(latest) == "3" and (tmp_path / "curves.png").is_file()
     out = capsys.readouterr().out
     assert f"note: skipped 1 damaged line(s) of {tmp_path / 'log.jsonl'}" in out
     records = [line for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -691,8 +692,8 @@ def test_a_failing_plot_never_stops_training_or_a_save(tiny_dataset, tmp_path, m
         raise RuntimeError("no backend")
 
     monkeypatch.setattr(evaluation.plot, "plot_training", broken)
-    run_train(tiny_dataset, tmp_path, "--save_iter_step=2", "--test_iter_step=2", iters=2)
-    assert os.readlink(tmp_path / "ResNet18" / "latest") == "2"
+    run_train(tiny_dataset, tmp_path, iters=1)
+    assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"
     assert "note: could not draw curves.png: RuntimeError: no backend" in capsys.readouterr().out
 
 
@@ -707,21 +708,21 @@ time.sleep(60)
 """
 
 
-def test_a_second_run_into_a_save_folder_in_use_is_refused_naming_the_holder(tiny_dataset, tmp_path):
-    from train_runs import run_train
+def test_a_second_run_into_a_save_folder_in_use_is_refused_naming_the_holder(tiny_dataset, trained, tmp_path):
+    from train_runs import copy_run, run_train
 
-    run_train(tiny_dataset, tmp_path, iters=1)
+    copy_run(trained["save_dir"], tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_SAVE_DIR, str(tmp_path)], stdout=subprocess.PIPE,
                               text=True, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
         for flags in (["--overwrite=True"], [f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}"]):
             with pytest.raises(UserError, match=rf"in use by another training run \(process {holder.pid}, "):
-                run_train(tiny_dataset, tmp_path, *flags, iters=2)
+                run_train(tiny_dataset, tmp_path, *flags, "--embedding_size=16", iters=3)
     finally:
         holder.kill()
         holder.wait()
-    assert os.readlink(tmp_path / "ResNet18" / "latest") == "1"
+    assert os.readlink(tmp_path / "ResNet18" / "latest") == "2"
     run_train(tiny_dataset, tmp_path, "--overwrite=True", iters=1)  # the lock went with its process
 
 
@@ -731,7 +732,7 @@ def test_keep_checkpoints_keeps_the_last_n_and_the_best(tiny_dataset, tmp_path, 
     from engine.trainer import Validator
     from train_runs import run_train
 
-    recalls = iter([0.2, 0.9, 0.3, 0.4, 0.1, 0.5])  # the best, 0.9, is at iteration 2
+    recalls = iter([0.2, 0.9, 0.3, 0.4, 0.5])  # the best, 0.9, is at iteration 2
     monkeypatch.setattr(Validator, "recall_at_1", lambda *args: next(recalls))
     model_dir = tmp_path / "ResNet18"
     run_train(tiny_dataset, tmp_path, "--save_iter_step=1", "--test_iter_step=1", "--keep_checkpoints=2", iters=4)
@@ -740,8 +741,8 @@ def test_keep_checkpoints_keeps_the_last_n_and_the_best(tiny_dataset, tmp_path, 
     assert "Deleted old checkpoint(s) 1 (--keep_checkpoints 2)" in capsys.readouterr().out
     # resumed, `best` moves only for a better Recall@1 than 0.9 (read back from log.jsonl)
     run_train(tiny_dataset, tmp_path, f"--checkpoint={model_dir / 'latest'}", "--save_iter_step=1",
-              "--test_iter_step=1", "--keep_checkpoints=2", iters=6)
-    assert sorted(os.listdir(model_dir)) == ["2", "5", "6", "best", "latest"]
+              "--test_iter_step=1", "--keep_checkpoints=2", iters=5)
+    assert sorted(os.listdir(model_dir)) == ["2", "4", "5", "best", "latest"]
     assert os.readlink(model_dir / "best") == "2"
 
 
@@ -783,14 +784,15 @@ def test_resuming_without_the_saved_cross_batch_memory_is_refused_naming_its_fla
         run_train(tiny_dataset, tmp_path, *PK_BATCH, f"--checkpoint={latest}", loss="batchhardtripletloss", iters=2)
 
 
-def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tiny_dataset, tmp_path):
-    from train_runs import run_train
+def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tiny_dataset, trained, tmp_path):
+    from train_runs import copy_run, run_train
 
-    run_train(tiny_dataset, tmp_path, iters=1)
-    os.remove(tmp_path / "ResNet18" / "1" / "optimizer.safetensors")
+    copy_run(trained["save_dir"], tmp_path)
+    os.remove(tmp_path / "ResNet18" / "2" / "optimizer.safetensors")
     with pytest.raises(UserError, match=r"holds no optimizer state for .*_velocity_.*: a resume would restart the "
                                         r"momentum"):
-        run_train(tiny_dataset, tmp_path, f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}", iters=2)
+        run_train(tiny_dataset, tmp_path, f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}", "--embedding_size=16",
+                  iters=3)
 
 
 # --- settings checked against the data before training (issue 27 item 10) ------------------------

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import train
 
@@ -21,6 +22,11 @@ def run_train(tiny_dataset, out_dir, *extra, model="ResNet18", loss="tripletloss
             f"--total_iter_num={iters}", "--num_workers=0", "--display_iter_step=1", "--test_batch_size=16",
             f"--model_save_dir={out_dir}", *extra]
     train.main(argv)
+
+
+def copy_run(save_dir, out_dir):
+    """A copy of a run's save folder (checkpoints, `latest`, log.jsonl) to resume or damage."""
+    shutil.copytree(save_dir, out_dir, symlinks=True, dirs_exist_ok=True)
 
 
 def read_log(out_dir):

@@ -27,6 +27,12 @@ def run_infer(trained, out_dir, *extra):
             open(os.path.join(out_dir, "paths.txt")).read().splitlines())
 
 
+@pytest.fixture(scope="module")
+def dump(trained, tmp_path_factory):
+    """infer.py's (features, labels, paths) of the val list with the trained checkpoint; read, never written."""
+    return run_infer(trained, str(tmp_path_factory.mktemp("dump")))
+
+
 def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
     metrics_file = tmp_path / "m.jsonl"
     eval_script.main(data_flags(trained) + [f"--metrics_out={metrics_file}"])
@@ -50,8 +56,8 @@ def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
         assert re.search(rf"^ +{pair['errors']} of 12 +{a} c{a}  <->  {b} c{b}$", out, re.M)
 
 
-def test_infer_features_reproduce_eval_recall(trained, tmp_path, capsys):
-    features, labels, paths = run_infer(trained, str(tmp_path / "dump"))
+def test_infer_features_reproduce_eval_recall(trained, dump, tmp_path, capsys):
+    features, labels, paths = dump
     eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={tmp_path / 'm.jsonl'}"])
     record = json.loads((tmp_path / "m.jsonl").read_text())
     assert features.shape == (24, 16) and features.dtype == np.float32
@@ -73,7 +79,7 @@ def test_exported_model_gives_the_checkpoint_features(trained, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def test_an_exported_model_keeps_its_ink_crop(trained, tmp_path):
+def test_an_exported_model_keeps_its_ink_crop(trained, dump, tmp_path):
     exported = tmp_path / "exported"
     want, _, _ = run_infer(trained, str(tmp_path / "a"), f"--export_model={exported}", "--ink_crop=True")
     info = json.loads((exported / "preprocess.json").read_text())
@@ -83,7 +89,7 @@ def test_an_exported_model_keeps_its_ink_crop(trained, tmp_path):
     infer.main([f"--inference_model={exported}", f"--data_dir={trained['data_dir']}",
                 f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'b'}"])
     np.testing.assert_allclose(np.load(tmp_path / "b" / "features.npy"), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    without, _, _ = run_infer(trained, str(tmp_path / "c"))
+    without, _, _ = dump
     assert not np.allclose(without, want, atol=1e-3)
 
 
@@ -151,12 +157,12 @@ def test_a_typed_setting_that_differs_from_the_checkpoint_is_pointed_out(trained
     assert "Note: the checkpoint's training run used --embedding_size=16, you gave 8" in capsys.readouterr().out
 
 
-def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_path):
+def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, dump, tmp_path):
     import subprocess
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    want, want_labels, want_paths = run_infer(trained, str(tmp_path / "one"))
+    want, want_labels, want_paths = dump
     result = subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
          str(tmp_path / "logs"), os.path.join(repo, "infer.py"), *data_flags(trained, batch=5),
@@ -172,7 +178,7 @@ def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, tmp_pa
                                                      "paths.txt"]  # hand-over removed
 
 
-def test_reid_protocol_and_verification_threshold_end_to_end(trained, tmp_path, capsys):
+def test_reid_protocol_and_verification_threshold_end_to_end(trained, dump, tmp_path, capsys):
     with open(trained["val_list"]) as f:
         lines = [line.split() for line in f]
     with_cameras = [f"{path} {label} {1 + i % 3}\n" for i, (path, label) in enumerate(lines)]
@@ -190,7 +196,7 @@ def test_reid_protocol_and_verification_threshold_end_to_end(trained, tmp_path, 
     assert (record["num_positive_pairs"], record["num_negative_pairs"]) == (4 * 15, 24 * 23 // 2 - 4 * 15)
     assert picture.stat().st_size > 0
 
-    features, labels, _ = run_infer(trained, str(tmp_path / "dump"))
+    features, labels, _ = dump
     cameras = np.array([1 + i % 3 for i in range(len(labels))])
     query, gallery = np.arange(len(labels)) % 6 == 0, np.arange(len(labels)) % 6 != 0
     want = Evaluator(["map"])(features[gallery], labels[gallery], features[query], labels[query], cameras[gallery],
