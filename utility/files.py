@@ -19,6 +19,7 @@ def write_atomically(path, write, binary=True):
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-")
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; an output file gets the usual mode
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
@@ -51,6 +52,12 @@ def append_line(path, line):
         raise
     with os.fdopen(handle, "a", encoding="utf-8") as f:
         f.write(line + "\n")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _remove_quietly(path):

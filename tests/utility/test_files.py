@@ -49,3 +49,12 @@ def test_appending_refuses_a_link_and_appends_otherwise(tmp_path):
     append_line(tmp_path / "log.jsonl", '{"a": 1}')
     append_line(tmp_path / "log.jsonl", '{"a": 2}')
     assert (tmp_path / "log.jsonl").read_text() == '{"a": 1}\n{"a": 2}\n'
+
+
+def test_an_output_file_gets_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "curves.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "curves.txt").stat().st_mode & 0o777 == 0o644
