@@ -43,17 +43,23 @@ def tiny_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(tiny_dataset, tmp_path_factory):
-    """A ResNet18 run (train_runs.run_train: 2 steps, 32x32, 16-d embedding) and the data it was trained on.
+    """A ResNet18 run (train_runs.run_train: tripletloss, 2 steps, 32x32, 16-d embedding), what it printed and
+    the data it was trained on.
 
     Shared by every test of this process: read it, or copy its save_dir (train_runs.copy_run) to resume or
     damage it; a resume passes --embedding_size=16.
     """
+    import contextlib
+    import io
+
     from train_runs import run_train
 
     data_dir, _, val_list = tiny_dataset
     out = tmp_path_factory.mktemp("trained")
-    run_train(tiny_dataset, str(out), "--embedding_size=16", iters=2)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_train(tiny_dataset, str(out), "--embedding_size=16", iters=2)
     import paddle
     paddle.disable_static()
     return {"save_dir": str(out), "checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir,
-            "val_list": val_list}
+            "val_list": val_list, "printed": printed.getvalue()}

@@ -72,27 +72,25 @@ def test_saving_is_atomic_and_latest_follows(embed_graph, tmp_path):
         checkpoint.resolve(str(tmp_path / "nowhere"))
 
 
-def test_a_checkpoint_in_the_layout_before_the_run_state_version_resumes_and_evaluates(tiny_dataset, tmp_path,
-                                                                                       capsys):
+def test_a_checkpoint_in_the_layout_before_the_run_state_version_resumes_and_evaluates(tiny_dataset, trained,
+                                                                                       tmp_path, capsys):
     import json
 
     import eval as eval_script
-    import train
+    from train_runs import copy_run, run_train
 
-    data_dir, train_list, val_list = tiny_dataset
-    data = [f"--data_dir={data_dir}", f"--val_list={val_list}", "--num_workers=0"]
-    flags = data + [f"--train_list={train_list}", "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32",
-                    "--train_batch_size=12", f"--model_save_dir={tmp_path}"]
-    train.main(flags + ["--total_iter_num=1"])
-    saved = tmp_path / "ResNet18" / "1"
+    copy_run(trained["save_dir"], tmp_path)
+    saved = tmp_path / "ResNet18" / "2"
     state = json.loads((saved / "state.json").read_text())
     assert state["version"] == 2 and state["network"]["image_shape"] == [3, 32, 32]
     del state["version"], state["network"]  # as train.py wrote it before: the network's settings in args only
     (saved / "state.json").write_text(json.dumps(state))
     capsys.readouterr()
-    train.main(flags + ["--total_iter_num=2", f"--checkpoint={saved}"])
-    assert f"Resumed from {saved} at iteration 1" in capsys.readouterr().out
+    run_train(tiny_dataset, tmp_path, "--embedding_size=16", f"--checkpoint={saved}", iters=3)
+    assert f"Resumed from {saved} at iteration 2" in capsys.readouterr().out
     paddle.disable_static()
-    eval_script.main(data + [f"--pretrained_model={saved}", "--test_batch_size=12"])
+    data_dir, _, val_list = tiny_dataset
+    eval_script.main([f"--data_dir={data_dir}", f"--val_list={val_list}", "--num_workers=0",
+                      f"--pretrained_model={saved}", "--test_batch_size=12"])
     out = capsys.readouterr().out
     assert "--model=ResNet18 --embedding_size=16 --image_shape=3,32,32" in out and "recall" in out.lower()

@@ -107,12 +107,13 @@ def test_skip_batch_undoes_non_finite_steps_and_counts_them(tiny_dataset, tmp_pa
     # The learning rate that diverges in test_a_diverging_run_stops...: here its NaN steps are undone.
     train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                 "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=softmax",
-                "--lr=1e12", "--total_iter_num=8", "--test_iter_step=100", "--num_workers=0",
-                "--nan_policy=skip_batch", f"--model_save_dir={tmp_path}"])
+                "--lr=1e12", "--total_iter_num=3", "--test_iter_step=100", "--num_workers=0",
+                "--nan_policy=skip_batch", f"--model_save_dir={tmp_path}"])  # iterations 1 and 2 go non-finite
     out = capsys.readouterr().out
     records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     skipped = [r["iter"] for r in records if r.get("skipped")]
-    assert skipped and [r["skipped_total"] for r in records if r.get("skipped")] == list(range(1, len(skipped) + 1))
+    assert len(skipped) >= 2
+    assert [r["skipped_total"] for r in records if r.get("skipped")] == list(range(1, len(skipped) + 1))
     assert f"Skipped the step of iteration {skipped[0]}: non-finite" in out
-    state = load_checkpoint_state(str(tmp_path / "ResNet18" / "8"))
+    state = load_checkpoint_state(str(tmp_path / "ResNet18" / "3"))
     assert all(np.isfinite(value).all() for value in state.values())

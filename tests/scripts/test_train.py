@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from train_runs import END_PASS, PROGRESS, REPO, final_parameters, read_log, run_train
+from train_runs import END_PASS, PROGRESS, REPO, final_parameters, read_log, read_state, run_train
 
 import train
 from utility.errors import UserError
@@ -65,15 +65,17 @@ def test_se_resnext_trains(tiny_dataset, tmp_path, capsys):
     assert os.path.isdir(os.path.join(str(tmp_path), "SE_ResNeXt50_32x4d", "1"))
 
 
-def test_an_untrained_classifier_is_neither_built_nor_reported(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, str(tmp_path), loss="tripletloss")  # --alpha 0: no gradient for a classifier
-    steps = PROGRESS.findall(capsys.readouterr().out)
+def test_an_untrained_classifier_is_neither_built_nor_reported(trained):
+    run = trained["save_dir"]  # a tripletloss run with --alpha 0: no gradient for a classifier
+    args = read_state(f"{run}/ResNet18/2")["args"]
+    assert (args["loss_name"], args["alpha"]) == ("tripletloss", 0)
+    steps = PROGRESS.findall(trained["printed"])
     assert [step[4:7] for step in steps] == [("", "", "")] * 2
     assert float(steps[0][3]) > 0
-    records = read_log(str(tmp_path))
+    records = read_log(run)
     assert all(r["loss_cls"] is None and r["acc1"] is None for r in records if "loss_metric" in r)
     assert [r["train_acc5"] for r in records if "test_recall" in r] == [None]
-    assert not [name for name in final_parameters(str(tmp_path / "ResNet18" / "2")) if "classifier" in name]
+    assert not [name for name in final_parameters(f"{run}/ResNet18/2") if "classifier" in name]
 
 
 def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
@@ -115,7 +117,7 @@ def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
 def test_finetune_across_losses_and_class_counts(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, _ = tiny_dataset
     pretrain = str(tmp_path / "softmax")
-    run_train(tiny_dataset, pretrain, loss="softmax")
+    run_train(tiny_dataset, pretrain, loss="softmax", iters=1)
     fewer_classes = tmp_path / "fewer.txt"
     with open(train_list) as f:
         fewer_classes.write_text("".join(line for line in f if int(line.split()[1]) <= 4))
