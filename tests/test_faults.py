@@ -624,6 +624,7 @@ def test_an_exported_model_that_embeds_inf_writes_nothing():
         embed_list(embedder, Loader(), show_progress=False)
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_network_that_embeds_to_inf_is_never_saved(tiny_dataset, tmp_path, monkeypatch):
     """Finite parameters that overflow every embedding: the probe batch stops the run before `latest` moves."""
     from engine.trainer import Trainer
@@ -668,6 +669,7 @@ def test_a_pretrained_file_holding_no_arrays_reads_sensibly(program, tmp_path):
 
 # --- a damaged log.jsonl or a failing plot never stops training (issue 27 item 2) ---------------
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, trained, tmp_path, capsys):
     from train_runs import copy_run, run_train
 
@@ -684,6 +686,7 @@ def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, trai
     assert sum(1 for line in records if line.startswith('{"pass": 0, "iter": 9')) == 1  # alone on its line
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_failing_plot_never_stops_training_or_a_save(tiny_dataset, tmp_path, monkeypatch, capsys):
     import evaluation.plot
     from train_runs import run_train
@@ -708,6 +711,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_second_run_into_a_save_folder_in_use_is_refused_naming_the_holder(tiny_dataset, trained, tmp_path):
     from train_runs import copy_run, run_train
 
@@ -774,6 +778,7 @@ def test_pruning_never_deletes_what_latest_or_best_name_and_a_kill_leaves_no_hal
 PK_BATCH = ["--loss_name=batchhardtripletloss", "--samples_each_class=3"]
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_resuming_without_the_saved_cross_batch_memory_is_refused_naming_its_flags(tiny_dataset, tmp_path):
     from train_runs import run_train
 

@@ -72,6 +72,7 @@ def test_saving_is_atomic_and_latest_follows(embed_graph, tmp_path):
         checkpoint.resolve(str(tmp_path / "nowhere"))
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_checkpoint_in_the_layout_before_the_run_state_version_resumes_and_evaluates(tiny_dataset, trained,
                                                                                        tmp_path, capsys):
     import json

@@ -63,6 +63,7 @@ def test_the_loss_sees_one_learner_slice_until_full_training():
     assert dac.mask(Position(pass_id=5, batch=0)).tolist() == [1] * 8
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_resume_with_divide_and_conquer_equals_the_uninterrupted_run(tiny_dataset, tmp_path, capsys):
     common = ["--loss_name=batchhardtripletloss", "--samples_each_class=3", "--embedding_size=8",
               "--dac_clusters=2", "--dac_period=1", "--save_iter_step=5", "--test_iter_step=100", "--lr=0.05"]

@@ -59,6 +59,7 @@ def added(monkeypatch):
     return extra
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_an_extension_feeds_fetches_saves_and_resumes(tiny_dataset, tmp_path, capsys, added):
     recorder = Recorder()
     added.append(recorder)
@@ -80,6 +81,7 @@ def test_an_extension_feeds_fetches_saves_and_resumes(tiny_dataset, tmp_path, ca
     assert [r["loss_metric"] for r in step_records(resumed)] == [step_records(straight)[2]["loss_metric"]]
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_a_discarded_step_reaches_no_later_extension_and_is_not_shown(tiny_dataset, tmp_path, capsys, added):
     first, later = Recorder(discard={1}), Recorder()
     added.extend([first, later])

@@ -100,6 +100,7 @@ def test_test_loss_lays_the_evaluation_set_out_as_the_loss_trains():
     assert math.isnan(evaluate.test_loss(defaults("eval", loss_name="softmax"), features, labels))
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_skip_batch_undoes_non_finite_steps_and_counts_them(tiny_dataset, tmp_path, capsys):
     from engine.checkpoint import load_checkpoint_state
 

@@ -122,6 +122,7 @@ def batch_embedding(checkpoint_dir, images, labels):
     return embedding
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_path, capsys, recorded_steps):
     out = str(tmp_path / "xbm")
     run_train(tiny_dataset, out, *PK, "--xbm_size=20", "--xbm_start_iter=1", "--save_iter_step=1", iters=3)
@@ -139,6 +140,7 @@ def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_pa
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dataset, tmp_path, capsys):
     plain, memory = str(tmp_path / "plain"), str(tmp_path / "memory")
     run_train(tiny_dataset, plain, *PK, iters=3)
@@ -155,6 +157,7 @@ def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dat
     assert with_memory[2] > without[2] + 1e-4
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_resume_with_memory_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
     # The margin loss: besides the memory, the trainer feeds it noise, which must resume exactly too
     # (a resume without the memory: tests/scripts/test_train.py).

@@ -84,6 +84,7 @@ def test_centres_get_the_unweighted_gradient():
     np.testing.assert_allclose(after - before, -0.1 * gradient, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_train_learns_and_saves_the_centres(tiny_dataset, tmp_path, capsys):
     out = str(tmp_path / "center")
     run_train(tiny_dataset, out, "--center_loss_weight=0.0005", "--save_iter_step=1", "--samples_each_class=2",

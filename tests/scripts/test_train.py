@@ -78,6 +78,7 @@ def test_an_untrained_classifier_is_neither_built_nor_reported(trained):
     assert not [name for name in final_parameters(f"{run}/ResNet18/2") if "classifier" in name]
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, val_list = tiny_dataset
     train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
@@ -92,6 +93,7 @@ def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
                                                                          "latest"])
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
     # 4 iterations straight (saving at 2), then resume the iteration-2 checkpoint for the last 2.
     # The LR drops at iteration 3, so the scheduler state must come back too.
@@ -114,6 +116,7 @@ def test_resume_equals_uninterrupted_training(tiny_dataset, tmp_path, capsys):
         np.testing.assert_array_equal(got[name], want[name])
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_finetune_across_losses_and_class_counts(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, _ = tiny_dataset
     pretrain = str(tmp_path / "softmax")
@@ -166,6 +169,7 @@ def test_missing_list_is_one_clean_line(tmp_path):
     assert "/nowhere/train.txt" in result.stderr
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, val_list = tiny_dataset
     args = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
