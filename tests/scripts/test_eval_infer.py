@@ -29,18 +29,37 @@ def run_infer(trained, out_dir, *extra):
 
 @pytest.fixture(scope="module")
 def dump(trained, tmp_path_factory):
-    """infer.py's (features, labels, paths) of the val list with the trained checkpoint; read, never written."""
-    return run_infer(trained, str(tmp_path_factory.mktemp("dump")))
+    """infer.py's (features, labels, paths) of the val list with the trained checkpoint, and its export of the
+    model to dump[3]; read, never written."""
+    import paddle
+
+    out = tmp_path_factory.mktemp("dump")
+    features, labels, paths = run_infer(trained, str(out / "dump"), f"--export_model={out / 'exported'}")
+    paddle.disable_static()
+    return features, labels, paths, out / "exported"
 
 
-def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
-    metrics_file = tmp_path / "m.jsonl"
-    eval_script.main(data_flags(trained) + [f"--metrics_out={metrics_file}"])
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """(printed lines, metrics record) of eval.py on the val list with the trained checkpoint."""
+    import contextlib
+    import io
+
+    import paddle
+
+    metrics_file = tmp_path_factory.mktemp("evaluated") / "m.jsonl"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # --test_batch_size=7: not that of the dump
+        eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={metrics_file}"])
+    paddle.disable_static()
+    return printed.getvalue(), json.loads(metrics_file.read_text())
+
+
+def test_eval_reports_metrics_of_the_whole_list(evaluated):
+    out, record = evaluated
     assert "From the checkpoint's training run: --model=ResNet18 --embedding_size=16 --image_shape=3,32,32" in out
     (loss, recall), = END_TEST.findall(out)
     assert float(loss) >= 0
-    record = json.loads(metrics_file.read_text())
     assert record["num_queries"] == 24
     assert record["recall@1"] == pytest.approx(float(recall), abs=1e-5)
     for k in (1, 2, 4, 8):
@@ -56,10 +75,9 @@ def test_eval_reports_metrics_of_the_whole_list(trained, tmp_path, capsys):
         assert re.search(rf"^ +{pair['errors']} of 12 +{a} c{a}  <->  {b} c{b}$", out, re.M)
 
 
-def test_infer_features_reproduce_eval_recall(trained, dump, tmp_path, capsys):
-    features, labels, paths = dump
-    eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={tmp_path / 'm.jsonl'}"])
-    record = json.loads((tmp_path / "m.jsonl").read_text())
+def test_infer_features_reproduce_eval_recall(trained, dump, evaluated):
+    features, labels, paths, _ = dump
+    _, record = evaluated
     assert features.shape == (24, 16) and features.dtype == np.float32
     with open(trained["val_list"]) as f:
         listed = [line.split() for line in f]
@@ -68,11 +86,8 @@ def test_infer_features_reproduce_eval_recall(trained, dump, tmp_path, capsys):
     assert Evaluator(["recall_at_k"], ks=(1,))(features, labels)["recall@1"] == pytest.approx(record["recall@1"])
 
 
-def test_exported_model_gives_the_checkpoint_features(trained, tmp_path):
-    exported = str(tmp_path / "exported")
-    want, _, _ = run_infer(trained, str(tmp_path / "a"), f"--export_model={exported}")
-    import paddle
-    paddle.disable_static()
+def test_exported_model_gives_the_checkpoint_features(trained, dump, tmp_path):
+    want, _, _, exported = dump
     infer.main([f"--inference_model={exported}", f"--data_dir={trained['data_dir']}",
                 f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'b'}"])
     got = np.load(tmp_path / "b" / "features.npy")
@@ -89,7 +104,7 @@ def test_an_exported_model_keeps_its_ink_crop(trained, dump, tmp_path):
     infer.main([f"--inference_model={exported}", f"--data_dir={trained['data_dir']}",
                 f"--infer_list={trained['val_list']}", "--num_workers=0", f"--output_dir={tmp_path / 'b'}"])
     np.testing.assert_allclose(np.load(tmp_path / "b" / "features.npy"), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-    without, _, _ = dump
+    without, _, _, _ = dump
     assert not np.allclose(without, want, atol=1e-3)
 
 
@@ -162,7 +177,7 @@ def test_two_processes_embed_shares_and_merge_them_in_list_order(trained, dump, 
     import sys
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    want, want_labels, want_paths = dump
+    want, want_labels, want_paths, _ = dump
     result = subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
          str(tmp_path / "logs"), os.path.join(repo, "infer.py"), *data_flags(trained, batch=5),
@@ -196,7 +211,7 @@ def test_reid_protocol_and_verification_threshold_end_to_end(trained, dump, tmp_
     assert (record["num_positive_pairs"], record["num_negative_pairs"]) == (4 * 15, 24 * 23 // 2 - 4 * 15)
     assert picture.stat().st_size > 0
 
-    features, labels, _ = dump
+    features, labels, _, _ = dump
     cameras = np.array([1 + i % 3 for i in range(len(labels))])
     query, gallery = np.arange(len(labels)) % 6 == 0, np.arange(len(labels)) % 6 != 0
     want = Evaluator(["map"])(features[gallery], labels[gallery], features[query], labels[query], cameras[gallery],
