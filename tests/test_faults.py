@@ -536,11 +536,11 @@ def test_the_threshold_and_retrieval_pictures_replace_a_planted_link(tmp_path, p
 def test_search_results_replace_a_planted_link(tmp_path, planted):
     from types import SimpleNamespace
 
-    import search
+    from retrieval.searching import write_results
 
     target = planted(tmp_path, "results.jsonl")
     match = SimpleNamespace(rank=1, id=3, similarity=0.9, path="c1/0.png", label=1, metadata={})
-    search._write_results(target, ["q.png"], [None], [[match]])
+    write_results(target, ["q.png"], [None], [[match]])
     _written_not_through(target, planted)
     assert json.loads(open(target).read())["matches"][0]["id"] == 3
 
@@ -736,18 +736,18 @@ def test_keep_checkpoints_keeps_the_last_n_and_the_best(tiny_dataset, tmp_path, 
     from engine.trainer import Validator
     from train_runs import run_train
 
-    recalls = iter([0.2, 0.9, 0.3, 0.4, 0.5])  # the best, 0.9, is at iteration 2
+    recalls = iter([0.9, 0.2, 0.3, 0.5])  # the best, 0.9, is at iteration 1
     monkeypatch.setattr(Validator, "recall_at_1", lambda *args: next(recalls))
     model_dir = tmp_path / "ResNet18"
-    run_train(tiny_dataset, tmp_path, "--save_iter_step=1", "--test_iter_step=1", "--keep_checkpoints=2", iters=4)
-    assert sorted(os.listdir(model_dir)) == ["2", "3", "4", "best", "latest"]
-    assert os.readlink(model_dir / "best") == "2" and os.readlink(model_dir / "latest") == "4"
-    assert "Deleted old checkpoint(s) 1 (--keep_checkpoints 2)" in capsys.readouterr().out
+    run_train(tiny_dataset, tmp_path, "--save_iter_step=1", "--test_iter_step=1", "--keep_checkpoints=1", iters=3)
+    assert sorted(os.listdir(model_dir)) == ["1", "3", "best", "latest"]
+    assert os.readlink(model_dir / "best") == "1" and os.readlink(model_dir / "latest") == "3"
+    assert "Deleted old checkpoint(s) 2 (--keep_checkpoints 1)" in capsys.readouterr().out
     # resumed, `best` moves only for a better Recall@1 than 0.9 (read back from log.jsonl)
     run_train(tiny_dataset, tmp_path, f"--checkpoint={model_dir / 'latest'}", "--save_iter_step=1",
-              "--test_iter_step=1", "--keep_checkpoints=2", iters=5)
-    assert sorted(os.listdir(model_dir)) == ["2", "4", "5", "best", "latest"]
-    assert os.readlink(model_dir / "best") == "2"
+              "--test_iter_step=1", "--keep_checkpoints=1", iters=4)
+    assert sorted(os.listdir(model_dir)) == ["1", "4", "best", "latest"]
+    assert os.readlink(model_dir / "best") == "1"
 
 
 def test_pruning_never_deletes_what_latest_or_best_name_and_a_kill_leaves_no_half_checkpoint(program, tmp_path,
