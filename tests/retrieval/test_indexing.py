@@ -1,0 +1,83 @@
+"""retrieval.indexing from Python: build, add, remove and info without the command line; the gallery sources."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from retrieval.gallery import Gallery
+from retrieval.indexing import (GalleryImages, add_images, build_index, folder_images, index_info, read_dump,
+                                remove_items)
+from utility.errors import UserError
+
+
+def test_build_add_remove_from_python(tiny_export, tmp_path, capsys):
+    with open(tiny_export["val_list"]) as f:
+        lines = f.readlines()
+    (tmp_path / "first.txt").write_text("".join(lines[:18]))
+    (tmp_path / "all.txt").write_text("".join(lines))
+    index_dir = str(tmp_path / "gallery")
+    first = GalleryImages(gallery_list=str(tmp_path / "first.txt"), data_dir=tiny_export["data_dir"], num_workers=0)
+    stats = build_index(index_dir, first, tiny_export["model_dir"])
+    assert (stats["items"], stats["dim"], stats["index_type"]) == (18, 16, "Flat")
+
+    everything = GalleryImages(gallery_list=str(tmp_path / "all.txt"), data_dir=tiny_export["data_dir"],
+                               num_workers=0)
+    ids, total = add_images(index_dir, everything)
+    assert ids == list(range(18, 24)) and total == 24
+    assert "6 new images (18 already in the gallery)" in capsys.readouterr().out
+
+    # the same embeddings as infer.py's dump of the list
+    dump = np.load(os.path.join(tiny_export["dump_dir"], "features.npy"))
+    dump /= np.linalg.norm(dump, axis=1, keepdims=True)
+    best = Gallery.open(index_dir).search(dump, 1)
+    assert [row[0].id for row in best] == list(range(24))
+    assert [row[0].similarity for row in best] == pytest.approx([1.0] * 24, abs=1e-4)
+
+    gone = os.path.join(tiny_export["data_dir"], lines[0].split()[0])
+    assert remove_items(index_dir, ids=[1, 999], paths=[gone]) == (2, 22)
+    assert index_info(index_dir)["items"] == 22
+
+
+def test_one_source_and_one_model(tiny_export, tmp_path):
+    with pytest.raises(UserError, match="one of --gallery_dir, --gallery_list or --features"):
+        build_index(str(tmp_path / "g"), GalleryImages(), tiny_export["model_dir"])
+    with pytest.raises(UserError, match="one of"):
+        GalleryImages(gallery_dir="photos", features="dump").source()
+    with pytest.raises(UserError, match="model_dir .* or write_model"):
+        build_index(str(tmp_path / "g"), GalleryImages(features=tiny_export["dump_dir"]))
+    assert not os.path.exists(tmp_path / "g")
+
+
+def test_write_model_is_given_the_folder_inside_the_new_index(tiny_export, tmp_path):
+    """index.py exports a checkpoint this way; here the writer copies an export."""
+    import shutil
+
+    written = []
+
+    def write_model(out_dir):
+        written.append(out_dir)
+        shutil.copytree(tiny_export["model_dir"], out_dir)
+
+    index_dir = tmp_path / "gallery"
+    build_index(str(index_dir), GalleryImages(features=tiny_export["dump_dir"]), write_model=write_model)
+    assert os.path.basename(written[0]) == "model" and not os.path.exists(written[0])  # moved into place
+    assert Gallery.open(str(index_dir)).model_dir == str(index_dir / "model")
+
+
+def test_folder_images_label_by_subfolder(tiny_photos):
+    paths, labels = folder_images(tiny_photos)
+    assert len(paths) == 24 and sorted(set(labels)) == ["class101", "class102", "class103", "class104"]
+    assert all(os.path.basename(os.path.dirname(p)) == label for p, label in zip(paths, labels))
+
+
+def test_read_dump_checks_the_model_and_finds_the_data_dir(tiny_export, tmp_path):
+    with open(os.path.join(tiny_export["dump_dir"], "fingerprint.json")) as f:
+        fingerprint = json.load(f)["fingerprint"]
+    features, paths, labels, data_dir = read_dump(tiny_export["dump_dir"], "", fingerprint, 16)
+    assert features.shape == (24, 16) and len(paths) == len(labels) == 24
+    assert data_dir == os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    with pytest.raises(UserError, match=r"fingerprint .* \(16-d\).*is 0123456789abcdef \(16-d\)"):
+        read_dump(tiny_export["dump_dir"], "", "0123456789abcdef", 16)
+    with pytest.raises(UserError, match="not a complete infer.py dump"):
+        read_dump(str(tmp_path), "", fingerprint, 16)
