@@ -5,12 +5,9 @@ from functools import partial
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_max,
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_logsumexp, mean_of_nonzero,
                            require_positive_and_negative_per_row)
 from losses.registry import LossSpec, require, setting
-
-_FAR = 1e4  # stands in for "minus infinity" inside exp(); exp(-1e4) is exactly 0 in float32 and float64
-
 
 @dataclass(frozen=True)
 class CircleParams:
@@ -21,17 +18,6 @@ class CircleParams:
     def __post_init__(self):
         require(self, "a finite number", "margin")
         require(self, "positive", "gamma")
-
-
-def masked_logsumexp(values, mask):
-    """log(sum over the masked entries of exp(values)) per row of `values` [B, N], overflow-free; 0 for a
-    row without masked entries (its caller leaves such rows out)."""
-    has_any = paddle.any(mask, axis=1, keepdim=True)
-    row_max = paddle.where(has_any, masked_max(values, mask, axis=1, keepdim=True), paddle.zeros_like(values[:, :1]))
-    shifted = paddle.where(mask, values - row_max, paddle.full_like(values, -_FAR))
-    total = paddle.sum(paddle.exp(shifted), axis=1, keepdim=True)
-    total = paddle.where(has_any, total, paddle.ones_like(total))
-    return paddle.squeeze(row_max + paddle.log(total), axis=1)
 
 
 def softplus(x):
@@ -58,9 +44,7 @@ def circleloss(features, labels, references=None, reference_labels=None, *, marg
     negative_logits = gamma * F.relu(constant + margin) * (similarities - margin)
     per_anchor = softplus(masked_logsumexp(positive_logits, positive) + masked_logsumexp(negative_logits, negative))
     counted = paddle.logical_and(paddle.any(positive, axis=1), paddle.any(negative, axis=1))
-    per_anchor = paddle.where(counted, per_anchor, paddle.zeros_like(per_anchor))
-    active = paddle.sum(paddle.cast(per_anchor > 0.0, per_anchor.dtype))
-    return paddle.sum(per_anchor) / paddle.clip(active, min=1.0)
+    return mean_of_nonzero(per_anchor, counted)
 
 
 def check_batch(labels):

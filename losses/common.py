@@ -18,6 +18,7 @@ from utility.errors import UserError
 
 # Stand-in for "no value" in masked max/min; finite so gradients stay finite.
 _FAR = 1e30
+_EXP_FAR = 1e4  # stands in for "minus infinity" inside exp(); exp(-1e4) is exactly 0 in float32 and float64
 
 
 def l2_normalize(features, axis=1):
@@ -184,3 +185,24 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         uniform_term = -paddle.mean(log_probabilities, axis=1)
         target_term = (1.0 - label_smoothing) * target_term + label_smoothing * uniform_term
     return paddle.mean(target_term)
+
+
+def masked_logsumexp(values, mask):
+    """log(sum over the masked entries of exp(values)) per row of `values` [B, N], overflow-free; 0 for a
+    row without masked entries (its caller leaves such rows out)."""
+    has_any = paddle.any(mask, axis=1, keepdim=True)
+    row_max = paddle.where(has_any, masked_max(values, mask, axis=1, keepdim=True), paddle.zeros_like(values[:, :1]))
+    shifted = paddle.where(mask, values - row_max, paddle.full_like(values, -_EXP_FAR))
+    total = paddle.sum(paddle.exp(shifted), axis=1, keepdim=True)
+    total = paddle.where(has_any, total, paddle.ones_like(total))
+    return paddle.squeeze(row_max + paddle.log(total), axis=1)
+
+
+def mean_of_nonzero(pair_losses, mask):
+    """Mean of the entries of `pair_losses` that `mask` selects and that are above 0; 0 when there are none.
+
+    PML's AvgNonZeroReducer: the pairs that already meet their margin do not dilute the mean.
+    """
+    selected = paddle.where(mask, pair_losses, paddle.zeros_like(pair_losses))
+    active = paddle.sum(paddle.cast(selected > 0.0, selected.dtype))
+    return paddle.sum(selected) / paddle.clip(active, min=1.0)

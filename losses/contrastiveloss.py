@@ -5,8 +5,8 @@ from functools import partial
 import paddle
 import paddle.nn.functional as F
 
-from losses.common import (candidates, check_eager, l2_normalize, label_masks, require_positive_and_negative_pair,
-                           squared_distances)
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, mean_of_nonzero,
+                           require_positive_and_negative_pair, squared_distances)
 from losses.registry import LossSpec, require, setting
 
 
@@ -35,16 +35,6 @@ def exact_distances(a, b):
     coincide = squared <= _MIN_SQUARED_DISTANCE
     return paddle.where(coincide, paddle.zeros_like(squared),
                         paddle.sqrt(paddle.clip(squared, min=_MIN_SQUARED_DISTANCE)))
-
-
-def mean_of_nonzero(pair_losses, mask):
-    """Mean of the entries of `pair_losses` that `mask` selects and that are above 0; 0 when there are none.
-
-    PML's AvgNonZeroReducer: the pairs that already meet their margin do not dilute the mean.
-    """
-    selected = paddle.where(mask, pair_losses, paddle.zeros_like(pair_losses))
-    active = paddle.sum(paddle.cast(selected > 0.0, selected.dtype))
-    return paddle.sum(selected) / paddle.clip(active, min=1.0)
 
 
 def contrastiveloss(features, labels, references=None, reference_labels=None, *, positive_margin, negative_margin):

@@ -4,8 +4,8 @@ from functools import partial
 
 import paddle
 
-from losses.circleloss import masked_logsumexp
-from losses.common import candidates, check_eager, l2_normalize, label_masks, require_positive_and_negative_pair
+from losses.common import (candidates, check_eager, l2_normalize, label_masks, masked_logsumexp, mean_of_nonzero,
+                           require_positive_and_negative_pair)
 from losses.registry import LossSpec, require, setting
 
 
@@ -36,8 +36,7 @@ def supconloss(features, labels, references=None, reference_labels=None, *, temp
     is_positive = paddle.cast(positive, logits.dtype)
     positive_count = paddle.sum(is_positive, axis=1)
     per_anchor = -paddle.sum((logits - log_denominator) * is_positive, axis=1) / paddle.clip(positive_count, min=1.0)
-    active = paddle.sum(paddle.cast(per_anchor > 0.0, per_anchor.dtype))
-    return paddle.sum(per_anchor) / paddle.clip(active, min=1.0)
+    return mean_of_nonzero(per_anchor, positive_count > 0)
 
 
 def check_batch(labels):

@@ -28,6 +28,7 @@ import numpy as np
 
 from retrieval import backends
 from utility.errors import UserError
+from utility.files import fsync_folder
 
 SETTINGS_FILE = "gallery.json"
 MODEL_DIR = "model"
@@ -303,7 +304,7 @@ class Gallery:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         _sync_folder_files(writing)
         os.replace(writing, os.path.join(versions, _version_name(state.version)))
-        _fsync_dir(versions)
+        fsync_folder(versions)
         settings = dict(self.settings, version=state.version, next_id=state.next_id, items=len(state.items))
         _write_json_atomically(os.path.join(self.index_dir, SETTINGS_FILE), settings)
         self.settings = settings
@@ -368,15 +369,7 @@ def _sync_folder_files(folder):
     for name in os.listdir(folder):
         with open(os.path.join(folder, name), "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(folder)
 
 
 def _write_json_atomically(path, value):
@@ -386,4 +379,4 @@ def _write_json_atomically(path, value):
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
-    _fsync_dir(os.path.dirname(path))
+    fsync_folder(os.path.dirname(path))

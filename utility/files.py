@@ -45,13 +45,22 @@ def append_line(path, line):
     path = os.fspath(path)
     try:
         handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
+    except OSError:
         if os.path.islink(path):
             raise UserError(f"{path} is a symbolic link: refusing to write through it "
                             "(remove it, or choose another file)") from None
         raise
     with os.fdopen(handle, "a", encoding="utf-8") as f:
         f.write(line + "\n")
+
+
+def fsync_folder(path):
+    """Make a folder's entries (files created, renamed or removed in it) durable on disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def _umask():

@@ -15,6 +15,7 @@ import re
 import shutil
 
 from utility.errors import UserError
+from utility.files import fsync_folder
 
 PARAMS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -62,7 +63,7 @@ def write_checkpoint(model_dir, name, params, slots, state):
         if slots:
             _write_file(os.path.join(tmp, OPTIMIZER_FILE), safetensors.numpy.save(slots))
         _write_file(os.path.join(tmp, STATE_FILE), json.dumps(state, indent=1, sort_keys=True).encode())
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
         _install(model_dir, name, tmp)
     except OSError as err:
         _abandon(model_dir, name)
@@ -141,7 +142,7 @@ def _point_link(model_dir, link_name, target):
     _remove(tmp_link)
     os.symlink(target, tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(model_dir)
+    fsync_folder(model_dir)
 
 
 def point_best(model_dir, name):
@@ -176,14 +177,6 @@ def _write_file(path, data):
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path):
