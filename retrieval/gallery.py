@@ -16,26 +16,24 @@ write cleans up what the crash left. No pickle anywhere: faiss's own format, JSO
 Thread safety: searches read one immutable snapshot (index + item table); writers are serialised by
 a lock (and a file lock against other processes) and swap in a new snapshot when it is on disk.
 """
-import fcntl
 import json
 import os
 import shutil
 import threading
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from retrieval import backends
 from utility.errors import UserError
-from utility.files import fsync_folder
+from utility.files import fsync_folder, write_text
+from utility.locks import FolderLock
 
 SETTINGS_FILE = "gallery.json"
 MODEL_DIR = "model"
 VERSIONS_DIR = "versions"
 UPLOADS_DIR = "uploads"
 ITEMS_FILE = "items.jsonl"
-LOCK_FILE = ".lock"
 FORMAT = "dml-gallery"
 FORMAT_VERSION = 1
 WRITING_PREFIX = ".writing-"
@@ -271,15 +269,9 @@ class Gallery:
         path = self._absolute(item) if item.in_index else item.path
         return Match(rank, item_id, similarity, path, item.label, item.metadata)
 
-    @contextmanager
     def _file_lock(self):
         """Serialise writers across processes (the service and `index.py add` on one folder)."""
-        with open(os.path.join(self.index_dir, LOCK_FILE), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return FolderLock(self.index_dir, "index writer", wait=True)
 
     def _latest_state(self):
         """The snapshot to change: ours, or the one on disk when another process has changed the gallery."""
@@ -373,10 +365,5 @@ def _sync_folder_files(folder):
 
 
 def _write_json_atomically(path, value):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    write_text(path, json.dumps(value, indent=1))
     fsync_folder(os.path.dirname(path))

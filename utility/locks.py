@@ -19,13 +19,16 @@ LOCK_FILE = ".lock"
 
 
 class FolderLock:
-    def __init__(self, folder, what="run"):
+    def __init__(self, folder, what="run", wait=False):
+        """`wait`: block until the lock is free (short critical sections), instead of refusing at once."""
         self.path = os.path.join(folder, LOCK_FILE)
         self.what = what
+        self.wait = wait
         self._handle = None
 
-    def acquire(self, wait=False):
-        """Take the lock; without `wait`, UserError at once when another process holds it."""
+    def acquire(self, wait=None):
+        """Take the lock; unless waiting, UserError at once when another process holds it."""
+        wait = self.wait if wait is None else wait
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         try:
             handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
