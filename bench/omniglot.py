@@ -52,7 +52,8 @@ RECIPE_DIR = REPO / "recipes" / "omniglot"
 FINETUNE_RECIPE = RECIPE_DIR / "finetune.yaml"
 QUICK_RECIPE = REPO / "recipes" / "omniglot_quick.yaml"
 TABLE_LOSSES = ("softmax", "arcmargin", "batchhardtripletloss", "tripletloss", "quadrupletloss", "emlloss",
-                "npairsloss", "cosface", "rankedlistloss", "multisimilarityloss", "marginloss")
+                "npairsloss", "cosface", "rankedlistloss", "multisimilarityloss", "marginloss", "contrastiveloss",
+                "circleloss", "supconloss", "proxyanchorloss", "proxyncaloss", "subcenterarcface", "softtripleloss")
 
 
 def loss_recipe(loss):
