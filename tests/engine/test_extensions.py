@@ -64,21 +64,21 @@ def test_an_extension_feeds_fetches_saves_and_resumes(tiny_dataset, tmp_path, ca
     recorder = Recorder()
     added.append(recorder)
     straight = str(tmp_path / "straight")
-    run_train(tiny_dataset, straight, "--save_iter_step=2", "--test_iter_step=100", iters=3)
-    assert recorder.events == [("pass", 0), ("step", 0), ("step", 1), ("step", 2)]
-    assert recorder.fetched_shapes == [(12, 512)] * 3
+    run_train(tiny_dataset, straight, "--save_iter_step=1", "--test_iter_step=100", iters=2)
+    assert recorder.events == [("pass", 0), ("step", 0), ("step", 1)]
+    assert recorder.fetched_shapes == [(12, 512)] * 2
     assert recorder.restored == "never"
-    assert read_state(f"{straight}/ResNet18/2")["recorder"] == {"steps": 2}
+    assert read_state(f"{straight}/ResNet18/1")["recorder"] == {"steps": 1}
 
     resumed_recorder = Recorder()
     added[:] = [resumed_recorder]
     resumed = str(tmp_path / "resumed")
-    run_train(tiny_dataset, resumed, "--test_iter_step=100", f"--checkpoint={straight}/ResNet18/2", iters=3)
+    run_train(tiny_dataset, resumed, "--test_iter_step=100", f"--checkpoint={straight}/ResNet18/1", iters=2)
     capsys.readouterr()
-    assert resumed_recorder.restored == {"steps": 2}
-    assert resumed_recorder.events == [("pass", 0), ("step", 2)]
-    assert read_state(f"{resumed}/ResNet18/3")["recorder"] == {"steps": 3}
-    assert [r["loss_metric"] for r in step_records(resumed)] == [step_records(straight)[2]["loss_metric"]]
+    assert resumed_recorder.restored == {"steps": 1}
+    assert resumed_recorder.events == [("pass", 0), ("step", 1)]
+    assert read_state(f"{resumed}/ResNet18/2")["recorder"] == {"steps": 2}
+    assert [r["loss_metric"] for r in step_records(resumed)] == [step_records(straight)[1]["loss_metric"]]
 
 
 @pytest.mark.usefixtures("no_recall")
