@@ -6,18 +6,10 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_dataset, tmp_path_factory):
-    """{checkpoint, data_dir, val_list}: ResNet18, 16-d embeddings at 32x32, trained 2 steps."""
-    import train
-
-    data_dir, train_list, val_list = tiny_dataset
-    out = tmp_path_factory.mktemp("retrieval-model")
-    train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
-                "--model=ResNet18", "--embedding_size=16", "--image_shape=3,32,32", "--train_batch_size=12",
-                "--total_iter_num=2", "--num_workers=0", f"--model_save_dir={out}"])
-    import paddle
-    paddle.disable_static()
-    return {"checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir, "val_list": val_list}
+def tiny_checkpoint(trained):
+    """{checkpoint, data_dir, val_list}: the session's trained run (tests/conftest.py: ResNet18, 16-d
+    embeddings at 32x32, 2 steps), read only."""
+    return {name: trained[name] for name in ("checkpoint", "data_dir", "val_list")}
 
 
 @pytest.fixture(scope="session")
