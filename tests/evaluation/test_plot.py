@@ -1,7 +1,6 @@
 """evaluation/plot.py: the curves of a train.py log.jsonl."""
 import json
 
-import pytest
 
 from evaluation.plot import plot_training, read_series
 
