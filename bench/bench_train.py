@@ -90,8 +90,9 @@ def run_train(name, iters, flags):
         log = os.path.join(out, "log.jsonl")
         records = []
         if os.path.exists(log):
-            with open(log) as f:
-                records = [r for r in map(json.loads, f) if "img_per_s" in r][1:]
+            from evaluation.plot import read_records  # the project's one log reader: damaged lines skipped
+
+            records = [r for r in read_records(log) if "img_per_s" in r][1:]
         if proc.returncode != 0 or not records:
             lines = [line for line in (proc.stderr + proc.stdout).splitlines()
                      if line.strip() and not line.startswith("\t")]
