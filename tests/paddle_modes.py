@@ -47,3 +47,16 @@ def static_loss_step(name, labels, inputs, noise=None):
     assert first.shape == ()
     assert second.item() != first.item(), "the optimisation step must change the parameters"
     return first.item(), emb.astype(float), second.item(), parameters
+
+
+def assert_static_step_matches(name, labels, seed, numpy_loss, positive=True):
+    """static_loss_step of loss `name` on inputs drawn with `seed`: its first value equals
+    `numpy_loss(embedding, labels)` (rel 1e-4), is above 0 when `positive`, and eager mode is back after it."""
+    import numpy as np
+    import pytest
+
+    inputs = np.random.default_rng(seed).normal(size=(len(labels), 5)).astype("float32")
+    first, embedding, _, _ = static_loss_step(name, labels, inputs)
+    assert first > 0 or not positive
+    assert first == pytest.approx(numpy_loss(embedding, labels), rel=1e-4, abs=1e-6)
+    assert paddle.in_dynamic_mode()
