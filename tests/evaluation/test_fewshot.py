@@ -1,0 +1,149 @@
+"""evaluation/fewshot.py: episodes against a loop-by-loop reference, their draws, reproducibility, the errors."""
+import math
+
+import numpy as np
+import pytest
+
+from embedding_references import clustered
+from evaluation.fewshot import FewShotTask, draw_episode, few_shot_error, folder_groups, plan_episodes
+
+
+def reference_errors(features, labels, task, groups, feat_norm, seed):
+    """Each episode's error with Python loops: nearest support image (K = 1) or class mean (K > 1)."""
+    rng = np.random.default_rng(seed)
+    plan = plan_episodes(labels, task, groups)
+    vectors = [np.asarray(row, np.float64) for row in features]
+    if feat_norm:
+        vectors = [v / np.linalg.norm(v) for v in vectors]
+    errors = []
+    for _ in range(task.episodes):
+        support, queries = draw_episode(plan, task, rng)
+        prototypes = []
+        for rows in support:
+            mean = sum(vectors[r] for r in rows) / len(rows)
+            prototypes.append(mean / np.linalg.norm(mean) if feat_norm else mean)
+        wrong = total = 0
+        for truth, rows in enumerate(queries):
+            for r in rows:
+                if feat_norm:  # cosine similarity, the largest wins
+                    scores = [-float(vectors[r] @ p) for p in prototypes]
+                else:
+                    scores = [float(((vectors[r] - p) ** 2).sum()) for p in prototypes]
+                wrong += min(range(len(scores)), key=lambda c: (scores[c], c)) != truth
+                total += 1
+        errors.append(wrong / total)
+    return np.array(errors)
+
+
+def noisy(seed, num_classes=12, per_class=6, dim=8):
+    features, labels = clustered(np.random.default_rng(seed), num_classes, per_class, dim, spread=1.2)
+    return features, labels * 10 + 3  # labels need not be 0..C-1
+
+
+@pytest.mark.parametrize("ways, shots, queries, feat_norm", [
+    (5, 1, None, True), (5, 3, None, True), (4, 2, 1, False), (12, 1, 2, True)])
+def test_matches_loop_reference(ways, shots, queries, feat_norm):
+    features, labels = noisy(0)
+    task = FewShotTask(episodes=30, ways=ways, shots=shots, queries_per_class=queries)
+    found = few_shot_error(features, labels, task, feat_norm=feat_norm, seed=5)
+    errors = reference_errors(features, labels, task, None, feat_norm, seed=5)
+    assert 0 < errors.mean() < 1  # the case is neither trivial nor hopeless
+    assert found["few_shot_error"] == pytest.approx(errors.mean(), abs=1e-12)
+    assert found["few_shot_ci95"] == pytest.approx(1.96 * errors.std() / math.sqrt(30), abs=1e-12)
+
+
+def test_separable_classes_make_no_error():
+    features = np.repeat(np.eye(6, dtype=np.float32), 4, axis=0)
+    labels = np.repeat(np.arange(6), 4)
+    found = few_shot_error(features, labels, FewShotTask(episodes=10, ways=6, shots=2))
+    assert found["few_shot_error"] == 0 and found["few_shot_ci95"] == 0
+
+
+def test_draws_follow_the_task():
+    labels = np.repeat(np.arange(10), [5, 5, 5, 5, 5, 5, 6, 7, 3, 2])  # classes 8 and 9: too few for 2 + 2
+    task = FewShotTask(episodes=1, ways=4, shots=2, queries_per_class=2)
+    plan = plan_episodes(labels, task)
+    assert plan.classes_left_out == 2
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        support, queries = draw_episode(plan, task, rng)
+        classes = labels[support[:, 0]]
+        assert len(set(classes.tolist())) == 4 and not {8, 9} & set(classes.tolist())
+        for label, shots, asked in zip(classes, support, queries):
+            assert len(shots) == 2 and len(asked) == 2 and not set(shots) & set(asked)
+            assert (labels[shots] == label).all() and (labels[asked] == label).all()
+
+
+def test_all_remaining_images_are_queries():
+    labels = np.repeat(np.arange(5), [3, 4, 5, 6, 7])
+    task = FewShotTask(episodes=1, ways=5, shots=2)
+    support, queries = draw_episode(plan_episodes(labels, task), task, np.random.default_rng(0))
+    assert sorted(len(rows) for rows in queries) == [1, 2, 3, 4, 5]
+    assert sorted(np.concatenate([support.ravel(), *queries]).tolist()) == list(range(len(labels)))
+
+
+def test_within_group_episodes_stay_in_one_group():
+    # Groups a (3 classes), b (5), c (6); 4-way episodes can only use b and c.
+    labels = np.repeat(np.arange(14), 3)
+    group_of_class = np.array(list("aaabbbbbcccccc"))
+    groups = group_of_class[labels]
+    task = FewShotTask(episodes=1, ways=4, shots=1, queries_per_class=1, within_groups=True)
+    plan = plan_episodes(labels, task, groups)
+    assert plan.group_names == ["b", "c"] and plan.groups_left_out == ["a"]
+    rng = np.random.default_rng(2)
+    seen = set()
+    for _ in range(40):
+        support, _ = draw_episode(plan, task, rng)
+        episode_groups = set(groups[support[:, 0]].tolist())
+        assert len(episode_groups) == 1
+        seen |= episode_groups
+    assert seen == {"b", "c"}
+    features, _ = clustered(np.random.default_rng(3), 14, 3, 6, spread=1.0)
+    found = few_shot_error(features, labels, FewShotTask(30, 4, 1, 1, within_groups=True), groups=groups, seed=4)
+    expected = reference_errors(features, labels, FewShotTask(30, 4, 1, 1, within_groups=True), groups, True, 4)
+    assert found["few_shot_error"] == pytest.approx(expected.mean(), abs=1e-12)
+    assert found["few_shot_groups_left_out"] == ["a"]
+
+
+def test_reproducible_with_a_seed():
+    features, labels = noisy(1)
+    task = FewShotTask(episodes=40, ways=5, shots=1, queries_per_class=1)
+    first = few_shot_error(features, labels, task, seed=7)
+    assert few_shot_error(features, labels, task, seed=7) == first
+    others = {few_shot_error(features, labels, task, seed=seed)["few_shot_error"] for seed in range(8, 12)}
+    assert others != {first["few_shot_error"]}  # the seed does choose the episodes
+
+
+def test_folder_groups():
+    paths = ["/d/set/Tagalog/character01/1.png", "set/Sanskrit/character02/2.png"]
+    assert folder_groups(paths, 2).tolist() == ["/d/set/Tagalog", "set/Sanskrit"]
+    assert folder_groups(paths, 1).tolist() == ["/d/set/Tagalog/character01", "set/Sanskrit/character02"]
+    with pytest.raises(ValueError, match="no folder 2 level"):
+        folder_groups(["character01/1.png"], 2)
+    with pytest.raises(ValueError, match="1 or more"):
+        folder_groups(paths, 0)
+
+
+@pytest.mark.parametrize("task, groups, message", [
+    (FewShotTask(1, ways=5), None, "5-way episodes need 5 classes with at least 2 images each; the list has 4"),
+    (FewShotTask(1, ways=3, within_groups=True), list("aabb"), "need a group with 3 classes"),
+    (FewShotTask(1, ways=2, within_groups=True), None, "need the group of every image"),
+])
+def test_errors(task, groups, message):
+    labels = np.array([0, 1, 2, 3])
+    labels, groups = np.repeat(labels, 2), None if groups is None else np.repeat(groups, 2)
+    with pytest.raises(ValueError, match=message):
+        plan_episodes(labels, task, groups)
+
+
+def test_a_class_split_over_groups_is_an_error():
+    with pytest.raises(ValueError, match="images in several groups"):
+        plan_episodes([0, 0, 1, 1], FewShotTask(1, 2, within_groups=True), ["a", "b", "b", "b"])
+
+
+def test_bad_tasks():
+    for args in ((0, 5), (1, 1), (1, 5, 0)):
+        with pytest.raises(ValueError, match="need episodes"):
+            FewShotTask(*args)
+    with pytest.raises(ValueError, match="queries per class"):
+        FewShotTask(1, 5, 1, 0)
