@@ -76,3 +76,23 @@ class GlobalAvgPool(nn.Layer):
 
     def forward(self, x):
         return paddle.flatten(self.pool(x), start_axis=1)
+
+
+class SqueezeExcitation(nn.Layer):
+    """Rescale each channel by a gate computed from the globally pooled input (Hu et al. 2018).
+
+    pooled [N, C] -> `{name}_sqz` (C -> squeezed_channels) -> ReLU -> `{name}_exc` (-> C) -> gate,
+    both fully connected layers with a bias. `gate` is the sigmoid of SENet, or the hard sigmoid
+    of MobileNetV3.
+    """
+
+    def __init__(self, channels, squeezed_channels, name, gate=nn.functional.sigmoid):
+        super().__init__()
+        self.pool = GlobalAvgPool()
+        self.squeeze = named_linear(channels, squeezed_channels, f"{name}_sqz")
+        self.excite = named_linear(squeezed_channels, channels, f"{name}_exc")
+        self.gate = gate
+
+    def forward(self, x):
+        hidden = nn.functional.relu(self.squeeze(self.pool(x)))
+        return x * self.gate(self.excite(hidden)).unsqueeze([2, 3])

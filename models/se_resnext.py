@@ -15,7 +15,7 @@ makes `conv1` a 3x3 stride-1 convolution (models/layers.py STEMS).
 """
 from paddle import nn
 
-from models.layers import STEMS, ConvBN, GlobalAvgPool, block_stride, named_linear
+from models.layers import STEMS, ConvBN, GlobalAvgPool, SqueezeExcitation, block_stride
 
 CARDINALITY = 32
 SE_REDUCTION = 16
@@ -29,21 +29,6 @@ def conv_bn(in_channels, out_channels, kernel_size, name, stride=1, groups=1, re
                   stride=stride, groups=groups, relu=relu)
 
 
-class SqueezeExcitation(nn.Layer):
-    """Rescale each channel by a gate computed from the globally pooled input."""
-
-    def __init__(self, channels, reduction, name):
-        super().__init__()
-        self.pool = GlobalAvgPool()
-        self.squeeze = named_linear(channels, channels // reduction, f"{name}_sqz")
-        self.excite = named_linear(channels // reduction, channels, f"{name}_exc")
-
-    def forward(self, x):
-        gate = nn.functional.relu(self.squeeze(self.pool(x)))
-        gate = nn.functional.sigmoid(self.excite(gate))
-        return x * gate.unsqueeze([2, 3])
-
-
 class SEResNeXtBottleneck(nn.Layer):
     """1x1 reduce, grouped 3x3 (strided), 1x1 expand by 2, SE gate, plus a shortcut."""
 
@@ -54,7 +39,7 @@ class SEResNeXtBottleneck(nn.Layer):
         self.conv_x2 = conv_bn(width, width, 3, f"conv{name}_x2", stride=stride,
                                groups=CARDINALITY)
         self.conv_x3 = conv_bn(width, out_channels, 1, f"conv{name}_x3", relu=False)
-        self.se = SqueezeExcitation(out_channels, SE_REDUCTION, f"fc{name}")
+        self.se = SqueezeExcitation(out_channels, out_channels // SE_REDUCTION, f"fc{name}")
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = conv_bn(in_channels, out_channels, 1, f"conv{name}_prj",

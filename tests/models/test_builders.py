@@ -4,7 +4,7 @@ import pytest
 from paddle.utils import unique_name
 
 from models import MODELS, build_model
-from models.se_resnext import SqueezeExcitation
+from models.layers import SqueezeExcitation
 from utility.errors import UserError
 from paddle_modes import static_mode
 
@@ -92,7 +92,7 @@ def test_head_is_affine_projection_then_classifier():
 
 def test_squeeze_excitation_matches_numpy():
     with unique_name.guard():
-        se = SqueezeExcitation(channels=32, reduction=16, name="test_se")
+        se = SqueezeExcitation(channels=32, squeezed_channels=2, name="test_se")
     x = images(batch=2, size=5)[:, :1].repeat(32, axis=1) * np.arange(32, dtype=np.float32)[:, None, None]
     w = {p.name: p.numpy() for p in se.parameters()}
     hidden = np.maximum(x.mean(axis=(2, 3)) @ w["test_se_sqz_weights"] + w["test_se_sqz_offset"], 0)
