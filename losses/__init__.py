@@ -8,9 +8,9 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
     import losses
     loss = losses.get("multisimilarityloss").build_loss(128, 100, alpha=3.0)   # callable(embedding, labels)
 """
-from losses import (arcmarginloss, centerloss, circleloss, contrastiveloss, cosfaceloss, emlloss, marginloss,
-                    multisimilarityloss, npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss, rankedlistloss,
-                    softmaxloss, softtripleloss, subcenterarcface, supconloss, tripletloss)
+from losses import (arcmarginloss, centerloss, circleloss, contrastiveloss, cosfaceloss, crankedloss, emlloss,
+                    marginloss, multisimilarityloss, npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss,
+                    rankedlistloss, softmaxloss, softtripleloss, subcenterarcface, supconloss, tripletloss)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
 from utility.errors import UserError
@@ -24,6 +24,7 @@ LOSSES = {spec.name: spec for spec in (
     arcmarginloss.SPEC,
     softmaxloss.SPEC,
     rankedlistloss.SPEC,
+    crankedloss.SPEC,
     multisimilarityloss.SPEC,
     marginloss.SPEC,
     cosfaceloss.SPEC,

@@ -51,17 +51,23 @@ def rankedlistloss(features, labels, references=None, reference_labels=None, *, 
     positive_sum = paddle.sum((distances - (alpha - margin)) * positive_weights, axis=1)
     positive_loss = positive_sum / paddle.clip(paddle.sum(positive_weights, axis=1), min=1.0)
 
+    negative_loss = weighted_negative_term(distances, negative, alpha=alpha, temperature=temperature)
+    return paddle.mean(positive_loss + balance * negative_loss)
+
+
+def weighted_negative_term(distances, negative, *, alpha, temperature):
+    """L_N [B] of every anchor (row of `distances` [B, N]) over its candidates that `negative` [B, N] marks:
+    the non-trivial ones N* (d < alpha), weighted by exp(temperature * (alpha - d)) held constant,
+    sum_{N*} w (alpha - d) / sum_{N*} w; 0 for an anchor without any."""
     hard_negative = paddle.logical_and(negative, distances < alpha)
     # Normalised weights as a masked softmax of temperature * (alpha - d): the row maximum is
     # subtracted first, so exp() stays in range whatever the temperature.
     logits = temperature * (alpha - distances.detach())
     row_max = masked_max(logits, hard_negative, axis=1, keepdim=True)
     weights = paddle.exp(paddle.where(hard_negative, logits - row_max, paddle.full_like(logits, -1e4)))
-    weights = weights * paddle.cast(hard_negative, dtype)
+    weights = weights * paddle.cast(hard_negative, distances.dtype)
     weights = weights / paddle.clip(paddle.sum(weights, axis=1, keepdim=True), min=1e-30)
-    negative_loss = paddle.sum(weights * (alpha - distances), axis=1)
-
-    return paddle.mean(positive_loss + balance * negative_loss)
+    return paddle.sum(weights * (alpha - distances), axis=1)
 
 
 def check_batch(labels):

@@ -125,7 +125,8 @@ def test_batch_layouts():
     assert layouts == {"tripletloss": ("triplet", 1), "batchhardtripletloss": ("pk", 4),
                        "quadrupletloss": ("pk", 4), "emlloss": ("pk", 4), "npairsloss": ("pk", 2),
                        "softmax": ("shuffle", 1), "arcmargin": ("shuffle", 1),
-                       "rankedlistloss": ("pk", 4), "multisimilarityloss": ("pk", 4), "marginloss": ("pk", 4),
+                       "rankedlistloss": ("pk", 4), "crankedloss": ("pk", 4), "multisimilarityloss": ("pk", 4),
+                       "marginloss": ("pk", 4),
                        "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
                        "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1),
                        "subcenterarcface": ("shuffle", 1), "softtripleloss": ("shuffle", 1)}
