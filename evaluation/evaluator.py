@@ -8,7 +8,8 @@ Every row of the gallery is a query against the others (leave-one-out), or query
 against the gallery. An Evaluation holds the embeddings, the settings and the work that several
 metrics share, each part computed once, when the first metric reads it:
 - `neighbors`: the NeighborTable of the retrieval metrics (which nearest gallery items share each
-  query's label, to the depth Recall@K and MAP@R need);
+  query's label, to the depth Recall@K and MAP@R need), after the settings' post-processing
+  (database augmentation, query expansion, re-ranking: evaluation/postprocess.py);
 - `reid`: per-query AP and first good match under the re-identification protocol (cameras and
   junk, evaluation/reid.py), on k-reciprocal re-ranked distances with `re_ranking`;
 - `verification`: the distance threshold over all pairs (evaluation/threshold.py).
@@ -22,8 +23,9 @@ from typing import Optional
 
 import numpy as np
 
-from evaluation import metrics, reid, threshold
-from evaluation.distances import as_matrix, check_same_width, l2_normalized, neighbor_blocks
+from evaluation import fewshot, metrics, reid, threshold
+from evaluation.distances import as_matrix, check_same_width, l2_normalized
+from evaluation.postprocess import Expansion, PostProcessing, ranked_blocks
 from evaluation.reranking import KReciprocalReranker
 
 RETRIEVAL_METRICS = ("recall_at_k", "map_at_r", "r_precision", "nmi")
@@ -37,7 +39,10 @@ class Settings:
     seed: int = 0                   # k-means of NMI
     confused_pairs: int = 5         # how many pairs confused_pairs names
     block_rows: Optional[int] = None  # queries per block of neighbour search (default: memory-bounded)
-    re_ranking: bool = False        # ReID metrics on k-reciprocal re-ranked distances
+    re_ranking: bool = False        # rank by k-reciprocal re-ranked distances (ReID and retrieval metrics)
+    query_expansion: Optional[Expansion] = None        # alpha-QE before the retrieval metrics
+    database_augmentation: Optional[Expansion] = None  # DBA before the retrieval metrics
+    few_shot: Optional[fewshot.FewShotTask] = None      # the episodes of the few_shot metric
     max_rank: int = 10              # CMC up to this rank
     ignore_labels: tuple = ()       # labels that take part in no verification pair (ReID junk, distractors)
 
@@ -55,7 +60,7 @@ class Evaluation:
     """The evaluated embeddings and settings; the shared work is done on first use, once."""
 
     def __init__(self, gallery, gallery_labels, query=None, query_labels=None, gallery_cameras=None,
-                 query_cameras=None, settings=Settings()):
+                 query_cameras=None, settings=Settings(), gallery_groups=None):
         self.gallery = as_matrix(gallery, "features")
         self.gallery_labels = _labels(gallery_labels, self.gallery, "features")
         self.leave_one_out = query is None
@@ -64,6 +69,7 @@ class Evaluation:
             _labels(query_labels, self.query, "query features")
         check_same_width(self.query, self.gallery)
         self.gallery_cameras, self.query_cameras = gallery_cameras, query_cameras
+        self.gallery_groups = gallery_groups  # per gallery row, for within-group few-shot episodes
         self.settings = settings
 
     @cached_property
@@ -77,12 +83,18 @@ class Evaluation:
         wanted = np.maximum(min(max(self.settings.ks), candidates), relevant)
         hits = np.zeros((len(self.query), int(wanted.max())), bool)
         first_labels = np.empty(len(self.query), self.gallery_labels.dtype)
-        for start, indices, _ in neighbor_blocks(self.query, self.gallery, wanted, self.leave_one_out,
-                                                 self.settings.feat_norm, self.settings.block_rows):
+        for start, indices, _ in ranked_blocks(self.query, self.gallery, wanted, self.leave_one_out,
+                                               self.settings.feat_norm, self.post_processing,
+                                               self.settings.block_rows):
             rows = slice(start, start + len(indices))
             hits[rows, :indices.shape[1]] = self.gallery_labels[indices] == self.query_labels[rows, None]
             first_labels[rows] = self.gallery_labels[indices[:, 0]]
         return NeighborTable(hits, relevant, first_labels, candidates)
+
+    @property
+    def post_processing(self):
+        return PostProcessing(self.settings.database_augmentation, self.settings.query_expansion,
+                              self.settings.re_ranking)
 
     @cached_property
     def reid(self):
@@ -109,6 +121,8 @@ class Evaluation:
         found = {"num_queries": len(self.query)}
         if "neighbors" in self.__dict__:  # (a cached_property, once computed, is in the instance's __dict__)
             found["num_lone_queries"] = int(np.sum(self.neighbors.relevant == 0))
+            if self.post_processing:
+                found["post_processing"] = self.post_processing.describe()
         if "reid" in self.__dict__:
             found.update(reid.query_counts(self.reid[0]), re_ranking=self.settings.re_ranking)
         return found
@@ -142,6 +156,14 @@ def confused_pairs(evaluation):
                                                           evaluation.settings.confused_pairs)}
 
 
+def few_shot(evaluation):
+    """Episodic W-way K-shot error on the gallery (evaluation/fewshot.py), the task of the settings."""
+    if evaluation.settings.few_shot is None:
+        raise ValueError("few_shot needs the episodes' task: Settings(few_shot=FewShotTask(...))")
+    return fewshot.few_shot_error(evaluation.gallery, evaluation.gallery_labels, evaluation.settings.few_shot,
+                                  evaluation.gallery_groups, evaluation.settings.feat_norm)
+
+
 def reid_map(evaluation):
     return {"map": reid.mean_average_precision(evaluation.reid[0])}
 
@@ -163,6 +185,7 @@ METRICS = {
     "r_precision": r_precision,
     "nmi": nmi,
     "confused_pairs": confused_pairs,
+    "few_shot": few_shot,
     "map": reid_map,
     "cmc": reid_cmc,
     "threshold": verification_threshold,
@@ -180,10 +203,10 @@ class Evaluator:
         self.settings = Settings(**settings)
 
     def __call__(self, gallery, gallery_labels, query=None, query_labels=None, gallery_cameras=None,
-                 query_cameras=None):
+                 query_cameras=None, gallery_groups=None):
         """The figures of every metric, leave-one-out without a query set, then the query counts."""
         return self.evaluate(Evaluation(gallery, gallery_labels, query, query_labels, gallery_cameras,
-                                        query_cameras, self.settings))
+                                        query_cameras, self.settings, gallery_groups))
 
     def evaluate(self, evaluation):
         """The figures of an Evaluation built by the caller (who may read its shared parts afterwards)."""

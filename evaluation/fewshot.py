@@ -47,6 +47,7 @@ class FewShotTask:
     shots: int = 1                            # K: support images per class
     queries_per_class: Optional[int] = None   # Q: None = every image of the class not in the support
     within_groups: bool = False               # the W classes of an episode come from one group
+    seed: int = 0                             # of the episodes' draws
 
     def __post_init__(self):
         if self.episodes < 1 or self.ways < 2 or self.shots < 1:
@@ -59,7 +60,7 @@ class FewShotTask:
         queries = "all other images" if self.queries_per_class is None else f"{self.queries_per_class}"
         where = ", within one group" if self.within_groups else ""
         return (f"{self.ways}-way {self.shots}-shot{where}, queries per class: {queries}, "
-                f"{self.episodes} episodes")
+                f"{self.episodes} episodes, seed {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def plan_episodes(labels, task, groups=None):
     return EpisodePlan(rows_of_class, [np.array(usable[name]) for name in names], names, left_out, short)
 
 
-def few_shot_error(features, labels, task, groups=None, feat_norm=True, seed=0):
+def few_shot_error(features, labels, task, groups=None, feat_norm=True):
     """{few_shot_error, few_shot_ci95, ...}: the mean episode error of `task` and its 95 % interval.
 
     features: [N, D] embeddings; labels: [N] classes; groups: [N] group of each row (needed with
@@ -119,7 +120,7 @@ def few_shot_error(features, labels, task, groups=None, feat_norm=True, seed=0):
     plan = plan_episodes(labels, task, groups)
     if feat_norm:
         features = l2_normalized(features)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(task.seed)
     errors = np.array([_episode_error(features, *draw_episode(plan, task, rng), feat_norm)
                        for _ in range(task.episodes)])
     return {"few_shot_error": float(errors.mean()),

@@ -49,15 +49,18 @@ class KReciprocalReranker:
 
     Building it does the pool-wide work (neighbours, k-reciprocal sets, the sparse
     vectors V); each call then costs one block of queries against the gallery.
+    With gallery_features None the pool is the query images alone, each ranked against
+    all of them (leave-one-out retrieval; the caller drops each query's own column).
     """
 
     def __init__(self, query_features, gallery_features, k1=20, k2=6, lambda_value=0.3, feat_norm=True):
         query = as_matrix(query_features, "query features")
-        gallery = as_matrix(gallery_features, "gallery features")
+        one_pool = gallery_features is None
+        gallery = query if one_pool else as_matrix(gallery_features, "gallery features")
         check_same_width(query, gallery)
         if k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
             raise ValueError(f"need k1 >= 1, k2 >= 1 and 0 <= lambda <= 1, got {k1}, {k2}, {lambda_value}")
-        pool = np.concatenate([query, gallery])
+        pool = query if one_pool else np.concatenate([query, gallery])
         if feat_norm:
             pool = l2_normalized(pool)
         self.num_query, self.num_gallery = len(query), len(gallery)
@@ -73,9 +76,10 @@ class KReciprocalReranker:
         vectors = _weighted_vectors(pool, expanded, self.scale)
         vectors = _query_expansion(vectors, neighbors[:, :self.k2])
         self.query_vectors = vectors[:self.num_query]
+        first_gallery = 0 if one_pool else self.num_query
         # Column c of the gallery vectors as a row: the gallery images whose vector uses c.
-        self.gallery_by_column = vectors[self.num_query:].T.tocsr()
-        self.original = squared_distance_fn(pool[:self.num_query], pool[self.num_query:], feat_norm=False)
+        self.gallery_by_column = vectors[first_gallery:].T.tocsr()
+        self.original = squared_distance_fn(pool[:self.num_query], pool[first_gallery:], feat_norm=False)
 
     def __call__(self, start, stop):
         original = self.original(start, stop).astype(np.float64) / self.scale[start:stop, None]

@@ -138,8 +138,8 @@ def test_the_neighbours_are_searched_once_for_all_retrieval_metrics(monkeypatch)
     import evaluation.evaluator as evaluator_module
 
     calls = []
-    search = evaluator_module.neighbor_blocks
-    monkeypatch.setattr(evaluator_module, "neighbor_blocks", lambda *a, **k: calls.append(1) or search(*a, **k))
+    search = evaluator_module.ranked_blocks
+    monkeypatch.setattr(evaluator_module, "ranked_blocks", lambda *a, **k: calls.append(1) or search(*a, **k))
     rng = np.random.default_rng(5)
     features, labels = clustered(rng, num_classes=6, per_class=5, dim=8, spread=1.0)
     Evaluator(["recall_at_k", "map_at_r", "r_precision", "confused_pairs"])(features, labels)

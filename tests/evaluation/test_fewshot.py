@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 
 from embedding_references import clustered
+from evaluation.evaluator import Evaluator
 from evaluation.fewshot import FewShotTask, draw_episode, few_shot_error, folder_groups, plan_episodes
 
 
-def reference_errors(features, labels, task, groups, feat_norm, seed):
+def reference_errors(features, labels, task, groups, feat_norm):
     """Each episode's error with Python loops: nearest support image (K = 1) or class mean (K > 1)."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(task.seed)
     plan = plan_episodes(labels, task, groups)
     vectors = [np.asarray(row, np.float64) for row in features]
     if feat_norm:
@@ -44,9 +45,9 @@ def noisy(seed, num_classes=12, per_class=6, dim=8):
     (5, 1, None, True), (5, 3, None, True), (4, 2, 1, False), (12, 1, 2, True)])
 def test_matches_loop_reference(ways, shots, queries, feat_norm):
     features, labels = noisy(0)
-    task = FewShotTask(episodes=30, ways=ways, shots=shots, queries_per_class=queries)
-    found = few_shot_error(features, labels, task, feat_norm=feat_norm, seed=5)
-    errors = reference_errors(features, labels, task, None, feat_norm, seed=5)
+    task = FewShotTask(episodes=30, ways=ways, shots=shots, queries_per_class=queries, seed=5)
+    found = few_shot_error(features, labels, task, feat_norm=feat_norm)
+    errors = reference_errors(features, labels, task, None, feat_norm)
     assert 0 < errors.mean() < 1  # the case is neither trivial nor hopeless
     assert found["few_shot_error"] == pytest.approx(errors.mean(), abs=1e-12)
     assert found["few_shot_ci95"] == pytest.approx(1.96 * errors.std() / math.sqrt(30), abs=1e-12)
@@ -99,18 +100,21 @@ def test_within_group_episodes_stay_in_one_group():
         seen |= episode_groups
     assert seen == {"b", "c"}
     features, _ = clustered(np.random.default_rng(3), 14, 3, 6, spread=1.0)
-    found = few_shot_error(features, labels, FewShotTask(30, 4, 1, 1, within_groups=True), groups=groups, seed=4)
-    expected = reference_errors(features, labels, FewShotTask(30, 4, 1, 1, within_groups=True), groups, True, 4)
+    task = FewShotTask(30, 4, 1, 1, within_groups=True, seed=4)
+    found = few_shot_error(features, labels, task, groups=groups)
+    expected = reference_errors(features, labels, task, groups, True)
     assert found["few_shot_error"] == pytest.approx(expected.mean(), abs=1e-12)
     assert found["few_shot_groups_left_out"] == ["a"]
 
 
 def test_reproducible_with_a_seed():
     features, labels = noisy(1)
-    task = FewShotTask(episodes=40, ways=5, shots=1, queries_per_class=1)
-    first = few_shot_error(features, labels, task, seed=7)
-    assert few_shot_error(features, labels, task, seed=7) == first
-    others = {few_shot_error(features, labels, task, seed=seed)["few_shot_error"] for seed in range(8, 12)}
+    def error(seed):
+        return few_shot_error(features, labels, FewShotTask(40, 5, 1, 1, seed=seed))
+
+    first = error(7)
+    assert error(7) == first
+    others = {error(seed)["few_shot_error"] for seed in range(8, 12)}
     assert others != {first["few_shot_error"]}  # the seed does choose the episodes
 
 
@@ -147,3 +151,14 @@ def test_bad_tasks():
             FewShotTask(*args)
     with pytest.raises(ValueError, match="queries per class"):
         FewShotTask(1, 5, 1, 0)
+
+
+def test_the_evaluator_metric():
+    features, labels = noisy(2)
+    groups = np.where(labels < 63, "first", "second")
+    task = FewShotTask(20, 3, 2, 1, within_groups=True, seed=3)
+    found = Evaluator(["few_shot"], few_shot=task)(features, labels, gallery_groups=groups)
+    assert found["few_shot_error"] == few_shot_error(features, labels, task, groups)["few_shot_error"]
+    assert found["few_shot_task"] == "3-way 2-shot, within one group, queries per class: 1, 20 episodes, seed 3"
+    with pytest.raises(ValueError, match="needs the episodes' task"):
+        Evaluator(["few_shot"])(features, labels)
