@@ -3,10 +3,11 @@
 From the unpacked MSMT17_V1 folder (train/, test/) or MSMT17_V2 folder (mask_train_v2/,
 mask_test_v2/), both with list_train.txt, list_val.txt, list_query.txt and list_gallery.txt:
 `0000/0000_000_01_0303morning_0015_0.jpg 0` lines, the path relative to the train (train, val)
-or test (query, gallery) folder and the person id. The file name is person, image number,
-camera (01-15), date and time of day, frame, box. train.txt holds list_train and list_val
-(the official validation images are training images, 1,041 identities in all); query.txt and
-gallery.txt the 3,060 test identities. Each line is `folder/file.jpg PERSON CAMERA` relative to
+or test (query, gallery) folder and the person id. The file name starts with the person, the
+image number and the camera (01-15), then the day and time of day of the recording.
+
+train.txt holds list_train and list_val (the official validation images come from the training
+folder; 1,041 identities in all); query.txt and gallery.txt the 3,060 test identities. Each line is `folder/file.jpg PERSON CAMERA` relative to
 the MSMT17 folder (see data/reid_lists.py); persons are numbered as in data/lists.py, so a
 test person never shares a label with a training person (the official lists number both from 0).
 
