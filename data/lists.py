@@ -7,6 +7,7 @@ Labels: the train list's classes are numbered 0..C-1 in the order of their offic
 evaluation lists' classes continue from C. A label therefore names one class across all the
 lists of a data set, and the train labels are the softmax branch's class ids as they stand.
 """
+import argparse
 import os
 from pathlib import Path
 
@@ -89,8 +90,6 @@ def write_lists(out_dir, lists):
 
 def parse_args(argv, description, dataset, default_out_dir, outputs):
     """The preparers' command line: --dataset_dir and --out_dir."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dataset_dir", required=True, help=f"the unpacked {dataset} folder")
     parser.add_argument("--out_dir", default=str(default_out_dir), help=f"where {outputs} go")
