@@ -45,6 +45,18 @@ def float_pair(text):
     return tuple(values)
 
 
+def k_alpha(text):
+    """K,ALPHA: a neighbour count and a weighting exponent (query expansion, database augmentation)."""
+    parts = str(text).split(",")
+    try:
+        k, alpha = int(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected K,ALPHA (an integer and a number), got {text!r}")
+    if len(parts) != 2 or k < 1 or not 0 <= alpha < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected K,ALPHA with K >= 1 and ALPHA >= 0, got {text!r}")
+    return k, alpha
+
+
 def image_shape(text):
     shape = int_list(text)
     if len(shape) != 3 or shape[0] != 3 or min(shape) <= 0:
@@ -148,7 +160,28 @@ def _eval(p):
     g.add_argument("--query_list", default=None, help="separate query list (with --gallery_list)")
     g.add_argument("--gallery_list", default=None, help="separate gallery list (with --query_list)")
     g.add_argument("--re_ranking", type=str2bool, default=False,
-                   help="re-identification: k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before mAP/CMC")
+                   help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before mAP/CMC (re-identification) "
+                        "or before Recall@K and MAP@R")
+    g.add_argument("--database_augmentation", type=k_alpha, default=None,
+                   help="K,ALPHA: before Recall@K and MAP@R, every gallery embedding replaced by the normalised sum "
+                        "of itself and its K nearest gallery embeddings, weighted by cosine similarity**ALPHA (DBA)")
+    g.add_argument("--query_expansion", type=k_alpha, default=None,
+                   help="K,ALPHA: the same for every query with its K nearest gallery embeddings, after "
+                        "--database_augmentation (alpha-QE; ALPHA 0 = average query expansion)")
+    g.add_argument("--episodes", type=int, default=0,
+                   help="also N few-shot episodes on the evaluation list: error rate of --ways-way --shots-shot "
+                        "classification by the nearest support image or class mean, with its 95%% interval (0 = none)")
+    g.add_argument("--ways", type=int, default=20, help="few-shot: classes per episode")
+    g.add_argument("--shots", type=int, default=1, help="few-shot: support images per class")
+    g.add_argument("--queries_per_class", type=int, default=0,
+                   help="few-shot: queries per class and episode (0 = every image not in the support; 1 = Lake's "
+                        "one-shot protocol)")
+    g.add_argument("--within_alphabet", type=str2bool, default=False,
+                   help="few-shot: the classes of an episode come from one alphabet, the folder --group_level "
+                        "levels above the images (alphabets with fewer than --ways classes are left out)")
+    g.add_argument("--group_level", type=int, default=2,
+                   help="few-shot: an image's alphabet is the folder this many levels above it in the list path "
+                        "(1 = the folder holding it; 2 = Omniglot's set/ALPHABET/character/drawing.png)")
     g.add_argument("--threshold", type=str2bool, default=False,
                    help="also find the distance threshold that best separates same-class from different-class pairs")
     g.add_argument("--threshold_plot", default=None,
@@ -254,11 +287,43 @@ def _check(script, args):
             raise UserError("--query_list and --gallery_list go together")
         if not args.recall_k or min(args.recall_k) <= 0:
             raise UserError(f"--recall_k must be positive integers, got {args.recall_k}")
-        if args.re_ranking and (args.query_list is None or not args.with_camera):
-            raise UserError("--re_ranking re-ranks a query list against a gallery list under the re-identification "
-                            "protocol: give --query_list, --gallery_list and --with_camera True")
+        _check_post_processing(args)
+        _check_few_shot(args)
         if args.threshold_plot and not args.threshold and "threshold" in args.explicit:
             raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
+
+
+def _check_post_processing(args):
+    expansions = [name for name in ("database_augmentation", "query_expansion") if getattr(args, name)]
+    if expansions and args.query_list is not None and args.with_camera:
+        raise UserError(f"--{expansions[0]} works on Recall@K and MAP@R, not on the re-identification metrics")
+    if expansions and not args.feat_norm:
+        raise UserError(f"--{expansions[0]} weighs neighbours by cosine similarity: it needs --feat_norm True")
+    if args.re_ranking and args.query_expansion:
+        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+
+
+def _check_few_shot(args):
+    """The few-shot flags, checked by evaluation.fewshot.FewShotTask (the same checks as for Python callers)."""
+    typed = {"ways", "shots", "queries_per_class", "within_alphabet", "group_level"} & args.explicit
+    if not args.episodes:
+        if typed:
+            raise UserError(f"--{sorted(typed)[0]} sets the few-shot episodes: give --episodes N too")
+        return
+    if args.query_list is not None:
+        raise UserError("--episodes draws its classes from the evaluation list (--val_list), not from "
+                        "--query_list/--gallery_list")
+    if args.group_level < 1:
+        raise UserError(f"--group_level counts folders above the image: 1 or more, got {args.group_level}")
+    if args.queries_per_class < 0:
+        raise UserError(f"--queries_per_class must be 0 (every image not in the support) or more, "
+                        f"got {args.queries_per_class}")
+    from engine.evaluate import few_shot_task
+
+    try:
+        few_shot_task(args)
+    except ValueError as err:
+        raise UserError(f"--episodes, --ways, --shots: {err}") from None
 
 
 def _check_loss_settings(args):

@@ -16,7 +16,9 @@ import numpy as np
 import reader
 from data.reid_lists import DISTRACTOR
 from engine.embedder import checkpoint_embedder, embed_shards, exchange_folder, share_loader
+from evaluation import fewshot
 from evaluation.evaluator import REID_METRICS, Evaluation, Evaluator, Settings, verification_threshold
+from evaluation.postprocess import Expansion
 from evaluation.reid import JUNK_ID
 from reader.image_list import check_unique_paths
 from utility.errors import UserError
@@ -37,7 +39,9 @@ def evaluate_checkpoint(config):
 
     Returns None on the processes other than device 0 of paddle.distributed.launch.
     """
-    gallery, query = _embed_lists(config, *_read_lists(config))
+    lists = _read_lists(config)
+    _check_episodes(config, lists[0])
+    gallery, query = _embed_lists(config, *lists)
     if gallery is None:
         return None
     reid = query is not None and config.with_camera
@@ -45,9 +49,10 @@ def evaluate_checkpoint(config):
     separate = {} if query is None else {"query": query.features, "query_labels": query.labels,
                                          "query_cameras": query.cameras}
     evaluation = Evaluation(gallery.features, gallery.labels, gallery_cameras=gallery.cameras,
-                            settings=_settings(config, reid), **separate)
+                            settings=_settings(config, reid), gallery_groups=_alphabets(config, gallery.paths),
+                            **separate)
     names = REID_METRICS if reid else ("recall_at_k", "map_at_r", "r_precision", *["nmi"] * config.nmi,
-                                       "confused_pairs")
+                                       "confused_pairs", *["few_shot"] * bool(config.episodes))
     results = Evaluator(names).evaluate(evaluation)
     if reid and results["num_valid_queries"] == 0:
         raise UserError(f"no query of {config.query_list} has an image of its identity under another camera in "
@@ -66,8 +71,40 @@ def _settings(config, reid):
     # With re-identification lists, junk and distractor images take part in no verification pair:
     # the distractors share one label without being one person.
     return Settings(ks=tuple(config.recall_k), feat_norm=config.feat_norm, confused_pairs=CONFUSED_PAIRS,
-                    re_ranking=reid and config.re_ranking,
+                    re_ranking=config.re_ranking,
+                    query_expansion=config.query_expansion and Expansion(*config.query_expansion),
+                    database_augmentation=config.database_augmentation and Expansion(*config.database_augmentation),
+                    few_shot=few_shot_task(config),
                     ignore_labels=(JUNK_ID, DISTRACTOR) if config.with_camera else ())
+
+
+def few_shot_task(config):
+    """The evaluation.fewshot.FewShotTask of --episodes, --ways, --shots, ... (None without --episodes)."""
+    if not config.episodes:
+        return None
+    return fewshot.FewShotTask(config.episodes, config.ways, config.shots, config.queries_per_class or None,
+                               config.within_alphabet, config.seed)
+
+
+def _alphabets(config, paths):
+    """--within_alphabet: the folder --group_level levels above each image (relative to --data_dir)."""
+    if not (config.episodes and config.within_alphabet):
+        return None
+    try:
+        return fewshot.folder_groups([os.path.relpath(path, config.data_dir) for path in paths],
+                                     config.group_level)
+    except ValueError as err:
+        raise UserError(f"--group_level {config.group_level}: {err}") from None
+
+
+def _check_episodes(config, image_list):
+    """Before any image is embedded: the evaluation list holds the classes (and alphabets) the episodes need."""
+    if not config.episodes:
+        return
+    try:
+        fewshot.plan_episodes(image_list.labels, few_shot_task(config), _alphabets(config, image_list.paths))
+    except ValueError as err:
+        raise UserError(f"--episodes on {image_list.source}: {err}") from None
 
 
 def _read_lists(config):

@@ -22,8 +22,12 @@ def print_report(results, ks):
         print(f"MAP@R: {results['map@r']:.4f}, R-precision: {results['r_precision']:.4f} "
               f"({results['num_lone_queries']} of {results['num_queries']} queries have no other image of their "
               "class)")
+        if "post_processing" in results:
+            print(f"(Recall@K, MAP@R and R-precision after {results['post_processing']})")
         if "nmi" in results:
             print(f"NMI: {results['nmi']:.4f}")
+        if "few_shot_error" in results:
+            _print_few_shot(results)
         _print_confusions(results["confused_pairs"])
     if "threshold" in results:
         print(f"Verification: threshold {results['threshold']:.4f}, accuracy {results['threshold_accuracy']:.4f} "
@@ -35,6 +39,17 @@ def append_record(path, checkpoint, model, results):
     """Append the figures as one JSON line (with the checkpoint and model) to `path`."""
     append_line(path, json.dumps({"checkpoint": checkpoint, "model": model, **results}))
     print(f"Wrote the metrics to {path}")
+
+
+def _print_few_shot(results):
+    print(f"Few-shot error: {results['few_shot_error']:.4f} +- {results['few_shot_ci95']:.4f} (95% interval; "
+          f"{results['few_shot_task']})")
+    left_out = [f"{results['few_shot_classes_left_out']} classes with too few images"] \
+        if results["few_shot_classes_left_out"] else []
+    if results["few_shot_groups_left_out"]:
+        left_out.append(f"the alphabets with too few classes: {', '.join(results['few_shot_groups_left_out'])}")
+    if left_out:
+        print(f"  left out of the episodes: {'; '.join(left_out)}")
 
 
 def _print_confusions(pairs):

@@ -43,6 +43,34 @@ def test_query_and_gallery_go_together():
         parse_args("eval", ["--query_list=q.txt"])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--query_expansion=5"], "K,ALPHA"),
+    (["--database_augmentation=0,3"], "K >= 1 and ALPHA >= 0"),
+    (["--query_expansion=2,-1"], "K >= 1 and ALPHA >= 0"),
+    (["--query_expansion=2,3", "--feat_norm=False"], "needs --feat_norm True"),
+    (["--query_expansion=2,3", "--re_ranking=True"], "not both"),
+    (["--database_augmentation=2,3", "--query_list=q", "--gallery_list=g", "--with_camera=True"],
+     "not on the re-identification"),
+    (["--ways=5"], "give --episodes N too"),
+    (["--episodes=-1"], "need episodes >= 1"),
+    (["--episodes=10", "--ways=1"], "ways >= 2"),
+    (["--episodes=10", "--queries_per_class=-1"], "--queries_per_class must be 0"),
+    (["--episodes=10", "--within_alphabet=True", "--group_level=0"], "--group_level counts folders"),
+    (["--episodes=10", "--query_list=q", "--gallery_list=g"], "from the evaluation list"),
+])
+def test_bad_eval_post_processing_and_few_shot_flags(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_args("eval", argv)
+
+
+def test_post_processing_and_few_shot_flags():
+    args = parse_args("eval", ["--query_expansion=5,3", "--database_augmentation=10,0", "--episodes=40",
+                               "--ways=20", "--queries_per_class=1", "--within_alphabet=True"])
+    assert args.query_expansion == (5, 3.0) and args.database_augmentation == (10, 0.0)
+    assert (args.episodes, args.ways, args.shots, args.queries_per_class, args.group_level) == (40, 20, 1, 1, 2)
+    assert parse_args("eval", ["--re_ranking=True"]).re_ranking  # plain retrieval lists too
+
+
 def test_script_groups_are_separate():
     with pytest.raises(UserError):
         parse_args("eval", ["--train_batch_size=8"])

@@ -156,11 +156,11 @@ def test_max_rank_and_bad_input():
         reid_metrics(query[:, :3], query_ids, query_cams, gallery, gallery_ids, gallery_cams)
 
 
-def test_re_ranking_flag_needs_query_and_gallery():
-    with pytest.raises(UserError, match="--re_ranking"):
-        parse_args("eval", ["--re_ranking=True"])
-    with pytest.raises(UserError, match="--with_camera True"):
-        parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt"])
+def test_re_ranking_flag_with_and_without_cameras():
+    # With cameras it re-ranks mAP/CMC; without, Recall@K and MAP@R (evaluation/postprocess.py).
     args = parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt",
                                "--with_camera=True"])
     assert args.re_ranking and args.with_camera
+    assert parse_args("eval", ["--re_ranking=True", "--query_list=q.txt", "--gallery_list=g.txt"]).re_ranking
+    with pytest.raises(UserError, match="--re_ranking"):
+        parse_args("eval", ["--re_ranking=True", "--query_expansion=3,3"])

@@ -226,3 +226,25 @@ def test_an_evaluation_list_with_a_path_twice_is_refused(trained, tmp_path):
     doubled.write_text("".join(lines + lines[:1]))
     with pytest.raises(UserError, match="listed more than once"):
         eval_script.main(data_flags(trained) + [f"--val_list={doubled}"])
+
+
+def test_few_shot_episodes_and_post_processing_end_to_end(trained, tmp_path, capsys):
+    # Absolute paths under --data_dir=/: the folder 2 levels above each image is the tiny set's root, one
+    # "alphabet" of 4 classes; the episodes need 3 of them.
+    with open(trained["val_list"]) as f:
+        lines = [os.path.join(trained["data_dir"], line) for line in f]
+    (tmp_path / "val.txt").write_text("".join(lines))
+    flags = data_flags(trained) + [f"--val_list={tmp_path / 'val.txt'}", "--data_dir=/", "--episodes=20",
+                                   "--ways=3", "--queries_per_class=1", "--within_alphabet=True"]
+    with pytest.raises(UserError, match="need a group with 5 classes"):
+        eval_script.main(flags + ["--ways=5"])  # before any image is embedded
+    eval_script.main(flags + ["--database_augmentation=2,3", "--query_expansion=2,3",
+                              f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    record = json.loads((tmp_path / "m.jsonl").read_text())
+    assert 0 <= record["few_shot_error"] <= 1 and record["few_shot_ci95"] >= 0
+    assert record["few_shot_task"] == "3-way 1-shot, within one group, queries per class: 1, 20 episodes, seed 0"
+    assert record["post_processing"] == ("database augmentation k=2 alpha=3, then alpha query expansion "
+                                         "k=2 alpha=3")
+    out = capsys.readouterr().out
+    assert f"Few-shot error: {record['few_shot_error']:.4f} +- " in out
+    assert "(Recall@K, MAP@R and R-precision after database augmentation" in out
