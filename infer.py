@@ -3,6 +3,8 @@
     python infer.py --model=ResNet50 --pretrained_model=output/ResNet50/latest --output_dir=OUT
     python infer.py --pretrained_model=output/ResNet50/latest --export_model=exported
     python infer.py --inference_model=exported --infer_list=LIST --output_dir=OUT
+    python infer.py --pretrained_model=output/ResNet50/latest --export_onnx=model.onnx --quantize=int8
+    python infer.py --inference_model=model.int8.onnx --engine=onnxruntime --infer_list=LIST
 
 Writes OUT/features.npy (float32, one row per list line, list order), OUT/labels.npy,
 OUT/paths.txt and OUT/fingerprint.json (the model's fingerprint: `index.py build --features OUT`
@@ -10,6 +12,8 @@ checks it against the gallery's model). The list may have labels or not (one pat
 """
 import json
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
@@ -45,18 +49,42 @@ def main(argv=None):
 
 
 def _make_embedder(config):
-    """The exported model's embedder, or the checkpoint's (exported to --export_model first if asked)."""
+    """The embedder of --inference_model or of the checkpoint, after writing the exports asked for
+    (--export_model, --export_onnx: device 0 alone writes them)."""
     from engine.embedder import Embedder, checkpoint_embedder, checkpoint_program, export
     from engine.programs import distributed_env
 
+    exporting = (config.export_model or config.export_onnx) and distributed_env()[1] == 0
     if config.inference_model:
-        return Embedder(config.inference_model, config.use_gpu)
-    if not config.export_model or distributed_env()[1] > 0:  # device 0 alone writes the export
+        if exporting:
+            _export_onnx(config, config.inference_model)
+        return Embedder(config.inference_model, config.use_gpu, config.engine)
+    if not exporting:
         return checkpoint_embedder(config)
     exe, graph = checkpoint_program(config)
-    export(exe, graph.program, graph.image, graph.embedding, config.export_model, config)
-    print(f"Exported the inference model to {config.export_model}", flush=True)
-    return Embedder(config.export_model, config.use_gpu)
+    folder = config.export_model or tempfile.mkdtemp(prefix="export-")
+    try:
+        export(exe, graph.program, graph.image, graph.embedding, folder, config)
+        if config.export_model:
+            print(f"Exported the inference model to {config.export_model}", flush=True)
+        if config.export_onnx:
+            _export_onnx(config, folder)
+        embedder = Embedder(folder, config.use_gpu, config.engine)
+    finally:
+        if not config.export_model:
+            shutil.rmtree(folder, ignore_errors=True)  # the engine holds the parameters in memory
+    if not config.export_model:
+        embedder.name = f"checkpoint {config.pretrained_model}"
+    return embedder
+
+
+def _export_onnx(config, model_dir):
+    from engine.onnx_export import description_path, write_onnx_exports
+
+    if not config.export_onnx:
+        return
+    for path in write_onnx_exports(config, model_dir):
+        print(f"Exported the ONNX model to {path}, its preprocessing to {description_path(path)}", flush=True)
 
 
 def save_dump(out_dir, features, labels, paths, fingerprint):

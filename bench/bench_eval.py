@@ -70,7 +70,7 @@ def make_predictor(model_dir, kind):
     """The Embedder as eval.py uses it, or one with the oneDNN option under test."""
     import paddle.inference as inference
 
-    from engine.embedder import EXPORT_PREFIX, Embedder, inference_threads
+    from engine.embedder import EXPORT_PREFIX, Embedder, PaddlePredictor, inference_threads
 
     embedder = Embedder(model_dir, use_gpu=False)
     if kind == "predictor":
@@ -83,9 +83,7 @@ def make_predictor(model_dir, kind):
     config.enable_onednn()
     if kind == "bf16":
         config.enable_onednn_bfloat16()
-    embedder.predictor = inference.create_predictor(config)
-    embedder.input = embedder.predictor.get_input_handle(embedder.predictor.get_input_names()[0])
-    embedder.output = embedder.predictor.get_output_handle(embedder.predictor.get_output_names()[0])
+    embedder.run = PaddlePredictor(config)
     return embedder
 
 

@@ -197,7 +197,26 @@ def _infer(p):
     g.add_argument("--output_dir", default="infer_output", help="where features.npy, labels.npy, paths.txt go")
     g.add_argument("--print_features", type=str2bool, default=False, help="print the original's Test-{i}-feature lines")
     g.add_argument("--export_model", default=None, help="also save a Paddle inference model (image -> embedding) here")
-    g.add_argument("--inference_model", default=None, help="embed with this exported inference model (Paddle Inference)")
+    g.add_argument("--inference_model", default=None,
+                   help="embed with this exported model: a folder of --export_model, or an ONNX file of --export_onnx "
+                        "(with --engine onnxruntime)")
+    g.add_argument("--export_onnx", default=None,
+                   help="also write the model as ONNX to this file (paddle2onnx), its preprocessing beside it "
+                        "(FILE minus .onnx + .preprocess.json)")
+    g.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="with --export_onnx: also write an int8 model (FILE minus .onnx + .int8.onnx; onnxruntime "
+                        "static quantization, calibrated on --calibration_images of --calibration_list)")
+    g.add_argument("--calibration_list", default=None, help="images to calibrate int8 ranges on; default --train_list")
+    g.add_argument("--calibration_images", type=int, default=300,
+                   help="how many images of --calibration_list, spread evenly over it")
+
+
+def _engine(p):
+    from engine.embedder import ENGINES
+
+    p.add_argument("--engine", choices=ENGINES, default="paddle",
+                   help="what runs the network when embedding: Paddle Inference with oneDNN, or onnxruntime on "
+                        "the model's ONNX conversion (same features; docs/speed.md)")
 
 
 def _skip_bad(p):
@@ -207,8 +226,8 @@ def _skip_bad(p):
 
 SCRIPT_GROUPS = {
     "train": (_common, _train),
-    "eval": (_common, _eval, _skip_bad),
-    "infer": (_common, _infer, _skip_bad),
+    "eval": (_common, _eval, _skip_bad, _engine),
+    "infer": (_common, _infer, _skip_bad, _engine),
 }
 
 
@@ -282,6 +301,8 @@ def _check(script, args):
         from reader.loaders import augment_from_args, check_augment
 
         check_augment(augment_from_args(args))  # the reader's own rules for the augmentation flags
+    if script == "infer":
+        _check_onnx_export(args)
     if script == "eval":
         if (args.query_list is None) != (args.gallery_list is None):
             raise UserError("--query_list and --gallery_list go together")
@@ -324,6 +345,15 @@ def _check_few_shot(args):
         few_shot_task(args)
     except ValueError as err:
         raise UserError(f"--episodes, --ways, --shots: {err}") from None
+
+
+def _check_onnx_export(args):
+    if args.export_onnx is not None and not args.export_onnx.endswith(".onnx"):
+        raise UserError(f"--export_onnx names the ONNX file to write, ending in .onnx, got {args.export_onnx}")
+    if args.quantize != "none" and args.export_onnx is None:
+        raise UserError("--quantize int8 quantizes the ONNX export: give --export_onnx FILE.onnx too")
+    if args.calibration_images <= 0:
+        raise UserError(f"--calibration_images must be positive, got {args.calibration_images}")
 
 
 def _check_loss_settings(args):

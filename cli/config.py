@@ -158,9 +158,9 @@ def _adopt_trained_settings(script, values, typed, state):
         if values["pretrained_model"] or values["export_model"]:
             raise UserError("--inference_model runs an exported model: give neither --pretrained_model "
                             "nor --export_model with it")
-        from engine.embedder import read_export_info
+        from engine.embedder import read_model_info
 
-        trained = read_export_info(values["inference_model"])
+        trained = read_model_info(values["inference_model"])
         source = "the exported model"
     elif values["pretrained_model"] is None:
         raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)"

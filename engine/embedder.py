@@ -1,8 +1,9 @@
 """Turning an image list into embeddings, for eval.py, infer.py and train.py's evaluation.
 
-There is one embedder: an exported image -> embedding inference model run by a Paddle
-Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with the same
-features to ~1e-6 relative. A checkpoint or a training run's test program is exported to a
+There is one embedder: an exported image -> embedding inference model run by an engine, by default a
+Paddle Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with the same
+features to ~1e-6 relative; `--engine onnxruntime` runs its ONNX conversion (engine/onnx_export.py)
+instead, with the same features. A checkpoint or a training run's test program is exported to a
 temporary folder first (`Embedder.from_program`); infer.py --export_model keeps the export.
 """
 import hashlib
@@ -46,6 +47,13 @@ def read_export_info(model_dir):
         raise UserError(f"{path} is damaged (not a JSON object)")
     NetworkSpec.fields_of(info, f"{path}: ")  # a wrong network setting is an error naming it
     return info
+
+
+def read_model_info(model):
+    """The settings and preprocessing of an exported model folder, or of an ONNX file of infer.py --export_onnx."""
+    from engine import onnx_export
+
+    return onnx_export.read_onnx_info(model) if onnx_export.is_onnx_model(model) else read_export_info(model)
 
 
 DUMP_FINGERPRINT = "fingerprint.json"  # beside infer.py's dumps: {"fingerprint", "embedding_size"}
@@ -131,43 +139,85 @@ def preprocess_description(eval_resize, ink_crop=False):
     return fields
 
 
+ENGINES = ("paddle", "onnxruntime")  # --engine (cli/args.py); why not OpenVINO: docs/speed.md
+
+
 class Embedder:
-    """An exported inference model run by a Paddle Inference predictor: embedder(images) -> features."""
+    """An exported model run by an engine: embedder(images) -> features; .info (the model's settings and
+    preprocessing), .fingerprint (equal fingerprints, equal embeddings: the engine does not change it).
 
-    def __init__(self, model_dir, use_gpu=None):
-        import paddle.inference as inference
+    `model` is an exported model folder (infer.py --export_model), run by Paddle Inference with oneDNN
+    (engine "paddle") or converted to ONNX in memory and run by onnxruntime ("onnxruntime"); or an ONNX
+    file written by infer.py --export_onnx (float32 or int8), which onnxruntime runs.
+    """
 
-        self.name = model_dir  # what error lines call the model
-        self.info = read_export_info(model_dir)
-        self.fingerprint = model_fingerprint(model_dir)
-        prefix = os.path.join(model_dir, EXPORT_PREFIX)
-        config = inference.Config(prefix + ".json", prefix + ".pdiparams")
-        config.disable_glog_info()
-        if device.use_gpu(use_gpu):
-            config.enable_use_gpu(256, device.gpu_id())
-        else:
-            config.disable_gpu()
-            config.enable_onednn()
-            config.set_cpu_math_library_num_threads(inference_threads())
-        try:
-            self.predictor = inference.create_predictor(config)
-        except Exception as err:  # Paddle raises bare RuntimeError/ValueError for corrupt files
-            raise UserError(f"cannot load the exported model in {model_dir}: {str(err).strip().splitlines()[-1]}")
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+    def __init__(self, model, use_gpu=None, engine="paddle"):
+        from engine import onnx_export
+
+        if engine not in ENGINES:
+            raise UserError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+        self.name = model  # what error lines call the model
+        if engine == "onnxruntime" and use_gpu:
+            raise UserError("--engine onnxruntime runs on the CPU here: give --use_gpu False or --engine paddle")
+        if onnx_export.is_onnx_model(model):
+            if engine != "onnxruntime":
+                raise UserError(f"{model} is an ONNX model: run it with --engine onnxruntime")
+            self.info = onnx_export.read_onnx_info(model)
+            self.fingerprint = self.info["fingerprint"]
+            self.run = onnx_export.OnnxRunner(model, inference_threads())
+            return
+        self.info = read_export_info(model)
+        self.fingerprint = model_fingerprint(model)
+        if engine == "onnxruntime":
+            self.run = onnx_export.OnnxRunner(onnx_export.convert(model), inference_threads())
+            return
+        self.run = PaddlePredictor(paddle_config(model, use_gpu), f"the exported model in {model}")
 
     @classmethod
-    def from_program(cls, exe, program, image, embedding, config, name="the network being trained"):
+    def from_program(cls, exe, program, image, embedding, config, name="the network being trained", engine="paddle"):
         """The embedder of a program's image -> embedding with its current parameters (through a temporary export);
         `name` says what it is in error lines."""
         folder = tempfile.mkdtemp(prefix="embedder-")
         try:
             _write_export(exe, program, image, embedding, folder, config)
-            embedder = cls(folder, config.use_gpu)  # the predictor holds the parameters in memory
+            embedder = cls(folder, config.use_gpu, engine)  # the engine holds the parameters in memory
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         embedder.name = name
         return embedder
+
+    def __call__(self, images):
+        return self.run(images)
+
+
+def paddle_config(model_dir, use_gpu=None):
+    """The Paddle Inference configuration of an exported model: oneDNN on all of the process's cores, or the GPU."""
+    import paddle.inference as inference
+
+    prefix = os.path.join(model_dir, EXPORT_PREFIX)
+    config = inference.Config(prefix + ".json", prefix + ".pdiparams")
+    config.disable_glog_info()
+    if device.use_gpu(use_gpu):
+        config.enable_use_gpu(256, device.gpu_id())
+    else:
+        config.disable_gpu()
+        config.enable_onednn()
+        config.set_cpu_math_library_num_threads(inference_threads())
+    return config
+
+
+class PaddlePredictor:
+    """A Paddle Inference predictor made from a paddle.inference.Config: predictor(images) -> features."""
+
+    def __init__(self, config, name="the exported model"):
+        import paddle.inference as inference
+
+        try:
+            self.predictor = inference.create_predictor(config)
+        except Exception as err:  # Paddle raises bare RuntimeError/ValueError for corrupt files
+            raise UserError(f"cannot load {name}: {str(err).strip().splitlines()[-1]}")
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
 
     def __call__(self, images):
         self.input.reshape(images.shape)
@@ -194,7 +244,7 @@ def checkpoint_embedder(config):
     """The embedder of the checkpoint config.pretrained_model."""
     exe, graph = checkpoint_program(config)
     return Embedder.from_program(exe, graph.program, graph.image, graph.embedding, config,
-                                 name=f"checkpoint {config.pretrained_model}")
+                                 name=f"checkpoint {config.pretrained_model}", engine=config.engine)
 
 
 def embed_list(embedder, loader, show_progress=True):
