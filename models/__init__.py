@@ -3,14 +3,17 @@
 `build_model(name, num_classes, embedding_size, neck=, neck_feat=, last_stride=, stem=)` returns a
 paddle.nn.Layer mapping images [N, 3, H, W] (float32) to a NetworkOutput
 (metric_embedding, logits, inference_embedding). The same layer serves eager code and
-static programs; every parameter has a fixed name (see models/resnet.py,
-models/se_resnext.py and models/head.py for the scheme).
+static programs; every parameter has a fixed name (see models/resnet.py, models/resnet_ibn.py,
+models/se_resnet.py, models/se_resnext.py, models/mobilenet_v3.py and models/head.py for the scheme).
 """
 from paddle.utils import unique_name
 
 from models.head import NECK_FEATS, NECKS, EmbeddingNet, NetworkOutput
 from models.layers import STEMS
+from models.mobilenet_v3 import mobilenet_v3_large
 from models.resnet import resnet18, resnet34, resnet50
+from models.resnet_ibn import resnet50_ibn_a
+from models.se_resnet import se_resnet50
 from models.se_resnext import se_resnext50_32x4d
 from utility.errors import UserError
 
@@ -19,6 +22,9 @@ MODELS = {
     "ResNet34": resnet34,
     "ResNet50": resnet50,
     "SE_ResNeXt50_32x4d": se_resnext50_32x4d,
+    "ResNet50_IBN_a": resnet50_ibn_a,
+    "SE_ResNet50": se_resnet50,
+    "MobileNetV3_large": mobilenet_v3_large,
 }
 LAST_STRIDES = (1, 2)
 

@@ -18,7 +18,7 @@ class ConvBN(nn.Layer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, conv_name, bn_name,
-                 stride=1, groups=1, relu=True):
+                 stride=1, groups=1, relu=True, epsilon=1e-5):
         super().__init__()
         self.conv = nn.Conv2D(
             in_channels, out_channels, kernel_size, stride=stride,
@@ -26,7 +26,7 @@ class ConvBN(nn.Layer):
             weight_attr=ParamAttr(name=f"{conv_name}_weights"), bias_attr=False)
         # BatchNorm2D names its running mean/variance `{name}_mean` / `{name}_variance`.
         self.bn = nn.BatchNorm2D(
-            out_channels, name=bn_name,
+            out_channels, epsilon=epsilon, name=bn_name,
             weight_attr=ParamAttr(name=f"{bn_name}_scale"),
             bias_attr=ParamAttr(name=f"{bn_name}_offset"))
         self.relu = relu

@@ -76,20 +76,22 @@ class ResNet(nn.Layer):
     """ResNet trunk: images [N, 3, H, W] -> globally average-pooled features [N, feature_dim]."""
 
     def __init__(self, block, stage_depths, last_stride=2, stem="imagenet"):
+        """`block`: the block class of every stage, or a tuple of one per stage (models/resnet_ibn.py)."""
         super().__init__()
+        stage_blocks = block if isinstance(block, tuple) else (block,) * len(stage_depths)
         kernel_size, stride = STEMS[stem]
         self.stem = ConvBN(3, 64, kernel_size, conv_name="conv1", bn_name="bn_conv1", stride=stride)
         self.max_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
         blocks = []
         in_channels = 64
-        for stage, (depth, width) in enumerate(zip(stage_depths, STAGE_WIDTHS)):
+        for stage, (depth, width, stage_block) in enumerate(zip(stage_depths, STAGE_WIDTHS, stage_blocks)):
             for index in range(depth):
-                blocks.append(block(
+                blocks.append(stage_block(
                     in_channels, width,
                     stride=block_stride(stage, index, len(stage_depths), last_stride),
                     name=f"res{stage + 2}{chr(ord('a') + index)}",
-                    force_projection=block is BasicBlock and stage == index == 0))
-                in_channels = width * block.expansion
+                    force_projection=stage_block is BasicBlock and stage == index == 0))
+                in_channels = width * stage_block.expansion
         self.blocks = nn.Sequential(*blocks)
         self.pool = GlobalAvgPool()
         self.feature_dim = in_channels

@@ -8,7 +8,8 @@ from models.layers import SqueezeExcitation
 from utility.errors import UserError
 from paddle_modes import static_mode
 
-FEATURE_DIMS = {"ResNet18": 512, "ResNet34": 512, "ResNet50": 2048, "SE_ResNeXt50_32x4d": 2048}
+FEATURE_DIMS = {"ResNet18": 512, "ResNet34": 512, "ResNet50": 2048, "SE_ResNeXt50_32x4d": 2048,
+                "ResNet50_IBN_a": 2048, "SE_ResNet50": 2048, "MobileNetV3_large": 1280}
 
 # Trainable parameters with a 1000-way classifier, embedding_size=0.
 PUBLISHED_PARAMETER_COUNTS = {
@@ -20,6 +21,15 @@ PUBLISHED_PARAMETER_COUNTS = {
     # shortcut Paddle's ResNet18/34 add to block res2a: 64*64 weights + 2*64 BN.
     "ResNet18": 11_689_512 + 64 * 64 + 2 * 64,
     "ResNet34": 21_797_672 + 64 * 64 + 2 * 64,
+    # osmr/imgclsmob asserts 25,557,032 for its ibn_resnet50: ResNet-50's count, as the instance norm's scale
+    # and shift replace batch norm's one for one (the authors' repository publishes no count).
+    "ResNet50_IBN_a": 25_557_032,
+    # osmr/imgclsmob asserts 28,088,024 (the "28.09M" usually quoted) for its seresnet50: ResNet-50 plus
+    # 2,530,992 gate weights and biases.
+    "SE_ResNet50": 28_088_024,
+    # torchvision's mobilenet_v3_large (MobileNet_V3_Large_Weights meta "num_params"); paddle.vision's
+    # mobilenet_v3_large(scale=1.0) has the same count.
+    "MobileNetV3_large": 5_483_032,
 }
 
 DOCUMENTED_NAMES = {
@@ -31,6 +41,15 @@ DOCUMENTED_NAMES = {
                            "conv2_1_x1_weights", "conv2_1_x2_bn_variance", "conv2_1_prj_weights",
                            "fc2_1_sqz_weights", "fc2_1_sqz_offset", "fc5_3_exc_weights",
                            "conv5_3_x3_bn_offset"],
+    "ResNet50_IBN_a": ["conv1_weights", "res2a_branch2a_weights", "in2a_branch2a_scale", "in2a_branch2a_offset",
+                       "bn2a_branch2a_scale", "bn2a_branch2a_variance", "in4f_branch2a_scale",
+                       "bn5a_branch2a_mean", "res5c_branch2c_weights"],
+    "SE_ResNet50": ["conv1_weights", "res2a_branch2a_weights", "bn2a_branch1_variance", "fc_res2a_sqz_weights",
+                    "fc_res2a_sqz_offset", "fc_res5c_exc_weights", "fc_res5c_exc_offset"],
+    "MobileNetV3_large": ["conv1_weights", "conv1_bn_scale", "conv2_depthwise_weights", "conv2_linear_bn_mean",
+                          "conv3_expand_weights", "conv5_se_sqz_weights", "conv16_se_exc_offset",
+                          "conv_last_weights", "conv_last_bn_variance", "last_1x1_conv_weights",
+                          "last_1x1_conv_offset"],
 }
 
 
