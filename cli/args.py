@@ -66,7 +66,9 @@ def image_shape(text):
 
 def _common(p):
     g = p.add_argument_group("model and data (all scripts)")
-    g.add_argument("--model", default="ResNet50", help="network builder: ResNet18, ResNet34, ResNet50, SE_ResNeXt50_32x4d")
+    g.add_argument("--model", default="ResNet50",
+                   help="network builder: ResNet18, ResNet34, ResNet50, SE_ResNeXt50_32x4d, ResNet50_IBN_a (the "
+                        "re-identification baselines' backbone), SE_ResNet50, MobileNetV3_large (fast CPU serving)")
     g.add_argument("--embedding_size", type=int, default=0, help="project the pooled feature to N dims; 0 keeps the pooled feature")
     g.add_argument("--neck", choices=NETWORK_CHOICES["neck"], default="none", help="bnneck: batch norm (no learned shift) between the feature and a bias-free classifier; the metric loss sees the feature before it")
     g.add_argument("--neck_feat", choices=NETWORK_CHOICES["neck_feat"], default="after", help="with --neck=bnneck: evaluate and export the feature after the batch norm or before it")
