@@ -12,8 +12,10 @@ The package has one module per concern:
   storage.py     crash-safe folders: atomic saves, `latest`, repairing killed saves, reading state.json
                  (arrays in, arrays out; no Paddle)
   run_state.py   the versioned state.json record, validated when read (no Paddle)
-  foreign.py     reading parameters in any format a folder may hold (ours, Paddle's pickles without
-                 running code, Paddle 1.x per-variable files)
+  foreign.py     reading parameters in any format a folder or file may hold (ours, Paddle's pickles and
+                 torch's .pth without running code, Paddle 1.x per-variable files)
+  imagenet.py    torchvision/timm and PaddleClas ResNet weights renamed to our parameter names
+  convert.py     `python -m engine.checkpoint.convert`: such weights once into a folder of ours
   program_io.py  copying arrays between a static program and a checkpoint (save, resume, evaluate, finetune)
 """
 from engine.checkpoint.foreign import load_checkpoint_state

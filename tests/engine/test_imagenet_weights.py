@@ -1,0 +1,143 @@
+"""ImageNet weights of torchvision (.pth), timm (.safetensors) and PaddleClas (.pdparams) as --pretrained_model:
+their names land on our parameters, the network computes the features of an independent numpy forward pass of
+the same weights, and a pickle that names anything but tensor rebuilding is refused without running it."""
+import numpy as np
+import paddle
+import pytest
+import safetensors.numpy
+from imagenet_files import (paddleclas_state, pooled_features, random_resnet, state_dict_pickle, torchvision_state,
+                            write_pth)
+from paddle_modes import static_mode
+
+from cli.args import parse_args
+from engine import checkpoint, programs
+from engine.checkpoint import convert, foreign, imagenet
+from utility.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def torchvision_net():
+    """Random ResNet-18 weights shaped like torchvision's (no projection in the first block)."""
+    return random_resnet(np.random.default_rng(0))
+
+
+@pytest.fixture(scope="module")
+def paddleclas_net():
+    """Random ResNet-18 weights shaped like PaddleClas's (every stage's first block projects)."""
+    return random_resnet(np.random.default_rng(1), projection_in_first_block=True)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """(features of a parameter source, our ResNet18's {name: shape}): a static ResNet18 -> pooled 512-d feature."""
+    images = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with static_mode():
+        graph = programs.build_embed_graph(parse_args("infer", ["--model=ResNet18", "--embedding_size=0",
+                                                                "--image_shape=3,32,32"]))
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(graph.startup)
+
+    def features(source):
+        with static_mode():
+            checkpoint.load_all_parameters(graph.program, str(source))
+            return exe.run(graph.program, feed={graph.image.name: images}, fetch_list=[graph.embedding])[0]
+
+    features.images = images
+    return features, checkpoint.program_parameters(graph.program)
+
+
+def test_torchvision_keys_land_on_our_parameters(torchvision_net, resnet18, tmp_path):
+    state = torchvision_state(torchvision_net)
+    loaded = foreign.load_checkpoint_state(str(write_pth(tmp_path / "resnet18.pth", state)), resnet18[1])
+    for ours, theirs in (("conv1_weights", "conv1.weight"), ("bn_conv1_offset", "bn1.bias"),
+                         ("bn2b_branch2a_mean", "layer1.1.bn1.running_mean"),
+                         ("res3a_branch1_weights", "layer2.0.downsample.0.weight"),
+                         ("bn3a_branch1_scale", "layer2.0.downsample.1.weight"),
+                         ("bn4b_branch2b_variance", "layer3.1.bn2.running_var"),
+                         ("res5b_branch2b_weights", "layer4.1.conv2.weight")):
+        np.testing.assert_array_equal(loaded[ours], state[theirs])
+    # torchvision's first block has no projection; ours is set to the identity
+    assert loaded["res2a_branch1_weights"][:, :, 0, 0].tolist() == np.eye(64).tolist()
+    assert sorted(loaded) == sorted(resnet18[1])  # fc and num_batches_tracked dropped, every parameter there
+
+
+def test_paddleclas_keys_land_on_our_parameters(paddleclas_net, resnet18, tmp_path):
+    state = paddleclas_state(paddleclas_net)
+    paddle.save(state, str(tmp_path / "ResNet18_pretrained.pdparams"))
+    loaded = foreign.load_checkpoint_state(str(tmp_path / "ResNet18_pretrained.pdparams"), resnet18[1])
+    # blocks are counted over all stages: 0-1 are stage 2's (res2a, res2b), 2-3 stage 3's, ...
+    for ours, theirs in (("conv1_weights", "stem.0.conv.weight"), ("bn_conv1_mean", "stem.0.bn._mean"),
+                         ("res2a_branch1_weights", "blocks.0.short.conv.weight"),
+                         ("res3a_branch1_weights", "blocks.2.short.conv.weight"),
+                         ("bn3b_branch2b_variance", "blocks.3.conv1.bn._variance"),
+                         ("bn5b_branch2a_offset", "blocks.7.conv0.bn.bias")):
+        np.testing.assert_array_equal(loaded[ours], state[theirs])
+    assert sorted(loaded) == sorted(resnet18[1])
+
+
+@pytest.mark.parametrize("source", ["torchvision .pth", "timm folder", "PaddleClas .pdparams", "converted folder"])
+def test_the_network_computes_the_features_of_the_weights(source, torchvision_net, paddleclas_net, resnet18,
+                                                          tmp_path):
+    features, _ = resnet18
+    net = paddleclas_net if source.startswith("PaddleClas") else torchvision_net
+    if source == "PaddleClas .pdparams":
+        path = tmp_path / "ResNet18_pretrained.pdparams"
+        paddle.save(paddleclas_state(net), str(path))
+    elif source == "timm folder":  # a Hugging Face timm download: model.safetensors (+ config.json)
+        path = tmp_path / "timm-resnet18"
+        path.mkdir()
+        safetensors.numpy.save_file(dict(torchvision_state(net)), str(path / "model.safetensors"))
+    else:
+        path = write_pth(tmp_path / "resnet18.pth", torchvision_state(net))
+        if source == "converted folder":
+            convert.convert(str(path), "ResNet18", str(tmp_path / "converted"))
+            path = tmp_path / "converted"
+    expected = pooled_features(net, features.images)
+    got = features(path)
+    assert got.shape == (2, 512)
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+
+
+def test_weights_of_another_depth_name_the_first_parameter_that_does_not_fit(torchvision_net, tmp_path):
+    path = str(write_pth(tmp_path / "resnet18.pth", torchvision_state(torchvision_net)))
+    with pytest.raises(UserError, match=r"layer1\.0\.conv1\.weight is \(64, 64, 3, 3\), this network's "
+                                        r"res2a_branch2a_weights is \(64, 64, 1, 1\); check --model"):
+        foreign.load_checkpoint_state(path, convert.parameter_shapes("ResNet50"))
+    with pytest.raises(UserError, match=r"ResNet-18 weights\) do not fit this network: this network's "
+                                        r"res2c_branch2a_weights \(and 79 more\) is not in the file"):
+        convert.convert(path, "ResNet34", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_small_stem_keeps_its_own_first_convolution(torchvision_net):
+    state = torchvision_state(torchvision_net)
+    shapes = {name: array.shape for name, array in imagenet.to_our_names(state, "resnet18.pth").items()}
+    small_stem = {**shapes, "conv1_weights": (64, 3, 3, 3)}
+    loaded = imagenet.to_our_names(state, "resnet18.pth", small_stem)
+    assert sorted(loaded) == sorted(set(shapes) - {"conv1_weights"})
+
+
+def test_variants_that_do_not_convert_are_named(torchvision_net):
+    state = torchvision_state(torchvision_net)
+    deep_stem = {"conv1.0.weight": np.zeros((32, 3, 3, 3), np.float32), **state}
+    with pytest.raises(UserError, match="holds conv1.0.weight, which a plain torchvision/timm ResNet"):
+        imagenet.to_our_names(deep_stem, "resnet50d.safetensors")
+
+
+@pytest.mark.parametrize("module, name, argument", [("os", "system", "touch {marker}"),
+                                                    ("builtins", "exec", "open('{marker}', 'w')")])
+def test_a_pth_whose_pickle_names_another_global_is_refused_unrun(module, name, argument, tmp_path):
+    marker = tmp_path / "ran"
+    text = argument.format(marker=marker).encode()
+    payload = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(text).to_bytes(4, "little") + text + b"\x85R."
+    path = write_pth(tmp_path / "resnet18.pth", {}, pickle_bytes=payload)
+    with pytest.raises(UserError, match=f"refusing to load .*: it asks to run {module}.{name}"):
+        foreign.read_parameter_file(str(path))
+    assert not marker.exists()
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
+    pickle_bytes, _ = state_dict_pickle({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
+    path = write_pth(tmp_path / "resnet18.pth", {"conv1.weight": np.zeros(10, np.float32)}, pickle_bytes=pickle_bytes)
+    with pytest.raises(UserError, match="damaged or not a torch .pth file"):
+        foreign.read_parameter_file(str(path))
