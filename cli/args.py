@@ -92,7 +92,9 @@ def _common(p):
                    help="line drawings (dark strokes on light paper): before training's crops and evaluation's "
                         "resize, cut each image to the square around its strokes, so that every drawing fills "
                         "the input whatever its size and place on the page")
-    g.add_argument("--pretrained_model", default=None, help="directory of parameters to load (a checkpoint or pretrained weights)")
+    g.add_argument("--pretrained_model", default=None,
+                   help="parameters to load: a checkpoint or a folder of weights, or an ImageNet ResNet file of "
+                        "torchvision (.pth), timm (.safetensors) or PaddleClas (.pdparams)")
     g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
 
