@@ -69,8 +69,6 @@ class Schedule:
 def claim_save_dir(config, resuming):
     """A new run does not write over another run's checkpoints and log, unless --overwrite=True."""
     model_dir = os.path.join(config.model_save_dir, config.model)
-    if os.path.exists(config.model_save_dir) and not os.path.isdir(config.model_save_dir):
-        raise UserError(f"--model_save_dir {config.model_save_dir} is a file, not a folder")
     if resuming or config.overwrite:
         return
     earlier = [path for path in (os.path.join(model_dir, checkpoint.LATEST),

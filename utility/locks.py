@@ -29,7 +29,10 @@ class FolderLock:
     def acquire(self, wait=None):
         """Take the lock; unless waiting, UserError at once when another process holds it."""
         wait = self.wait if wait is None else wait
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        folder = os.path.dirname(self.path) or "."
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UserError(f"{folder} is a file, not a folder")
+        os.makedirs(folder, exist_ok=True)
         try:
             handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError:

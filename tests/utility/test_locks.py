@@ -39,3 +39,9 @@ def test_release_lets_the_next_one_in_and_a_planted_link_is_refused(tmp_path):
     with pytest.raises(UserError, match="symbolic link"):
         FolderLock(str(other)).acquire()
     assert not (tmp_path / "victim").exists()
+
+
+def test_a_file_where_the_folder_should_be_is_named(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(UserError, match="taken is a file, not a folder"):
+        FolderLock(str(tmp_path / "taken")).acquire()
