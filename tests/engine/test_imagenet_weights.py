@@ -61,6 +61,19 @@ def test_torchvision_keys_land_on_our_parameters(torchvision_net, resnet18, tmp_
     assert sorted(loaded) == sorted(resnet18[1])  # fc and num_batches_tracked dropped, every parameter there
 
 
+def test_paddle_vision_keys_land_where_torchvision_keys_do(torchvision_net, resnet18, tmp_path):
+    """paddle.vision's ResNet has torchvision's names with Paddle's batch-norm statistics (_mean, _variance)."""
+    state = torchvision_state(torchvision_net)
+    paddle_names = {key.replace("running_mean", "_mean").replace("running_var", "_variance"): value
+                    for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    paddle.save(paddle_names, str(tmp_path / "resnet18.pdparams"))
+    loaded = foreign.load_checkpoint_state(str(tmp_path / "resnet18.pdparams"), resnet18[1])
+    expected = imagenet.to_our_names(state, "resnet18.pth", resnet18[1])
+    assert sorted(loaded) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(loaded[name], expected[name])
+
+
 def test_paddleclas_keys_land_on_our_parameters(paddleclas_net, resnet18, tmp_path):
     state = paddleclas_state(paddleclas_net)
     paddle.save(state, str(tmp_path / "ResNet18_pretrained.pdparams"))
