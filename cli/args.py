@@ -74,6 +74,9 @@ def _common(p):
     g.add_argument("--neck_feat", choices=NETWORK_CHOICES["neck_feat"], default="after", help="with --neck=bnneck: evaluate and export the feature after the batch norm or before it")
     g.add_argument("--last_stride", type=int, choices=NETWORK_CHOICES["last_stride"], default=2, help="stride of the last stage: 1 doubles the final feature map (same parameters)")
     g.add_argument("--stem", choices=NETWORK_CHOICES["stem"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps)")
+    g.add_argument("--uncertainty", type=str2bool, default=False,
+                   help="a head on the pooled feature predicts each image's log variance s (trained by "
+                        "--loss_name uncertaintytriplet or uncertaintysoftmax)")
     g.add_argument("--image_shape", type=image_shape, default=(3, 224, 224), help="C,H,W of the network input")
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
     g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")

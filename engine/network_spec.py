@@ -4,7 +4,7 @@ Built once from the configuration, saved in every checkpoint (state.json's "netw
 exported model (preprocess.json), and read back by eval.py and infer.py, which adopt it unless the
 user typed a flag. The flags' defaults and help live in cli/args.py; the allowed values live here.
 """
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from utility.errors import UserError
 
@@ -23,6 +23,8 @@ class NetworkSpec:
     stem: str               # imagenet (7x7 stride 2) | small (3x3 stride 1)
     eval_resize: str        # evaluation preprocessing: crop | full
     ink_crop: bool          # cut line drawings to the square around their strokes first
+    # Settings added after checkpoints were first written have a default: the value an older record means.
+    uncertainty: bool = False  # a head predicts each image's log variance (models/head.py)
 
     @classmethod
     def names(cls):
@@ -30,8 +32,10 @@ class NetworkSpec:
 
     @classmethod
     def from_config(cls, config):
-        """The spec of a configuration (a resolved Config, or anything with these attributes)."""
-        return cls(**{name: getattr(config, name) for name in cls.names()})
+        """The spec of a configuration (a resolved Config, or anything with these attributes; one without a
+        setting that has a default gets the default)."""
+        return cls(**{field.name: getattr(config, field.name) if field.default is MISSING
+                      else getattr(config, field.name, field.default) for field in fields(cls)})
 
     @classmethod
     def fields_of(cls, record, where):
@@ -42,10 +46,11 @@ class NetworkSpec:
 
     @classmethod
     def from_record(cls, record, where):
-        """The spec saved as `record` by to_record(); a missing or wrong field is a UserError starting with `where`."""
+        """The spec saved as `record` by to_record(); a missing or wrong field is a UserError starting with `where`
+        (a field with a default, newer than the record, takes its default)."""
         if not isinstance(record, dict):
             raise UserError(f"{where.rstrip('.')} is not a record of network settings")
-        missing = [name for name in cls.names() if name not in record]
+        missing = [field.name for field in fields(cls) if field.name not in record and field.default is MISSING]
         if missing:
             raise UserError(f"{where}{missing[0]} is missing")
         return cls(**cls.fields_of(record, where))
@@ -72,7 +77,7 @@ def _checked(name, value, where):
                 or value[0] != 3 or min(value) <= 0:
             raise wrong("3,H,W with H and W above 0 (images are read as RGB)")
         return tuple(value)
-    elif name == "ink_crop":
+    elif name in ("ink_crop", "uncertainty"):
         if not isinstance(value, bool):
             raise wrong("true or false")
     elif value not in CHOICES[name] or isinstance(value, bool):

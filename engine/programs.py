@@ -11,6 +11,7 @@ is called.
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import paddle
 
@@ -18,6 +19,7 @@ import losses
 import models
 from engine.extensions import LossInputs
 from engine.network_spec import NetworkSpec
+from utility.errors import UserError
 
 IMAGE = "image"
 LABEL = "label"
@@ -58,12 +60,24 @@ def build_network(network, num_classes):
     """The network that `network` (an engine.network_spec.NetworkSpec) describes, with a classifier over
     `num_classes` (none for 0)."""
     return models.build_model(network.model, num_classes, network.embedding_size, neck=network.neck,
-                              neck_feat=network.neck_feat, last_stride=network.last_stride, stem=network.stem)
+                              neck_feat=network.neck_feat, last_stride=network.last_stride, stem=network.stem,
+                              uncertainty=network.uncertainty)
 
 
 def trains_classifier(config):
     """Whether the softmax classifier over the training classes gets a gradient (and is built at all)."""
     return losses.get(config.loss_name).is_classifier_branch or config.alpha > 0
+
+
+def check_uncertainty(config, spec):
+    """UserError unless --uncertainty True and an uncertainty loss (LossSpec.takes_uncertainty) go together: the
+    head is trained only through such a loss, and such a loss needs the head."""
+    if spec.takes_uncertainty and not config.uncertainty:
+        raise UserError(f"{spec.name} weights each image by the uncertainty the network predicts: "
+                        "give --uncertainty True")
+    if config.uncertainty and not spec.takes_uncertainty:
+        raise UserError(f"--uncertainty True: the uncertainty head learns only through an uncertainty loss "
+                        f"(uncertaintytriplet, uncertaintysoftmax), not {spec.name}")
 
 
 def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, extensions=()):
@@ -78,7 +92,7 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, ex
         network = build_network(NetworkSpec.from_config(config), num_classes if with_classifier else 0)
         # The metric loss sees the feature before the BNNeck; evaluation and export the one after it
         # (the same value without a neck).
-        embedding, logits, inference_embedding = network(image)
+        embedding, logits, inference_embedding, log_variance = network(image)
         mapping = paddle.pir.IrMapping()
         test = main.clone(mapping)
         test.set_is_test_attr()
@@ -89,11 +103,14 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, ex
             extension.add_to_graph(loss_inputs)
         spec = losses.get(config.loss_name)
         metric_loss = spec.build_loss(embedding.shape[-1], num_classes, spec.params_from(config))
+        if spec.takes_uncertainty and metric_loss is not None:
+            metric_loss = partial(metric_loss, log_variance=log_variance)
         loss_metric = paddle.zeros([], "float32") if metric_loss is None else loss_inputs.call(spec, metric_loss)
         fetch = {"loss_metric": loss_metric}
         objective = loss_metric
         if with_classifier:
-            loss_cls = losses.softmax_loss(logits, label, config.label_smoothing)
+            loss_cls = (losses.uncertainty_softmax_loss(logits, label, log_variance, config.label_smoothing)
+                        if spec.takes_uncertainty else losses.softmax_loss(logits, label, config.label_smoothing))
             objective = loss_cls if metric_loss is None else loss_metric + config.alpha * loss_cls
             fetch.update(loss_cls=loss_cls, acc1=paddle.metric.accuracy(logits, label.unsqueeze(1), k=1),
                          acc5=paddle.metric.accuracy(logits, label.unsqueeze(1), k=min(5, num_classes)))
@@ -131,6 +148,7 @@ class EmbedGraph:
     startup: object
     image: object
     embedding: object
+    uncertainty: object = None  # sigma^2 = exp(s) [N] of each image, when the network predicts it
 
 
 def build_embed_graph(config):
@@ -140,9 +158,10 @@ def build_embed_graph(config):
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup), paddle.utils.unique_name.guard():
         image = paddle.static.data(IMAGE, [None, *network.image_shape], "float32")
-        embedding = build_network(network, 0)(image).inference_embedding
+        output = build_network(network, 0)(image)
+        uncertainty = None if output.log_variance is None else paddle.exp(output.log_variance)
     main.set_is_test_attr()
-    return EmbedGraph(main, startup, image, embedding)
+    return EmbedGraph(main, startup, image, output.inference_embedding, uncertainty)
 
 
 def distributed_env():

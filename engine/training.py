@@ -61,11 +61,11 @@ def _train(config, spec, world_size, rank):
 
 def check_options(config, spec):
     """UserError, before any work, for options that cannot go together (the extensions' own included)."""
-    from engine import dac, extensions, xbm
+    from engine import dac, extensions, programs, xbm
 
     if config.checkpoint and config.pretrained_model:
         raise UserError("give --checkpoint (resume) or --pretrained_model (finetune), not both")
-    for check in (dac.check_options, xbm.check_options, extensions.check_options):
+    for check in (dac.check_options, xbm.check_options, extensions.check_options, programs.check_uncertainty):
         check(config, spec)
 
 

@@ -10,9 +10,11 @@ one file plus one line in LOSSES; its flags, --help and the docs' table follow f
 """
 from losses import (arcmarginloss, centerloss, circleloss, contrastiveloss, cosfaceloss, crankedloss, emlloss,
                     marginloss, multisimilarityloss, npairsloss, proxyanchorloss, proxyncaloss, quadrupletloss,
-                    rankedlistloss, softmaxloss, softtripleloss, subcenterarcface, supconloss, tripletloss)
+                    rankedlistloss, softmaxloss, softtripleloss, subcenterarcface, supconloss, tripletloss,
+                    uncertainty)
 from losses.registry import LossSpec, loss_flags
 from losses.softmaxloss import softmax_loss
+from losses.uncertainty import uncertainty_softmax_loss
 from utility.errors import UserError
 
 LOSSES = {spec.name: spec for spec in (
@@ -35,6 +37,8 @@ LOSSES = {spec.name: spec for spec in (
     proxyncaloss.SPEC,
     subcenterarcface.SPEC,
     softtripleloss.SPEC,
+    uncertainty.TRIPLET_SPEC,
+    uncertainty.SOFTMAX_SPEC,
 )}
 
 # Terms added to whichever loss is trained, each switched on by its own settings (not a --loss_name).
@@ -43,7 +47,7 @@ AUXILIARY = {centerloss.SPEC.name: centerloss.SPEC}
 # The command-line flags of every loss setting (cli/args.py adds them to the loss group).
 FLAGS = loss_flags([*LOSSES.values(), *AUXILIARY.values()])
 
-__all__ = ["AUXILIARY", "FLAGS", "LOSSES", "LossSpec", "get", "softmax_loss"]
+__all__ = ["AUXILIARY", "FLAGS", "LOSSES", "LossSpec", "get", "softmax_loss", "uncertainty_softmax_loss"]
 
 
 def get(name):

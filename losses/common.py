@@ -174,7 +174,12 @@ def log_softmax(logits):
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
-    """Mean cross-entropy of `logits` [B, C] against class ids `labels` [B].
+    """Mean cross-entropy of `logits` [B, C] against class ids `labels` [B] (see cross_entropy_per_row)."""
+    return paddle.mean(cross_entropy_per_row(logits, labels, label_smoothing))
+
+
+def cross_entropy_per_row(logits, labels, label_smoothing=0.0):
+    """Cross-entropy [B] of each row of `logits` [B, C] against its class id in `labels` [B].
 
     With `label_smoothing` e the target is (1 - e) on the true class plus e / C on every class.
     """
@@ -184,7 +189,7 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     if label_smoothing:
         uniform_term = -paddle.mean(log_probabilities, axis=1)
         target_term = (1.0 - label_smoothing) * target_term + label_smoothing * uniform_term
-    return paddle.mean(target_term)
+    return target_term
 
 
 def masked_logsumexp(values, mask):

@@ -72,6 +72,9 @@ class LossSpec:
                  as keywords `references` [R, D], `reference_labels` [R] (a cross-batch memory, the
                  other devices' rows): candidates are concat(batch, references), references labelled
                  -1 are ignored and get no gradient (losses/common.py, candidates and label_masks).
+    takes_uncertainty: the loss weights each image by the log variance s [B] that the network predicts
+                 (--uncertainty True, models/head.py): it is called as loss(embedding, labels, log_variance=s),
+                 and the softmax branch it trains with is weighted alike (losses/uncertainty.py).
     summary:     one line for the docs' loss table (losses/table.py).
     """
     name: str
@@ -84,6 +87,7 @@ class LossSpec:
     fixed_k: Optional[int] = None
     takes_noise: bool = False
     takes_references: bool = False
+    takes_uncertainty: bool = False
     summary: str = ""
 
     def __post_init__(self):

@@ -30,13 +30,14 @@ LAST_STRIDES = (1, 2)
 
 
 def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="after", last_stride=2,
-                stem="imagenet"):
+                stem="imagenet", uncertainty=False):
     """Build backbone `name` with the embedding/neck/classifier head.
 
     Returns an EmbeddingNet whose forward gives NetworkOutput(metric_embedding, logits,
     inference_embedding); logits is None when num_classes == 0. neck="bnneck" adds the
     BNNeck (models/head.py); last_stride=1 keeps the resolution of the last stage; stem="small"
-    starts with a 3x3 stride-1 convolution instead of 7x7 stride 2 (models/layers.py STEMS).
+    starts with a 3x3 stride-1 convolution instead of 7x7 stride 2 (models/layers.py STEMS);
+    uncertainty=True adds the head predicting each image's log variance (NetworkOutput.log_variance).
     Attributes: .embedding_dim, .num_classes, .neck, .neck_feat.
     Raises UserError for an unknown name or option, or a negative size.
     """
@@ -54,4 +55,4 @@ def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="a
     # eager mode catch a duplicate name within one network.
     with unique_name.guard():
         return EmbeddingNet(MODELS[name](last_stride=last_stride, stem=stem), num_classes=num_classes,
-                            embedding_size=embedding_size, neck=neck, neck_feat=neck_feat)
+                            embedding_size=embedding_size, neck=neck, neck_feat=neck_feat, uncertainty=uncertainty)

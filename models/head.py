@@ -1,4 +1,5 @@
-"""The metric-learning network: backbone, optional embedding projection, optional BNNeck, optional classifier."""
+"""The metric-learning network: backbone, optional embedding projection, optional BNNeck, optional classifier,
+optional uncertainty head."""
 from typing import NamedTuple, Optional
 
 import paddle
@@ -9,6 +10,7 @@ from models.layers import named_linear
 EMBEDDING_FC = "embedding_fc"
 CLASSIFIER_FC = "classifier_fc"
 NECK_BN = "neck_bn"
+UNCERTAINTY_FC = "uncertainty_fc"
 
 NECKS = ("none", "bnneck")
 NECK_FEATS = ("after", "before")
@@ -20,11 +22,13 @@ class NetworkOutput(NamedTuple):
     metric_embedding:    the feature the metric loss sees ([N, embedding_dim]).
     logits:              the classifier's output [N, num_classes], or None without a classifier.
     inference_embedding: the feature used for retrieval (evaluation, inference, export).
+    log_variance:        s = log sigma^2 [N] predicted for each image (uncertainty=True), or None.
     Without a neck both embeddings are the same value.
     """
     metric_embedding: object
     logits: Optional[object]
     inference_embedding: object
+    log_variance: Optional[object] = None
 
 
 class BNNeck(nn.Layer):
@@ -80,9 +84,14 @@ class EmbeddingNet(nn.Layer):
     the batch norm (neck_feat="before"). The batch norm is built whether or not
     there is a classifier, so the embedding program has it too.
     num_classes == 0 leaves the classifier out.
+
+    uncertainty=True adds `uncertainty_fc`, a fully connected layer from the pooled feature to one number
+    per image, s = log sigma^2 (data uncertainty, losses/uncertainty.py). Its weights and bias start at 0:
+    every image starts at sigma^2 = 1.
     """
 
-    def __init__(self, backbone, num_classes=0, embedding_size=0, neck="none", neck_feat="after"):
+    def __init__(self, backbone, num_classes=0, embedding_size=0, neck="none", neck_feat="after",
+                 uncertainty=False):
         super().__init__()
         assert neck in NECKS and neck_feat in NECK_FEATS, (neck, neck_feat)
         self.backbone = backbone
@@ -93,16 +102,23 @@ class EmbeddingNet(nn.Layer):
         if embedding_size > 0:
             self.embedding_fc = named_linear(backbone.feature_dim, embedding_size, EMBEDDING_FC)
         self.neck_bn = BNNeck(self.embedding_dim, NECK_BN) if neck == "bnneck" else None
+        self.uncertainty_fc = None
+        if uncertainty:
+            self.uncertainty_fc = nn.Linear(
+                backbone.feature_dim, 1,
+                weight_attr=ParamAttr(name=f"{UNCERTAINTY_FC}_weights", initializer=nn.initializer.Constant(0.0)),
+                bias_attr=ParamAttr(name=f"{UNCERTAINTY_FC}_offset", initializer=nn.initializer.Constant(0.0)))
         self.classifier_fc = None
         if num_classes > 0:
             self.classifier_fc = named_linear(self.embedding_dim, num_classes, CLASSIFIER_FC,
                                               bias=self.neck_bn is None)
 
     def forward(self, images):
-        feature = self.backbone(images)
+        feature = pooled = self.backbone(images)
         if self.embedding_fc is not None:
             feature = self.embedding_fc(feature)
         normalised = feature if self.neck_bn is None else self.neck_bn(feature)
         logits = None if self.classifier_fc is None else self.classifier_fc(normalised)
         inference = normalised if self.neck_feat == "after" else feature
-        return NetworkOutput(feature, logits, inference)
+        log_variance = None if self.uncertainty_fc is None else paddle.squeeze(self.uncertainty_fc(pooled), axis=1)
+        return NetworkOutput(feature, logits, inference, log_variance)

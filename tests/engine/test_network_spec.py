@@ -33,10 +33,18 @@ def test_a_file_older_than_a_setting_gives_only_the_settings_it_has():
 @pytest.mark.parametrize("name, value", [("image_shape", [3, -5, 32]), ("image_shape", [4, 32, 32]),
                                          ("image_shape", "abc"), ("image_shape", [3, 32]), ("embedding_size", -1),
                                          ("embedding_size", "16"), ("neck", "wide"), ("last_stride", 3),
-                                         ("last_stride", True), ("ink_crop", "yes"), ("model", 5)])
+                                         ("last_stride", True), ("ink_crop", "yes"), ("uncertainty", 1),
+                                         ("model", 5)])
 def test_a_wrong_setting_is_one_user_error_naming_where_and_which(name, value):
     with pytest.raises(UserError, match=rf"^in/preprocess\.json: {name} .* is not "):
         NetworkSpec.fields_of({name: value}, "in/preprocess.json: ")
+
+
+def test_a_record_older_than_the_uncertainty_head_reads_as_without_it():
+    record = NetworkSpec.from_config(defaults("infer", uncertainty=True)).to_record()
+    assert record["uncertainty"] is True and NetworkSpec.from_record(record, "f: ").uncertainty
+    del record["uncertainty"]
+    assert NetworkSpec.from_record(record, "f: ").uncertainty is False
 
 
 def test_a_record_missing_a_setting_is_refused():
@@ -52,6 +60,6 @@ def test_the_allowed_values_are_those_the_model_builders_accept():
     from models.layers import STEMS
 
     assert NetworkSpec.names() == ("model", "embedding_size", "image_shape", "neck", "neck_feat", "last_stride",
-                                   "stem", "eval_resize", "ink_crop")
+                                   "stem", "eval_resize", "ink_crop", "uncertainty")
     assert (CHOICES["neck"], CHOICES["neck_feat"], CHOICES["last_stride"], CHOICES["stem"]) == \
         (NECKS, NECK_FEATS, models.LAST_STRIDES, tuple(STEMS))

@@ -28,14 +28,14 @@ FLAG_NAMES = {"margin", "arc_scale", "arc_margin", "arc_easy_margin", "npairs_re
 LAYERS = {"arcmargin", "marginloss", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface",
           "softtripleloss"}
 CLASSIFIERS = {"softmax", "arcmargin", "cosface", "proxyanchorloss", "proxyncaloss", "subcenterarcface",
-               "softtripleloss"}
+               "softtripleloss", "uncertaintysoftmax"}
 
 
 def test_registry_builds_every_name_without_a_command_line():
     for name, spec in losses.LOSSES.items():
         assert spec.name == name and spec.summary
         loss = spec.build_loss(4, 3)
-        assert (loss is None) == (name == "softmax")
+        assert (loss is None) == (name in ("softmax", "uncertaintysoftmax"))
         assert isinstance(loss, paddle.nn.Layer) == (name in LAYERS)
         assert spec.classifies == (name in CLASSIFIERS)
     with pytest.raises(UserError, match="tripletloss, batchhardtripletloss"):
@@ -104,12 +104,13 @@ def test_every_setting_is_a_flag_of_every_script_with_its_default():
 def test_help_lists_the_loss_flags_with_their_defaults():
     text = " ".join(build_parser("train").format_help().split())
     assert "--ms_alpha MS_ALPHA multisimilarityloss: scale alpha of the positive term (default: 2.0)" in text
-    assert "--margin MARGIN tripletloss, batchhardtripletloss, quadrupletloss: margin" in text
+    assert "--margin MARGIN tripletloss, batchhardtripletloss, quadrupletloss, uncertaintytriplet: margin" in text
 
 
 def test_a_shared_settings_class_gives_one_flag_and_a_flag_is_declared_once():
     margin_flags = [flag for flag in losses.FLAGS if flag.name == "margin"]
-    assert len(margin_flags) == 1 and margin_flags[0].help.startswith("tripletloss, batchhardtripletloss, quadrupletloss:")
+    assert len(margin_flags) == 1
+    assert margin_flags[0].help.startswith("tripletloss, batchhardtripletloss, quadrupletloss, uncertaintytriplet:")
 
     @dataclass(frozen=True)
     class Clash:
@@ -129,7 +130,8 @@ def test_batch_layouts():
                        "marginloss": ("pk", 4),
                        "cosface": ("shuffle", 1), "contrastiveloss": ("pk", 4), "circleloss": ("pk", 4),
                        "supconloss": ("pk", 4), "proxyanchorloss": ("shuffle", 1), "proxyncaloss": ("shuffle", 1),
-                       "subcenterarcface": ("shuffle", 1), "softtripleloss": ("shuffle", 1)}
+                       "subcenterarcface": ("shuffle", 1), "softtripleloss": ("shuffle", 1),
+                       "uncertaintytriplet": ("pk", 4), "uncertaintysoftmax": ("shuffle", 1)}
     assert losses.get("npairsloss").samples_each_class(1) == 2
     with pytest.raises(UserError, match="samples_each_class >= 2"):
         losses.get("emlloss").samples_each_class(1)

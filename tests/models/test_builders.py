@@ -76,7 +76,7 @@ def static_parameter_names(program):
 def test_backbone_embedding_shape_on_32px_images(name):
     model = build_model(name)
     model.eval()
-    embedding, logits, inference_embedding = model(paddle.to_tensor(images()))
+    embedding, logits, inference_embedding, _ = model(paddle.to_tensor(images()))
     assert embedding.shape == [2, FEATURE_DIMS[name]]
     assert inference_embedding is embedding  # no neck: one feature for the loss and for retrieval
     assert logits is None
@@ -87,7 +87,7 @@ def test_backbone_embedding_shape_on_32px_images(name):
 def test_head_shapes(num_classes, embedding_size):
     model = build_model("ResNet18", num_classes=num_classes, embedding_size=embedding_size)
     model.eval()
-    embedding, logits, _ = model(paddle.to_tensor(images(batch=3)))
+    embedding, logits, _, _ = model(paddle.to_tensor(images(batch=3)))
     expected_dim = embedding_size or 512
     assert model.embedding_dim == expected_dim and embedding.shape == [3, expected_dim]
     if num_classes:
@@ -101,7 +101,7 @@ def test_head_is_affine_projection_then_classifier():
     model.eval()
     x = paddle.to_tensor(images())
     pooled = model.backbone(x).numpy()
-    embedding, logits, _ = model(x)
+    embedding, logits, _, _ = model(x)
     weights = {p.name: p.numpy() for p in model.parameters()}
     expected_embedding = pooled @ weights["embedding_fc_weights"] + weights["embedding_fc_offset"]
     expected_logits = expected_embedding @ weights["classifier_fc_weights"] + weights["classifier_fc_offset"]
@@ -159,7 +159,7 @@ def test_parameter_names_are_stable_and_documented(name):
 def test_static_program_runs_and_matches_eager_with_the_same_weights(tmp_path):
     x = images(batch=4)
     with static_mode():
-        main, startup, (embedding, logits, _) = build_static("ResNet18", num_classes=5, embedding_size=8)
+        main, startup, (embedding, logits, _, _) = build_static("ResNet18", num_classes=5, embedding_size=8)
         scope = paddle.static.Scope()
         with paddle.static.scope_guard(scope):
             exe = paddle.static.Executor(paddle.CPUPlace())
@@ -179,6 +179,6 @@ def test_static_program_runs_and_matches_eager_with_the_same_weights(tmp_path):
     model = build_model("ResNet18", num_classes=5, embedding_size=8)
     for parameter in model.parameters():
         parameter.set_value(weights[parameter.name])
-    eager_embedding, eager_logits, _ = model(paddle.to_tensor(x))
+    eager_embedding, eager_logits, _, _ = model(paddle.to_tensor(x))
     np.testing.assert_allclose(eager_embedding.numpy(), static_embedding, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(eager_logits.numpy(), static_logits, rtol=1e-4, atol=1e-5)

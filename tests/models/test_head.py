@@ -36,7 +36,7 @@ def parameter_count(model, trainable=True):
 def test_bnneck_shapes(num_classes, embedding_size):
     model = build_model("ResNet18", num_classes, embedding_size, neck="bnneck")
     model.eval()
-    metric, logits, inference = model(paddle.to_tensor(images(batch=3)))
+    metric, logits, inference, _ = model(paddle.to_tensor(images(batch=3)))
     dim = embedding_size or 512
     assert metric.shape == inference.shape == [3, dim]
     assert (logits is None) if num_classes == 0 else logits.shape == [3, num_classes]
@@ -79,7 +79,7 @@ def test_bnneck_in_eval_mode_is_the_running_statistics_formula():
         if p.name in values:
             p.set_value(values[p.name].astype("float32"))
     model.eval()
-    metric, logits, inference = model(paddle.to_tensor(images()))
+    metric, logits, inference, _ = model(paddle.to_tensor(images()))
     expected = (metric.numpy() - values["neck_bn_mean"]) / np.sqrt(values["neck_bn_variance"] + EPSILON) \
         * values["neck_bn_scale"]
     np.testing.assert_allclose(inference.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -88,7 +88,7 @@ def test_bnneck_in_eval_mode_is_the_running_statistics_formula():
 
     model = build_model("ResNet18", 4, 0, neck="bnneck", neck_feat="before")
     model.eval()
-    metric, _, inference = model(paddle.to_tensor(images()))
+    metric, _, inference, _ = model(paddle.to_tensor(images()))
     np.testing.assert_array_equal(inference.numpy(), metric.numpy())
 
 
@@ -127,7 +127,7 @@ def test_last_stride_1_doubles_the_final_map_with_the_same_parameters(name):
         model.eval()
         shapes[stride] = final_feature_map(model, x).shape
         parameters[stride] = [(p.name, tuple(p.shape)) for p in model.parameters()]
-        metric, _, _ = model(paddle.to_tensor(x))
+        metric, _, _, _ = model(paddle.to_tensor(x))
         assert metric.shape == [1, model.backbone.feature_dim]
     channels = 2048 if "50" in name else 512
     assert shapes[2] == [1, channels, 2, 2] and shapes[1] == [1, channels, 4, 4]
@@ -246,7 +246,7 @@ def test_metric_loss_sees_the_feature_before_the_neck():
     # Eager, in training mode like the train program: the loss of the pre-neck feature is the
     # program's, the loss of the post-neck feature is not.
     model = eager_copy(config, 4, weights)
-    metric, _, normalised = model(paddle.to_tensor(x))
+    metric, _, normalised, _ = model(paddle.to_tensor(x))
     spec = losses.get(config.loss_name)
     loss = spec.build_loss(512, 4, spec.params_from(config))
     labels = paddle.to_tensor(y)

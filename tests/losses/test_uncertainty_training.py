@@ -1,0 +1,94 @@
+"""--uncertainty True: the head (models/head.py), its place in the train and embedding programs (engine/programs.py),
+and the rule that the head and an uncertainty loss go together."""
+import numpy as np
+import paddle
+import pytest
+from paddle_modes import static_mode
+
+from cli.args import defaults
+from engine import programs
+from losses.uncertainty import uncertainty_softmax_loss, uncertainty_triplet
+from models import build_model
+from utility.errors import UserError
+
+HEAD = ("uncertainty_fc_weights", "uncertainty_fc_offset")
+
+
+def images(batch, seed=0):
+    return np.random.default_rng(seed).random((batch, 3, 32, 32), dtype=np.float32)
+
+
+def test_the_head_predicts_one_log_variance_per_image_starting_at_zero():
+    model = build_model("ResNet18", 0, 16, uncertainty=True)
+    shapes = {p.name: p.shape for p in model.parameters() if p.name in HEAD}
+    assert shapes == {"uncertainty_fc_weights": [512, 1], "uncertainty_fc_offset": [1]}
+    model.eval()
+    output = model(paddle.to_tensor(images(3)))
+    assert output.log_variance.shape == [3] and output.metric_embedding.shape == [3, 16]
+    np.testing.assert_array_equal(output.log_variance.numpy(), np.zeros(3, "float32"))  # sigma^2 = 1 at the start
+    plain = build_model("ResNet18", 0, 16)
+    assert plain(paddle.to_tensor(images(1))).log_variance is None
+    assert not {p.name for p in plain.parameters()} & set(HEAD)
+
+
+def train_config(**overrides):
+    settings = dict(model="ResNet18", image_shape=(3, 32, 32), embedding_size=8, loss_name="uncertaintytriplet",
+                    uncertainty=True, alpha=1.0, lr=0.05, use_gpu=False)
+    return defaults("train", **{**settings, **overrides})
+
+
+def test_a_train_step_weights_both_branches_by_the_predicted_log_variance():
+    config = train_config()
+    x, y = images(8, seed=1), np.repeat(np.arange(4), 2).astype("int64")
+    rng = np.random.default_rng(2)
+    with static_mode():
+        graph = programs.build_train_graph(config, 4, 10)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(graph.startup)
+            head = scope.find_var("uncertainty_fc_weights").get_tensor()
+            head.set(rng.normal(0, 0.05, (512, 1)).astype("float32"), paddle.CPUPlace())  # s differs per image
+            weights = {p.name: np.array(scope.find_var(p.name).get_tensor()).copy()
+                       for p in graph.main.global_block().all_parameters()}
+            fetched = exe.run(graph.main, feed={programs.IMAGE: x, programs.LABEL: y},
+                              fetch_list=[graph.fetch["loss_metric"], graph.fetch["loss_cls"]])
+            trained_head = np.array(scope.find_var("uncertainty_fc_weights").get_tensor())
+    assert not np.allclose(trained_head, weights["uncertainty_fc_weights"])  # the losses train the head
+    # The same network eagerly, in training mode like the train program, with the same parameters.
+    model = build_model("ResNet18", 4, 8, uncertainty=True)
+    for parameter in model.parameters():
+        parameter.set_value(weights[parameter.name])
+    metric, logits, _, log_variance = model(paddle.to_tensor(x))
+    assert float(log_variance.std()) > 1e-3
+    labels = paddle.to_tensor(y)
+    assert fetched[0].item() == pytest.approx(uncertainty_triplet(metric, labels, log_variance, margin=0.1).item(),
+                                              rel=1e-4)
+    assert fetched[1].item() == pytest.approx(uncertainty_softmax_loss(logits, labels, log_variance).item(), rel=1e-4)
+
+
+def test_the_embedding_program_gives_sigma_squared():
+    config = defaults("eval", model="ResNet18", image_shape=(3, 32, 32), uncertainty=True, use_gpu=False)
+    with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
+        graph = programs.build_embed_graph(config)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(graph.startup)
+        offset = paddle.static.global_scope().find_var("uncertainty_fc_offset").get_tensor()
+        offset.set(np.array([0.7], "float32"), paddle.CPUPlace())
+        _, sigma2 = exe.run(graph.program, feed={programs.IMAGE: images(2)}, fetch_list=[graph.embedding,
+                                                                                       graph.uncertainty])
+        plain = programs.build_embed_graph(defaults("eval", model="ResNet18", image_shape=(3, 32, 32)))
+    assert plain.uncertainty is None
+    np.testing.assert_allclose(sigma2, np.exp(0.7) * np.ones(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(uncertainty=False), "uncertaintytriplet weights each image by the uncertainty .* --uncertainty True"),
+    (dict(loss_name="uncertaintysoftmax", uncertainty=False), "uncertaintysoftmax weights"),
+    (dict(loss_name="batchhardtripletloss"), "learns only through an uncertainty loss .* not batchhardtripletloss")])
+def test_the_head_and_an_uncertainty_loss_go_together(overrides, message):
+    import losses
+
+    config = train_config(**overrides)
+    with pytest.raises(UserError, match=message):
+        programs.check_uncertainty(config, losses.get(config.loss_name))
