@@ -9,6 +9,7 @@ timm's and PaddleClas's published key names (`torchvision_state`, `paddleclas_st
 import struct
 import zipfile
 from collections import OrderedDict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def pooled_features(net, images):
 # --- torch.save's zip format, written by hand ----------------------------------------------------------
 
 _STORAGE_TYPES = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float64): "DoubleStorage",
-                  np.dtype(np.int64): "LongStorage"}
+                  np.dtype(np.float16): "HalfStorage", np.dtype(np.int64): "LongStorage"}
 
 
 def _global(module, name):
@@ -164,20 +165,39 @@ def _ints(values):
     return b"(" + b"".join(_int(v) for v in values) + b"t"
 
 
+class StorageView(NamedTuple):
+    """A tensor as torch keeps it: `shape` elements of the 1-d `storage` from `offset` on, `strides` elements
+    apart, in a storage of type `storage_type` (e.g. "BFloat16Storage" for bfloat16 bit patterns as uint16)."""
+    storage: np.ndarray
+    offset: int
+    shape: tuple
+    strides: tuple
+    storage_type: str
+
+
+def _as_view(value):
+    if isinstance(value, StorageView):
+        return value
+    contiguous = np.array(value, order="C")  # (np.ascontiguousarray makes a 0-d array 1-d)
+    strides = tuple(step // value.itemsize for step in contiguous.strides)
+    return StorageView(contiguous.reshape(-1), 0, value.shape, strides, _STORAGE_TYPES[value.dtype])
+
+
 def state_dict_pickle(state):
-    """(data.pkl's bytes, {storage key: array}) as torch.save writes a state dict: an OrderedDict whose tensors are
-    torch._utils._rebuild_tensor_v2(persistent storage id, offset, size, stride, requires_grad, hooks)."""
+    """(data.pkl's bytes, {storage key: 1-d array}) as torch.save writes a state dict ({name: array or
+    StorageView}): an OrderedDict whose tensors are torch._utils._rebuild_tensor_v2(persistent storage id,
+    offset, size, stride, requires_grad, hooks)."""
     empty_ordered_dict = _global("collections", "OrderedDict") + b")R"
     out = bytearray(b"\x80\x02" + empty_ordered_dict + b"(")          # PROTO 2, the dict, MARK of its items
     storages = {}
-    for key, array in state.items():
+    for key, value in state.items():
+        view = _as_view(value)
         storage_key = str(len(storages))
-        storages[storage_key] = array
-        storage_id = b"(" + _text("storage") + _global("torch", _STORAGE_TYPES[array.dtype]) + _text(storage_key) \
-            + _text("cpu") + _int(array.size) + b"t"
-        strides = [step // array.itemsize for step in array.strides]
+        storages[storage_key] = view.storage
+        storage_id = b"(" + _text("storage") + _global("torch", view.storage_type) + _text(storage_key) \
+            + _text("cpu") + _int(view.storage.size) + b"t"
         out += _text(key) + _global("torch._utils", "_rebuild_tensor_v2") + b"(" + storage_id + b"Q" \
-            + _int(0) + _ints(array.shape) + _ints(strides) + b"\x89" + empty_ordered_dict + b"tR"
+            + _int(view.offset) + _ints(view.shape) + _ints(view.strides) + b"\x89" + empty_ordered_dict + b"tR"
     out += b"u."                                                        # SETITEMS, STOP
     return bytes(out), storages
 

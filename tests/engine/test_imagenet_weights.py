@@ -5,8 +5,8 @@ import numpy as np
 import paddle
 import pytest
 import safetensors.numpy
-from imagenet_files import (paddleclas_state, pooled_features, random_resnet, state_dict_pickle, torchvision_state,
-                            write_pth)
+from imagenet_files import (StorageView, paddleclas_state, pooled_features, random_resnet, state_dict_pickle,
+                            torchvision_state, write_pth)
 from paddle_modes import static_mode
 
 from cli.args import parse_args
@@ -135,6 +135,21 @@ def test_variants_that_do_not_convert_are_named(torchvision_net):
     deep_stem = {"conv1.0.weight": np.zeros((32, 3, 3, 3), np.float32), **state}
     with pytest.raises(UserError, match="holds conv1.0.weight, which a plain torchvision/timm ResNet"):
         imagenet.to_our_names(deep_stem, "resnet50d.safetensors")
+
+
+def test_views_half_and_bfloat16_tensors_read_as_torch_stores_them(tmp_path):
+    base = np.arange(24, dtype=np.float32)
+    bfloat16 = np.array([1.5, -2.25, 393216], np.float32)  # exact in bfloat16, which is float32 cut to 16 bits
+    state = {"transposed": StorageView(base, 0, (6, 4), (1, 6), "FloatStorage"),
+             "inner block": StorageView(base, 8, (2, 3), (6, 1), "FloatStorage"),
+             "half": np.array([0.5, 65504], np.float16),
+             "bfloat16": StorageView((bfloat16.view(np.uint32) >> 16).astype(np.uint16), 0, (3,), (1,),
+                                     "BFloat16Storage")}
+    loaded = foreign.read_parameter_file(str(write_pth(tmp_path / "odd.pth", state)))
+    np.testing.assert_array_equal(loaded["transposed"], base.reshape(4, 6).T)
+    np.testing.assert_array_equal(loaded["inner block"], base.reshape(4, 6)[1:3, 2:5])
+    assert loaded["half"].dtype == np.float16 and loaded["half"].tolist() == [0.5, 65504]
+    assert loaded["bfloat16"].dtype == np.float32 and loaded["bfloat16"].tolist() == bfloat16.tolist()
 
 
 @pytest.mark.parametrize("module, name, argument", [("os", "system", "touch {marker}"),
