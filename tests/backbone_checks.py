@@ -1,0 +1,25 @@
+"""Checks every backbone must pass, for the tests of one backbone (tests/models/test_<backbone>.py)."""
+import numpy as np
+import paddle
+from paddle_modes import static_mode
+
+from cli.args import defaults
+from engine import programs
+from engine.embedder import Embedder, export
+
+
+def exported_features(model, out_dir, size=32, batch=2, **network):
+    """(Executor features, exported model's features) of `model`'s embedding program with its start-up weights:
+    the program is exported as infer.py --export_model does and run by the Paddle Inference predictor (oneDNN)
+    that eval.py, infer.py and the retrieval tools use."""
+    config = defaults("eval", model=model, image_shape=(3, size, size), use_gpu=False, **network)
+    images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    with static_mode():
+        graph = programs.build_embed_graph(config)
+        scope = paddle.static.Scope()
+        with paddle.static.scope_guard(scope):
+            exe = paddle.static.Executor(paddle.CPUPlace())
+            exe.run(graph.startup)
+            executed, = exe.run(graph.program, feed={programs.IMAGE: images}, fetch_list=[graph.embedding])
+            export(exe, graph.program, graph.image, graph.embedding, str(out_dir), config)
+    return executed, Embedder(str(out_dir), use_gpu=False)(images)
