@@ -183,7 +183,7 @@ def _as_view(value):
     return StorageView(contiguous.reshape(-1), 0, value.shape, strides, _STORAGE_TYPES[value.dtype])
 
 
-def state_dict_pickle(state):
+def _state_dict_pickle(state):
     """(data.pkl's bytes, {storage key: 1-d array}) as torch.save writes a state dict ({name: array or
     StorageView}): an OrderedDict whose tensors are torch._utils._rebuild_tensor_v2(persistent storage id,
     offset, size, stride, requires_grad, hooks)."""
@@ -205,7 +205,7 @@ def state_dict_pickle(state):
 def write_pth(path, state, pickle_bytes=None, prefix="resnet18"):
     """`state` as a .pth file in torch's zip layout: <prefix>/data.pkl, <prefix>/data/<key> (raw little-endian),
     byteorder, version; `pickle_bytes` replaces the state dict's pickle (to plant something else)."""
-    state_pickle, storages = state_dict_pickle(state)
+    state_pickle, storages = _state_dict_pickle(state)
     pickle_bytes = state_pickle if pickle_bytes is None else pickle_bytes
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{prefix}/data.pkl", pickle_bytes)

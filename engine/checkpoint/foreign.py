@@ -256,6 +256,8 @@ def _torch_globals():
 
 def _rebuild_tensor(storage, offset, size, stride, *_requires_grad_hooks_metadata):
     """The array of a tensor: `size` elements of `storage` from `offset` on, `stride` elements apart per axis."""
+    import math
+
     import numpy as np
 
     elements, bfloat16 = storage
@@ -267,6 +269,8 @@ def _rebuild_tensor(storage, offset, size, stride, *_requires_grad_hooks_metadat
     else:  # as_strided trusts its arguments: the last element must lie inside the storage
         if offset + sum((n - 1) * step for n, step in zip(size, stride)) >= elements.size:
             raise ValueError("a tensor reaches past the end of its storage")
+        if math.prod(size) > elements.size - offset:  # only overlapping (expanded) views have more: never parameters
+            raise ValueError("a tensor has more elements than its storage")
         values = np.lib.stride_tricks.as_strided(elements[offset:], size,
                                                  [step * elements.itemsize for step in stride]).copy()
     values = values.astype(values.dtype.newbyteorder("="))

@@ -82,6 +82,9 @@ def _rename(state, found, source):
     parse = _torch_key if found == TORCHVISION else _paddleclas_key
     first_blocks = sorted(int(key.split(".")[1]) for key in state
                           if re.fullmatch(r"blocks\.\d+\.short\.conv\.weight", key))
+    if found == PADDLECLAS and (not first_blocks or first_blocks[0] != 0 or len(first_blocks) > 4):
+        raise UserError(f"{source} looks like PaddleClas ResNet weights, but its blocks with a projection (`short`) "
+                        "do not start its four stages")
     renamed, origin = {}, {}
     for key, array in state.items():
         if _DROPPED.fullmatch(key):
@@ -131,8 +134,6 @@ def _paddleclas_key(key, first_blocks):
     if match["block"] is None:
         return "conv1", match["layer"], match["tensor"]
     number = int(match["block"])
-    if not first_blocks or first_blocks[0] != 0 or len(first_blocks) > 4:
-        return None
     stage = sum(1 for first in first_blocks if first <= number) - 1
     block = _block_name(stage, number - first_blocks[stage])
     branch = "branch1" if match["branch"] == "short" else f"branch2{_BRANCHES[int(match['branch'][-1])]}"

@@ -5,8 +5,7 @@ import numpy as np
 import paddle
 import pytest
 import safetensors.numpy
-from imagenet_files import (StorageView, paddleclas_state, pooled_features, random_resnet, state_dict_pickle,
-                            torchvision_state, write_pth)
+from imagenet_files import StorageView, paddleclas_state, pooled_features, random_resnet, torchvision_state, write_pth
 from paddle_modes import static_mode
 
 from cli.args import parse_args
@@ -164,8 +163,10 @@ def test_a_pth_whose_pickle_names_another_global_is_refused_unrun(module, name, 
     assert not marker.exists()
 
 
-def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
-    pickle_bytes, _ = state_dict_pickle({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
-    path = write_pth(tmp_path / "resnet18.pth", {"conv1.weight": np.zeros(10, np.float32)}, pickle_bytes=pickle_bytes)
-    with pytest.raises(UserError, match="damaged or not a torch .pth file"):
+@pytest.mark.parametrize("view, why", [
+    (StorageView(np.zeros(10, np.float32), 0, (64, 3, 7, 7), (147, 49, 7, 1), "FloatStorage"), "past the end"),
+    (StorageView(np.zeros(1, np.float32), 0, (10 ** 6, 10 ** 6), (0, 0), "FloatStorage"), "more elements")])
+def test_a_tensor_beyond_its_storage_is_refused_before_it_is_built(view, why, tmp_path):
+    path = write_pth(tmp_path / "resnet18.pth", {"conv1.weight": view})
+    with pytest.raises(UserError, match=f"damaged or not a torch .pth file .*{why}"):
         foreign.read_parameter_file(str(path))
