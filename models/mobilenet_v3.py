@@ -1,6 +1,6 @@
 """MobileNetV3-Large (Howard et al., "Searching for MobileNetV3", ICCV 2019), width multiplier 1.0.
 
-A backbone for fast CPU serving: about a tenth of ResNet-50's multiply-adds at 224x224. The network is
+A backbone for fast CPU serving: 0.22 G multiply-adds at 224x224, a nineteenth of ResNet-50's 4.1 G. The network is
 the paper's Table 1: a 3x3 stride-2 stem of 16 channels with hard-swish; fifteen inverted-residual
 blocks (1x1 expansion, depthwise k x k convolution, optional squeeze-and-excitation, linear 1x1
 projection; an identity shortcut when the stride is 1 and the width does not change; the first block
@@ -13,10 +13,13 @@ Squeeze-and-excitation (models/layers.py) squeezes the expanded width to a quart
 multiple of 8 as in the reference implementation (make_divisible: 72 -> 24), and gates with the hard
 sigmoid relu6(x + 3) / 6. Hard-swish is x * relu6(x + 3) / 6.
 
-Names, as in PaddleCV image_classification's MobileNetV3: the stem is `conv1` (batch norm `conv1_bn`);
+Names, after PaddleCV image_classification's MobileNetV3: the stem is `conv1` (batch norm `conv1_bn`);
 block i (2..16) is `conv{i}` with convolutions `conv{i}_expand`, `conv{i}_depthwise`, `conv{i}_linear`
-(each with batch norm `<name>_bn`) and gate `conv{i}_se_sqz` / `_exc`; then `conv_last` (+ `conv_last_bn`)
-and `last_1x1_conv` (weights [960, 1280] and offset, a fully connected layer on the pooled feature).
+(each with batch norm `<name>_bn`) and gate `conv{i}_se_sqz` / `_exc` (fully connected; PaddleCV's are
+1x1 convolutions `_se_1` / `_se_2`); then `conv_last` (+ `conv_last_bn`) and `last_1x1_conv` (weights
+[960, 1280] and an offset, a fully connected layer on the pooled feature). PaddleCV's model differs in two
+details, where this one follows the paper and torchvision: its first block has a 1x1 expansion to the same
+width, and its 1280-wide layer has no bias.
 
 `last_stride=1` makes the last stride-2 block (conv14, the first at 1/32 of the input) stride by 1;
 `stem="small"` makes the stem stride by 1 (same 3x3 kernel, same parameters), so every map is twice
