@@ -49,7 +49,8 @@ def named_linear(in_features, out_features, name, bias=True):
         bias_attr=ParamAttr(name=f"{name}_offset") if bias else False)
 
 
-# The first convolution of a trunk, (kernel size, stride), by --stem. Both are followed by the 3x3
+# The first convolution of a ResNet-style trunk, (kernel size, stride), by --stem (MobileNetV3 keeps its 3x3
+# kernel and takes only the stride: models/mobilenet_v3.py STEM_STRIDES). Both are followed by the 3x3
 # stride-2 max pool. "small" keeps the input's resolution in the first convolution, so every stage
 # sees maps twice as high and wide (4x the compute): at 32x32 the ImageNet stem leaves 8x8 maps to
 # the first stage, too coarse for thin strokes (Omniglot: bench/results/omniglot-tuning.jsonl).
