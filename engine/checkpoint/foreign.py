@@ -30,11 +30,11 @@ def load_checkpoint_state(directory, names=(), with_optimizer=True):
     if found is None:
         state = _per_variable_files(directory, names)
         if not state:
-            raise UserError(f"{directory} holds no parameters (expected {storage.PARAMS_FILE}, a .pdparams file, "
-                            "or one file per parameter named like conv1_weights)")
+            raise UserError(f"{directory} holds no parameters (expected {storage.PARAMS_FILE}, one .pdparams, "
+                            ".safetensors or .pth file, or one file per parameter named like conv1_weights)")
         return state
     kind, params_path, optimizer_path = found
-    read = storage.read_safetensors if kind == "safetensors" else read_pickled_arrays
+    read = {"safetensors": storage.read_safetensors, "pickle": read_pickled_arrays, "torch": read_torch_zip}[kind]
     state = imagenet.to_our_names(read(params_path), params_path, _shapes(names))
     if with_optimizer and optimizer_path:
         state.update(read(optimizer_path))

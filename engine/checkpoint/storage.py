@@ -269,7 +269,7 @@ def parameter_files(directory):
     """(kind, parameter file, optimizer file or None) of `directory`, or None for per-variable files.
 
     Ours (model.safetensors) first, then Paddle's (model.pdparams, or a lone *.pdparams),
-    then a lone *.safetensors.
+    then a lone *.safetensors, then a lone torch *.pth (kind "torch").
     """
     if not os.path.isdir(directory):
         return None
@@ -282,9 +282,10 @@ def parameter_files(directory):
     if prefix is not None:
         prefix = os.path.join(directory, prefix)
         return "pickle", prefix + ".pdparams", _existing(prefix + ".pdopt")
-    found = [f for f in files if f.endswith(".safetensors")]
-    if len(found) == 1:
-        return "safetensors", os.path.join(directory, found[0]), None
+    for kind, ending in (("safetensors", ".safetensors"), ("torch", ".pth")):
+        found = [f for f in files if f.endswith(ending)]
+        if len(found) == 1:
+            return kind, os.path.join(directory, found[0]), None
     return None
 
 

@@ -47,7 +47,8 @@ def resnet18():
 
 def test_torchvision_keys_land_on_our_parameters(torchvision_net, resnet18, tmp_path):
     state = torchvision_state(torchvision_net)
-    loaded = foreign.load_checkpoint_state(str(write_pth(tmp_path / "resnet18.pth", state)), resnet18[1])
+    write_pth(tmp_path / "resnet18-f37072fd.pth", state)
+    loaded = foreign.load_checkpoint_state(str(tmp_path), resnet18[1])  # a folder holding the file
     for ours, theirs in (("conv1_weights", "conv1.weight"), ("bn_conv1_offset", "bn1.bias"),
                          ("bn2b_branch2a_mean", "layer1.1.bn1.running_mean"),
                          ("res3a_branch1_weights", "layer2.0.downsample.0.weight"),
