@@ -19,11 +19,12 @@ def convert(weights, model, out_dir):
     """Write the backbone of `weights` under our names to out_dir/model.safetensors; returns that path."""
     import safetensors.numpy
 
+    expected = parameter_shapes(model)
     state = foreign.read_parameter_file(weights)
     if imagenet.convention(state) is None:
         raise UserError(f"{weights} holds no torchvision/timm or PaddleClas ResNet weights (it has e.g. "
                         f"{storage.few_names(list(state))}; no layer1.0.conv1.weight nor blocks.0.conv0.conv.weight)")
-    arrays = imagenet.to_our_names(state, weights, parameter_shapes(model))
+    arrays = imagenet.to_our_names(state, weights, expected)
     path = os.path.join(out_dir, storage.PARAMS_FILE)
     if os.path.lexists(path):
         raise UserError(f"{path} exists already; choose another --out or delete it")
