@@ -54,16 +54,24 @@ def rows(records):
 
 
 def table(records):
-    lines = ["| model | loss | beyond the loss's recipe | training | Recall@1 | R@2 | R@4 | R@8 | MAP@R | NMI | wall |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | loss | beyond the loss's recipe | training | Recall@1 | R@2 | R@4 | R@8 | MAP@R | NMI "
+             "| 20-way 1-shot error | wall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for record, changed in rows(records):
         training = f"{record['iterations']} it." + (", finetuned from softmax" if record.get("finetuned_from") else "")
         training += "" if record.get("rotated_classes") else ", no rotated classes"
         settings = " ".join(f"`{flag}`" for flag in changed) or "–"
         figures = " | ".join(f"{record[name]:.3f}" if record.get(name) is not None else "" for name in FIGURES)
         lines.append(f"| {record['model']} | {record['loss']} | {settings} | {training} | {figures} | "
-                     f"{record['wall_s']:.0f} s |")
+                     f"{_one_shot(record)} | {record['wall_s']:.0f} s |")
     return "\n".join(lines)
+
+
+def _one_shot(record):
+    """The one-shot error with its 95% interval, in percent ("" for runs recorded before it was measured)."""
+    if record.get("few_shot_error") is None:
+        return ""
+    return f"{100 * record['few_shot_error']:.1f} ± {100 * record['few_shot_ci95']:.1f} %"
 
 
 def replace_in_doc(doc_text, new_table):

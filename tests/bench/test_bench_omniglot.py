@@ -125,7 +125,7 @@ def test_prepare_only_prints_the_lists(zips, tmp_path, capsys):
 def test_finetune_trains_softmax_first_then_each_loss_from_it(zips, tmp_path, monkeypatch):
     runs = []
 
-    def fake_run(recipe, lists, data_dir, output_dir, extra, tag=""):
+    def fake_run(recipe, lists, data_dir, output_dir, extra, tag="", one_shot=True):
         loss = Path(recipe).stem
         runs.append((loss, list(extra), tag))
         return {"model": "ResNet18", "loss": loss, "checkpoint": f"/ckpt/{loss}"}
@@ -180,3 +180,38 @@ def test_a_run_is_evaluated_in_process_as_eval_py_evaluates_it(trained, tmp_path
         {key: by_eval_py[key] for key in ("recall@1", "map@r", "nmi", "num_queries")}
     log = (run_dir / "eval.log").read_text()
     assert f"Recall@1: {results['recall@1']:.4f}" in log and "End test, test_loss" in log
+
+
+def test_the_one_shot_flags_are_eval_py_flags():
+    from cli.args import parse_args
+
+    flags = parse_args("eval", list(bench.ONE_SHOT_FLAGS))
+    assert (flags.episodes, flags.ways, flags.shots, flags.queries_per_class, flags.within_alphabet) == \
+        (1000, 20, 1, 1, True)
+
+
+def test_reevaluate_adds_what_a_record_lacks_after_checking_its_recall(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "run" / "ResNet18" / "1500"
+    checkpoint.mkdir(parents=True)
+    kept = {"evaluated_on": "test alphabets", "model": "ResNet18", "loss": "a", "recall@1": 0.5,
+            "checkpoint": str(checkpoint)}
+    gone = dict(kept, loss="b", checkpoint=str(tmp_path / "gone"))
+    tuning = dict(kept, loss="c", evaluated_on="validation: 40 held-out small1 characters")
+    results = tmp_path / "r.jsonl"
+    results.write_text("".join(json.dumps(record) + "\n" for record in (kept, gone, tuning)))
+    calls = []
+
+    def fake_evaluate(path, data_dir, eval_list, run_dir, one_shot=False):
+        calls.append((str(path), str(run_dir), one_shot))
+        return {"recall@1": recall, "few_shot_error": 0.25, "few_shot_ci95": 0.01}
+
+    monkeypatch.setattr(bench, "evaluate", fake_evaluate)
+    recall = 0.4  # not the recorded run: nothing is written
+    with pytest.raises(UserError, match="now gives Recall@1 0.4000, recorded 0.5000"):
+        bench.reevaluate(results, "d", "val.txt")
+    assert [json.loads(line) for line in results.read_text().splitlines()] == [kept, gone, tuning]
+    recall = 0.5
+    bench.reevaluate(results, "d", "val.txt")
+    assert calls[-1] == (str(checkpoint), str(tmp_path / "run"), True)
+    assert [json.loads(line) for line in results.read_text().splitlines()] == [
+        dict(kept, few_shot_error=0.25, few_shot_ci95=0.01), gone, tuning]
