@@ -1,6 +1,7 @@
 """Evaluate a trained network: Recall@K, MAP@R and NMI on the evaluation list; ReID mAP/CMC; a verification threshold.
 
     python eval.py --model=ResNet50 --pretrained_model=output/ResNet50/latest
+    python eval.py --inference_model=model.int8.onnx --engine=onnxruntime    # an export of infer.py
 
 Every evaluation image is a query against all the others (leave-one-out), or --query_list
 against --gallery_list; with --with_camera True the latter follows the person re-identification
@@ -23,7 +24,7 @@ def main(argv=None):
         return  # another process of paddle.distributed.launch: device 0 reports
     print_report(results, config.recall_k)
     if config.metrics_out:
-        append_record(config.metrics_out, config.pretrained_model, config.model, results)
+        append_record(config.metrics_out, config.pretrained_model or config.inference_model, config.model, results)
 
 
 def run():

@@ -204,9 +204,6 @@ def _infer(p):
     g.add_argument("--output_dir", default="infer_output", help="where features.npy, labels.npy, paths.txt go")
     g.add_argument("--print_features", type=str2bool, default=False, help="print the original's Test-{i}-feature lines")
     g.add_argument("--export_model", default=None, help="also save a Paddle inference model (image -> embedding) here")
-    g.add_argument("--inference_model", default=None,
-                   help="embed with this exported model: a folder of --export_model, or an ONNX file of --export_onnx "
-                        "(with --engine onnxruntime)")
     g.add_argument("--export_onnx", default=None,
                    help="also write the model as ONNX to this file (paddle2onnx), its preprocessing beside it "
                         "(FILE minus .onnx + .preprocess.json)")
@@ -221,9 +218,13 @@ def _infer(p):
 def _engine(p):
     from engine.embedder import ENGINES
 
-    p.add_argument("--engine", choices=ENGINES, default="paddle",
+    g = p.add_argument_group("embedding engine (eval.py, infer.py)")
+    g.add_argument("--engine", choices=ENGINES, default="paddle",
                    help="what runs the network when embedding: Paddle Inference with oneDNN, or onnxruntime on "
                         "the model's ONNX conversion (same features; docs/speed.md)")
+    g.add_argument("--inference_model", default=None,
+                   help="embed with this exported model instead of --pretrained_model: a folder of infer.py "
+                        "--export_model, or an ONNX file of --export_onnx (with --engine onnxruntime)")
 
 
 def _skip_bad(p):

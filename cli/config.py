@@ -154,8 +154,8 @@ def _adopt_trained_settings(script, values, typed, state):
     RunState), or the network's from the exported model."""
     from engine.network_spec import NetworkSpec
 
-    if script == "infer" and values["inference_model"]:
-        if values["pretrained_model"] or values["export_model"]:
+    if values["inference_model"]:
+        if values["pretrained_model"] or values.get("export_model"):
             raise UserError("--inference_model runs an exported model: give neither --pretrained_model "
                             "nor --export_model with it")
         from engine.embedder import read_model_info
@@ -164,7 +164,7 @@ def _adopt_trained_settings(script, values, typed, state):
         source = "the exported model"
     elif values["pretrained_model"] is None:
         raise UserError("give the trained network with --pretrained_model=DIR (e.g. output/ResNet50/latest)"
-                        + (" or --inference_model=DIR (an exported model)" if script == "infer" else ""))
+                        " or --inference_model=DIR (an exported model)")
     else:
         if not state:
             return  # plain parameters (e.g. pretrained weights): the flags describe the network

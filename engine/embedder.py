@@ -240,6 +240,13 @@ def checkpoint_program(config):
     return exe, graph
 
 
+def config_embedder(config):
+    """The embedder of config.inference_model (an export), or else of the checkpoint config.pretrained_model."""
+    if config.inference_model:
+        return Embedder(config.inference_model, config.use_gpu, config.engine)
+    return checkpoint_embedder(config)
+
+
 def checkpoint_embedder(config):
     """The embedder of the checkpoint config.pretrained_model."""
     exe, graph = checkpoint_program(config)

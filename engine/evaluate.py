@@ -15,7 +15,7 @@ import numpy as np
 
 import reader
 from data.reid_lists import DISTRACTOR
-from engine.embedder import checkpoint_embedder, embed_shards, exchange_folder, share_loader
+from engine.embedder import config_embedder, embed_shards, exchange_folder, share_loader
 from evaluation import fewshot
 from evaluation.evaluator import REID_METRICS, Evaluation, Evaluator, Settings, verification_threshold
 from evaluation.postprocess import Expansion
@@ -35,7 +35,8 @@ class Embedded(NamedTuple):
 
 
 def evaluate_checkpoint(config):
-    """The figures of config.pretrained_model on the configured lists (a resolved "eval" configuration).
+    """The figures of config.pretrained_model (or config.inference_model) on the configured lists (a resolved "eval"
+    configuration).
 
     Returns None on the processes other than device 0 of paddle.distributed.launch.
     """
@@ -127,7 +128,7 @@ def _embed_lists(config, gallery_list, query_list):
     loaders = {name: share_loader(config, image_list, skip_bad=config.skip_bad_images)
                for name, image_list in (("gallery", gallery_list), ("query", query_list)) if image_list}
     try:
-        embedder = checkpoint_embedder(config)
+        embedder = config_embedder(config)
         return tuple(_embed(embedder, loaders[name], name) if name in loaders else None
                      for name in ("gallery", "query"))
     finally:

@@ -10,8 +10,10 @@ from paddle_modes import static_mode
 
 import infer
 from cli.args import defaults, parse_args
+from cli.config import resolve
 from engine import programs
 from engine.embedder import EXPORT_INFO, export
+from engine.evaluate import evaluate_checkpoint
 from utility.errors import UserError
 
 
@@ -78,6 +80,18 @@ def test_the_int8_model_embeds_close_to_float32(onnx_exports):
     assert not np.allclose(features, reference, rtol=0, atol=1e-6 * np.abs(reference).max())  # really int8
     assert fingerprint != fp32_fingerprint
     assert read_json(onnx_exports["out"] / "model.int8.preprocess.json")["precision"] == "int8"
+
+
+def test_eval_scores_an_onnx_export_as_its_paddle_export(onnx_exports):
+    def figures(*argv):
+        config = resolve("eval", [*argv, f"--data_dir={onnx_exports['data_dir']}",
+                                  f"--val_list={onnx_exports['val_list']}", "--num_workers=0", "--nmi=False"])
+        return evaluate_checkpoint(config)
+
+    paddle_figures = figures(f"--inference_model={onnx_exports['paddle']}")
+    onnx_figures = figures(f"--inference_model={onnx_exports['onnx']}", "--engine=onnxruntime")
+    for name in ("recall@1", "recall@2", "map@r"):
+        assert onnx_figures[name] == pytest.approx(paddle_figures[name], abs=1e-6)
 
 
 def test_an_onnx_model_runs_only_under_onnxruntime(onnx_exports, tmp_path):
