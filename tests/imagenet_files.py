@@ -20,8 +20,9 @@ WIDTHS = (64, 128, 256, 512)
 def _conv_bn(rng, in_channels, out_channels, kernel, stride):
     """One convolution (He-initialised, no bias) and the batch norm after it, with random running statistics."""
     fan_in = in_channels * kernel ** 2
-    weight = rng.standard_normal((out_channels, in_channels, kernel, kernel)) * np.sqrt(2.0 / fan_in)
-    return {"weight": weight.astype(np.float32), "stride": stride,
+    he_scale = np.float32(np.sqrt(2 / fan_in))
+    weight = rng.standard_normal((out_channels, in_channels, kernel, kernel), np.float32) * he_scale
+    return {"weight": weight, "stride": stride,
             "scale": rng.uniform(0.5, 1.5, out_channels).astype(np.float32),
             "offset": rng.uniform(-0.2, 0.2, out_channels).astype(np.float32),
             "mean": rng.uniform(-0.2, 0.2, out_channels).astype(np.float32),

@@ -111,14 +111,18 @@ def test_the_network_computes_the_features_of_the_weights(source, torchvision_ne
     assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
 
 
-def test_weights_of_another_depth_name_the_first_parameter_that_does_not_fit(torchvision_net, tmp_path):
-    path = str(write_pth(tmp_path / "resnet18.pth", torchvision_state(torchvision_net)))
-    with pytest.raises(UserError, match=r"layer1\.0\.conv1\.weight is \(64, 64, 3, 3\), this network's "
-                                        r"res2a_branch2a_weights is \(64, 64, 1, 1\); check --model"):
-        foreign.load_checkpoint_state(path, convert.parameter_shapes("ResNet50"))
-    with pytest.raises(UserError, match=r"ResNet-18 weights\) do not fit this network: this network's "
-                                        r"res2c_branch2a_weights \(and 79 more\) is not in the file"):
-        convert.convert(path, "ResNet34", str(tmp_path / "out"))
+def test_weights_of_another_network_name_the_first_parameter_that_does_not_fit(torchvision_net, resnet18, tmp_path):
+    state = torchvision_state(torchvision_net)
+    bottleneck_first = {**state, "layer1.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32)}
+    path = str(write_pth(tmp_path / "bottleneck.pth", bottleneck_first))
+    with pytest.raises(UserError, match=r"the file's layer1\.0\.conv1\.weight is \(64, 64, 1, 1\), this network's "
+                                        r"res2a_branch2a_weights is \(64, 64, 3, 3\); check --model"):
+        foreign.load_checkpoint_state(path, resnet18[1])
+    shallower = {key: value for key, value in state.items() if not key.startswith("layer4.1.")}
+    path = str(write_pth(tmp_path / "shallower.pth", shallower))
+    with pytest.raises(UserError, match=r"ResNet of basic blocks 2-2-2-1 weights\) do not fit this network: this "
+                                        r"network's res5b_branch2a_weights \(and 9 more\) is not in the file"):
+        convert.convert(path, "ResNet18", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
