@@ -8,7 +8,8 @@
 
 Writes OUT/features.npy (float32, one row per list line, list order), OUT/labels.npy,
 OUT/paths.txt and OUT/fingerprint.json (the model's fingerprint: `index.py build --features OUT`
-checks it against the gallery's model). The list may have labels or not (one path per line).
+checks it against the gallery's model), and OUT/uncertainty.npy (float32 sigma^2 per row) when the
+model predicts it (trained with --uncertainty True). The list may have labels or not (one path per line).
 """
 import json
 import os
@@ -24,6 +25,7 @@ from cli.runtime import run_cli
 from utility.files import save_npy, write_text
 
 NO_LABEL = -1
+UNCERTAINTY_FILE = "uncertainty.npy"
 
 
 def main(argv=None):
@@ -37,12 +39,15 @@ def main(argv=None):
 
     with share_loader(config, image_list, skip_bad=config.skip_bad_images) as loader:  # before the embedder
         embedder = _make_embedder(config)
-        features, rows = embed_shards(embedder, loader, exchange_folder(config.output_dir, "infer"))
+        embedded = embed_shards(embedder, loader, exchange_folder(config.output_dir, "infer"),
+                                with_uncertainty=embedder.predicts_uncertainty)
+    features, rows = embedded[:2]
+    uncertainty = embedded[2] if embedder.predicts_uncertainty else None
     if features is None:
         return  # another process of paddle.distributed.launch: device 0 writes the dump
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")
     paths = [image_list.paths[i] for i in rows]
-    save_dump(config.output_dir, features, labels, paths, embedder.fingerprint)
+    save_dump(config.output_dir, features, labels, paths, embedder.fingerprint, uncertainty)
     if config.print_features:
         for i, feature in enumerate(features):
             print(f"Test-{i}-feature: {feature}")
@@ -64,7 +69,7 @@ def _make_embedder(config):
     exe, graph = checkpoint_program(config)
     folder = config.export_model or tempfile.mkdtemp(prefix="export-")
     try:
-        export(exe, graph.program, graph.image, graph.embedding, folder, config)
+        export(exe, graph.program, graph.image, graph.embedding, folder, config, graph.uncertainty)
         if config.export_model:
             print(f"Exported the inference model to {config.export_model}", flush=True)
         if config.export_onnx:
@@ -87,7 +92,9 @@ def _export_onnx(config, model_dir):
         print(f"Exported the ONNX model to {path}, its preprocessing to {description_path(path)}", flush=True)
 
 
-def save_dump(out_dir, features, labels, paths, fingerprint):
+def save_dump(out_dir, features, labels, paths, fingerprint, uncertainty=None):
+    """The dump of features, labels, paths and fingerprint, and sigma^2 per row (`uncertainty`) when the model
+    predicts it; an uncertainty.npy of an earlier dump in out_dir goes when this model predicts none."""
     from engine.embedder import DUMP_FINGERPRINT
 
     os.makedirs(out_dir, exist_ok=True)
@@ -96,8 +103,14 @@ def save_dump(out_dir, features, labels, paths, fingerprint):
     write_text(os.path.join(out_dir, "paths.txt"), "".join(path + "\n" for path in paths))
     write_text(os.path.join(out_dir, DUMP_FINGERPRINT),
                json.dumps({"fingerprint": fingerprint, "embedding_size": int(features.shape[1])}))
+    uncertainty_path = os.path.join(out_dir, UNCERTAINTY_FILE)
+    if uncertainty is not None:
+        save_npy(uncertainty_path, uncertainty.astype("float32"))
+    elif os.path.lexists(uncertainty_path):
+        os.remove(uncertainty_path)
+    written = "" if uncertainty is None else f", {UNCERTAINTY_FILE}"
     print(f"Wrote {len(paths)} features of {features.shape[1]} dims to {out_dir}/"
-          f"features.npy, labels.npy, paths.txt, {DUMP_FINGERPRINT}", flush=True)
+          f"features.npy, labels.npy, paths.txt, {DUMP_FINGERPRINT}{written}", flush=True)
 
 
 def run():

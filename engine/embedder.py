@@ -78,8 +78,9 @@ def model_fingerprint(model_dir):
     return digest.hexdigest()[:16]
 
 
-def export(exe, program, image, embedding, out_dir, config):
-    """Save `program`'s image -> embedding with its current parameters as an inference model in out_dir.
+def export(exe, program, image, embedding, out_dir, config, uncertainty=None):
+    """Save `program`'s image -> embedding (and sigma^2 per image, `uncertainty`, as a second output when the
+    network predicts it) with its current parameters as an inference model in out_dir.
 
     The model is written to a temporary folder beside out_dir, then renamed into place: a symbolic link
     standing at out_dir, or at one of its files, is replaced, never written through.
@@ -89,7 +90,7 @@ def export(exe, program, image, embedding, out_dir, config):
     os.makedirs(parent, exist_ok=True)
     writing = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
     try:
-        _write_export(exe, program, image, embedding, writing, config)
+        _write_export(exe, program, image, embedding, writing, config, uncertainty)
         if os.path.islink(out_dir):
             os.unlink(out_dir)  # the link goes, its target stays as it was
         if not os.path.isdir(out_dir):
@@ -101,11 +102,11 @@ def export(exe, program, image, embedding, out_dir, config):
         shutil.rmtree(writing, ignore_errors=True)
 
 
-def _write_export(exe, program, image, embedding, folder, config):
+def _write_export(exe, program, image, embedding, folder, config, uncertainty=None):
     import paddle
 
-    paddle.static.save_inference_model(os.path.join(folder, EXPORT_PREFIX), [image], [embedding], exe,
-                                       program=program)
+    outputs = [embedding] if uncertainty is None else [embedding, uncertainty]
+    paddle.static.save_inference_model(os.path.join(folder, EXPORT_PREFIX), [image], outputs, exe, program=program)
     network = NetworkSpec.from_config(config)
     info = {**network.to_record(), **preprocess_description(network.eval_resize, network.ink_crop)}
     write_text(os.path.join(folder, EXPORT_INFO), json.dumps(info, indent=1))
@@ -174,12 +175,13 @@ class Embedder:
         self.run = PaddlePredictor(paddle_config(model, use_gpu), f"the exported model in {model}")
 
     @classmethod
-    def from_program(cls, exe, program, image, embedding, config, name="the network being trained", engine="paddle"):
-        """The embedder of a program's image -> embedding with its current parameters (through a temporary export);
-        `name` says what it is in error lines."""
+    def from_program(cls, exe, program, image, embedding, config, name="the network being trained", engine="paddle",
+                     uncertainty=None):
+        """The embedder of a program's image -> embedding (and sigma^2, `uncertainty`) with its current parameters
+        (through a temporary export); `name` says what it is in error lines."""
         folder = tempfile.mkdtemp(prefix="embedder-")
         try:
-            _write_export(exe, program, image, embedding, folder, config)
+            _write_export(exe, program, image, embedding, folder, config, uncertainty)
             embedder = cls(folder, config.use_gpu, engine)  # the engine holds the parameters in memory
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -188,6 +190,16 @@ class Embedder:
 
     def __call__(self, images):
         return self.run(images)
+
+    @property
+    def predicts_uncertainty(self):
+        """The model gives each image's sigma^2 as its second output (trained with --uncertainty True)."""
+        return bool(self.info.get("uncertainty"))
+
+    def embed(self, images):
+        """(features [n, D], sigma^2 [n]) of `images`; sigma^2 is None when the model predicts no uncertainty."""
+        outputs = self.run.outputs(images)
+        return outputs[0], (outputs[1].reshape(-1) if self.predicts_uncertainty else None)
 
 
 def paddle_config(model_dir, use_gpu=None):
@@ -217,13 +229,17 @@ class PaddlePredictor:
         except Exception as err:  # Paddle raises bare RuntimeError/ValueError for corrupt files
             raise UserError(f"cannot load {name}: {str(err).strip().splitlines()[-1]}")
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+        self.output_handles = [self.predictor.get_output_handle(name) for name in self.predictor.get_output_names()]
 
     def __call__(self, images):
+        return self.outputs(images)[0]
+
+    def outputs(self, images):
+        """Every output of the model for `images`: the features, then sigma^2 when the model predicts it."""
         self.input.reshape(images.shape)
         self.input.copy_from_cpu(images)
         self.predictor.run()
-        return self.output.copy_to_cpu()
+        return [handle.copy_to_cpu() for handle in self.output_handles]
 
 
 def checkpoint_program(config):
@@ -251,21 +267,28 @@ def checkpoint_embedder(config):
     """The embedder of the checkpoint config.pretrained_model."""
     exe, graph = checkpoint_program(config)
     return Embedder.from_program(exe, graph.program, graph.image, graph.embedding, config,
-                                 name=f"checkpoint {config.pretrained_model}", engine=config.engine)
+                                 name=f"checkpoint {config.pretrained_model}", engine=config.engine,
+                                 uncertainty=graph.uncertainty)
 
 
-def embed_list(embedder, loader, show_progress=True):
+def embed_list(embedder, loader, show_progress=True, with_uncertainty=False):
     """Embed every image of `loader` (a reader.TestLoader) with `embedder(images) -> features`.
 
     Returns (features float32 [n, D], row_indices int64 [n]) in list order; rows are left
     out only for unreadable images when the loader skips them. A NaN or infinite embedding is a UserError
-    naming the model: nothing scores or writes it.
+    naming the model: nothing scores or writes it. `with_uncertainty` (an Embedder whose model predicts
+    it): (features, row_indices, sigma^2 float32 [n]).
     """
     image_list = loader.image_list
     progress = Progress(loader.num_rows, "embedding") if show_progress else None
-    features, rows = [], []
+    features, rows, uncertainty = [], [], []
     for images, indices in loader.batches():
-        features.append(np.asarray(embedder(images), dtype="float32"))
+        if with_uncertainty:
+            batch_features, batch_uncertainty = embedder.embed(images)
+            uncertainty.append(np.asarray(batch_uncertainty, dtype="float32"))
+        else:
+            batch_features = embedder(images)
+        features.append(np.asarray(batch_features, dtype="float32"))
         rows.append(np.asarray(indices, dtype="int64"))
         if progress:
             progress.update(len(indices))
@@ -279,6 +302,8 @@ def embed_list(embedder, loader, show_progress=True):
         raise UserError(f"{getattr(embedder, 'name', 'the model')} embeds {bad} of {len(features)} images of "
                         f"{image_list.source} as NaN or infinite values (its parameters overflow: a diverged "
                         "training?); nothing was written or scored")
+    if with_uncertainty:
+        return features, np.concatenate(rows), np.concatenate(uncertainty)
     return features, np.concatenate(rows)
 
 
@@ -303,28 +328,28 @@ def share_loader(config, image_list, skip_bad):
     return test_loader(config, image_list, skip_bad=skip_bad, rows=share)
 
 
-def embed_shards(embedder, loader, exchange_dir):
+def embed_shards(embedder, loader, exchange_dir, with_uncertainty=False):
     """embed_list of a share_loader, the shares of paddle.distributed.launch's processes gathered.
 
     Device 0 gathers the shares, in list order, through files in `exchange_dir` (a folder all
-    processes see) and returns (features, rows); the other processes return (None, None). One
-    process alone simply embeds the list.
+    processes see) and returns (features, rows), or (features, rows, sigma^2) `with_uncertainty`; the
+    other processes return as many Nones. One process alone simply embeds the list.
     """
     from engine.programs import distributed_env
 
     world_size, rank = distributed_env()
-    features, rows = embed_list(embedder, loader, show_progress=rank == 0)
+    embedded = embed_list(embedder, loader, show_progress=rank == 0, with_uncertainty=with_uncertainty)
     if world_size == 1:
-        return features, rows
+        return embedded
     os.makedirs(exchange_dir, exist_ok=True)
-    _save_share(exchange_dir, rank, features, rows)
+    _save_share(exchange_dir, rank, embedded)
     if rank > 0:
-        return None, None
+        return (None,) * len(embedded)
     shares = [_load_share(exchange_dir, r) for r in range(world_size)]
     shutil.rmtree(exchange_dir, ignore_errors=True)
-    print(f"Gathered the embeddings of {world_size} processes: " + ", ".join(str(len(r)) for _, r in shares)
+    print(f"Gathered the embeddings of {world_size} processes: " + ", ".join(str(len(s[1])) for s in shares)
           + " images", flush=True)
-    return np.concatenate([f for f, _ in shares]), np.concatenate([r for _, r in shares])
+    return tuple(np.concatenate(parts) for parts in zip(*shares))
 
 
 def exchange_folder(near, name):
@@ -333,10 +358,10 @@ def exchange_folder(near, name):
     return os.path.join(near, f".embedding-shards-{launch}-{name}")
 
 
-def _save_share(folder, rank, features, rows):
+def _save_share(folder, rank, arrays):
     path = os.path.join(folder, f"share-{rank}.npz")
     with open(path + ".tmp", "wb") as f:
-        np.savez(f, features=features, rows=rows)
+        np.savez(f, *arrays)
     os.replace(path + ".tmp", path)
 
 
@@ -348,4 +373,4 @@ def _load_share(folder, rank, timeout_s=3600):
             raise UserError(f"process {rank} did not write its embeddings to {path}")
         time.sleep(0.2)
     with np.load(path) as share:
-        return share["features"], share["rows"]
+        return tuple(share[f"arr_{i}"] for i in range(len(share.files)))

@@ -114,7 +114,11 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images):
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return self.outputs(images)[0]
+
+    def outputs(self, images):
+        """Every output of the model for `images`: the features, then sigma^2 when the model predicts it."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(images, dtype=np.float32)})
 
 
 def quantize_int8(onnx_path, calibration_batches):

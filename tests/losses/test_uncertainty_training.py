@@ -92,3 +92,69 @@ def test_the_head_and_an_uncertainty_loss_go_together(overrides, message):
     config = train_config(**overrides)
     with pytest.raises(UserError, match=message):
         programs.check_uncertainty(config, losses.get(config.loss_name))
+
+
+# ---- export, embedding and infer.py's dump ------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["paddle", "onnxruntime"])
+def test_the_export_gives_sigma_squared_as_its_second_output(tmp_path, engine):
+    from engine.embedder import Embedder, export
+
+    config = defaults("infer", model="ResNet18", image_shape=(3, 32, 32), embedding_size=8, uncertainty=True,
+                      use_gpu=False)
+    x = images(3, seed=5)
+    with static_mode(), paddle.static.scope_guard(paddle.static.Scope()):
+        graph = programs.build_embed_graph(config)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(graph.startup)
+        weights = paddle.static.global_scope().find_var("uncertainty_fc_weights").get_tensor()
+        weights.set(np.random.default_rng(0).normal(0, 0.05, (512, 1)).astype("float32"), paddle.CPUPlace())
+        want_features, want_sigma2 = exe.run(graph.program, feed={programs.IMAGE: x},
+                                             fetch_list=[graph.embedding, graph.uncertainty])
+        export(exe, graph.program, graph.image, graph.embedding, str(tmp_path / "model"), config, graph.uncertainty)
+    embedder = Embedder(str(tmp_path / "model"), use_gpu=False, engine=engine)
+    features, sigma2 = embedder.embed(x)
+    assert embedder.predicts_uncertainty and np.ptp(want_sigma2) > 1e-4
+    np.testing.assert_allclose(features, want_features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sigma2, want_sigma2, rtol=1e-4)
+    np.testing.assert_allclose(embedder(x), features)
+
+
+class _Loader:
+    """Two batches of fake images, the way reader.TestLoader yields them."""
+    image_list = type("List", (), {"source": "fake.txt"})
+    num_rows = 5
+
+    def batches(self):
+        yield np.zeros((3, 1)), [0, 1, 2]
+        yield np.ones((2, 1)), [3, 4]
+
+
+class _Embedder:
+    predicts_uncertainty = True
+
+    def __call__(self, images):
+        return self.embed(images)[0]
+
+    def embed(self, images):
+        return images + np.arange(len(images))[:, None], np.full(len(images), 2.0) + images[:, 0]
+
+
+def test_embed_shards_gathers_sigma_squared_with_the_features():
+    from engine.embedder import embed_shards
+
+    features, rows = embed_shards(_Embedder(), _Loader(), "unused")
+    np.testing.assert_array_equal(rows, np.arange(5))
+    features, rows, sigma2 = embed_shards(_Embedder(), _Loader(), "unused", with_uncertainty=True)
+    np.testing.assert_array_equal(sigma2, [2, 2, 2, 3, 3])
+    np.testing.assert_array_equal(features[:, 0], [0, 1, 2, 1, 2])
+
+
+def test_infer_dump_writes_sigma_squared_and_clears_an_earlier_one(tmp_path):
+    import infer
+
+    out = tmp_path / "out"
+    infer.save_dump(str(out), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "f00d", np.array([0.5, 2.0]))
+    np.testing.assert_array_equal(np.load(out / "uncertainty.npy"), np.array([0.5, 2.0], "float32"))
+    infer.save_dump(str(out), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "beef")
+    assert not (out / "uncertainty.npy").exists()
