@@ -5,6 +5,7 @@ Every flag is declared here once, in the group of the scripts that read it.
 typed (`args.explicit`); cli/config.py turns that into the run's settled configuration.
 """
 import argparse
+import math
 import sys
 
 from engine.network_spec import CHOICES as NETWORK_CHOICES
@@ -76,7 +77,8 @@ def _common(p):
     g.add_argument("--stem", choices=NETWORK_CHOICES["stem"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps); MobileNetV3_large keeps its 3x3 stem and strides it by 1")
     g.add_argument("--uncertainty", type=str2bool, default=False,
                    help="a head on the pooled feature predicts each image's log variance s (trained by "
-                        "--loss_name uncertaintytriplet or uncertaintysoftmax)")
+                        "--loss_name uncertaintytriplet or uncertaintysoftmax); exports give sigma^2 as a second "
+                        "output, infer.py writes it to uncertainty.npy, eval.py scores its uncertain queries")
     g.add_argument("--image_shape", type=image_shape, default=(3, 224, 224), help="C,H,W of the network input")
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
     g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")
@@ -175,6 +177,9 @@ def _eval(p):
     g.add_argument("--query_expansion", type=k_alpha, default=None,
                    help="K,ALPHA: the same for every query with its K nearest gallery embeddings, after "
                         "--database_augmentation (alpha-QE; ALPHA 0 = average query expansion)")
+    g.add_argument("--uncertainty_weight", type=float, default=0.0,
+                   help="K: with a model that predicts uncertainty (--uncertainty True), rank by squared distance "
+                        "+ K (sigma2_query + sigma2_gallery); 0 = the plain distance (not with post-processing)")
     g.add_argument("--episodes", type=int, default=0,
                    help="also N few-shot episodes on the evaluation list: error rate of --ways-way --shots-shot "
                         "classification by the nearest support image or class mean, with its 95%% interval (0 = none)")
@@ -330,6 +335,13 @@ def _check_post_processing(args):
         raise UserError(f"--{expansions[0]} weighs neighbours by cosine similarity: it needs --feat_norm True")
     if args.re_ranking and args.query_expansion:
         raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+    if not (math.isfinite(args.uncertainty_weight) and args.uncertainty_weight >= 0):
+        raise UserError(f"--uncertainty_weight must be a finite number, 0 or more, got {args.uncertainty_weight}")
+    post_processing = [name for name in ("re_ranking", "database_augmentation", "query_expansion")
+                       if getattr(args, name)]
+    if args.uncertainty_weight and post_processing:
+        raise UserError(f"--uncertainty_weight ranks by plain distances plus the uncertainty: not with "
+                        f"--{post_processing[0]}")
 
 
 def _check_few_shot(args):

@@ -32,6 +32,7 @@ class Embedded(NamedTuple):
     labels: np.ndarray
     paths: list
     cameras: Optional[np.ndarray]
+    uncertainty: Optional[np.ndarray] = None  # sigma^2 of each image, when the model predicts it
 
 
 def evaluate_checkpoint(config):
@@ -51,7 +52,7 @@ def evaluate_checkpoint(config):
                                          "query_cameras": query.cameras}
     evaluation = Evaluation(gallery.features, gallery.labels, gallery_cameras=gallery.cameras,
                             settings=_settings(config, reid), gallery_groups=_alphabets(config, gallery.paths),
-                            **separate)
+                            gallery_offsets=_uncertainty_offsets(config, gallery), **separate)
     names = REID_METRICS if reid else ("recall_at_k", "map_at_r", "r_precision", *["nmi"] * config.nmi,
                                        "confused_pairs", *["few_shot"] * bool(config.episodes))
     results = Evaluator(names).evaluate(evaluation)
@@ -61,6 +62,9 @@ def evaluate_checkpoint(config):
     if not reid:
         results["test_loss"] = test_loss(config, gallery.features, gallery.labels)
         results["confused_pairs"] = _named_pairs(results["confused_pairs"], queries, config.data_dir)
+    if queries.uncertainty is not None:
+        results.update(uncertain_fifths(evaluation, reid, queries.uncertainty),
+                       uncertainty_weight=config.uncertainty_weight)
     if config.threshold:
         results.update(_threshold(evaluation, config.threshold_plot))
     if config.visualize > 0:
@@ -77,6 +81,33 @@ def _settings(config, reid):
                     database_augmentation=config.database_augmentation and Expansion(*config.database_augmentation),
                     few_shot=few_shot_task(config),
                     ignore_labels=(JUNK_ID, DISTRACTOR) if config.with_camera else ())
+
+
+def _uncertainty_offsets(config, gallery):
+    """--uncertainty_weight K: K sigma^2 of each gallery image, added to its squared distances (the query's own
+    K sigma^2 is the same for all its candidates: it changes no ranking); None for K = 0."""
+    if not config.uncertainty_weight:
+        return None
+    if gallery.uncertainty is None:
+        raise UserError("--uncertainty_weight weighs the uncertainty a model predicts, and this one predicts none "
+                        "(train with --uncertainty True)")
+    return config.uncertainty_weight * gallery.uncertainty
+
+
+def uncertain_fifths(evaluation, reid, query_uncertainty):
+    """Recall@1 of the fifth of the queries with the largest predicted sigma^2 and of the fifth with the smallest
+    (re-identification: CMC@1 over the queries with a match). A model whose uncertainty means something is
+    wrong more often on the first."""
+    if reid:
+        average_precision, first_hit = evaluation.reid
+        counted, hit = ~np.isnan(average_precision), first_hit == 1
+    else:
+        hit = evaluation.neighbors.hits[:, 0]
+        counted = np.ones(len(hit), bool)
+    hit = hit[counted][np.argsort(query_uncertainty[counted], kind="stable")]
+    fifth = max(1, len(hit) // 5)
+    return {"recall@1_least_uncertain_fifth": float(np.mean(hit[:fifth])),
+            "recall@1_most_uncertain_fifth": float(np.mean(hit[-fifth:])), "uncertain_fifth_queries": fifth}
 
 
 def few_shot_task(config):
@@ -137,12 +168,15 @@ def _embed_lists(config, gallery_list, query_list):
 
 
 def _embed(embedder, loader, name):
-    features, rows = embed_shards(embedder, loader, exchange_folder(tempfile.gettempdir(), name))
+    embedded = embed_shards(embedder, loader, exchange_folder(tempfile.gettempdir(), name),
+                            with_uncertainty=embedder.predicts_uncertainty)
+    features, rows = embedded[:2]
     if features is None:
         return None
     image_list = loader.image_list
     cameras = image_list.cameras[rows] if image_list.cameras is not None else None
-    return Embedded(features, image_list.labels[rows], [image_list.paths[i] for i in rows], cameras)
+    uncertainty = embedded[2] if embedder.predicts_uncertainty else None
+    return Embedded(features, image_list.labels[rows], [image_list.paths[i] for i in rows], cameras, uncertainty)
 
 
 def test_loss(config, features, labels):

@@ -81,11 +81,13 @@ def nearest_neighbors(query, gallery, k, exclude_self=False, feat_norm=True, blo
     return indices, distances
 
 
-def neighbor_blocks(query, gallery, wanted, exclude_self=False, feat_norm=True, block_rows=None):
+def neighbor_blocks(query, gallery, wanted, exclude_self=False, feat_norm=True, block_rows=None,
+                    gallery_offsets=None):
     """Yield (first query row, indices, distances) per block of queries, as nearest_neighbors returns them.
 
     wanted[i] is how many neighbours query i needs; a block returns the largest number its
-    queries need (at most the gallery size, less one with exclude_self).
+    queries need (at most the gallery size, less one with exclude_self). gallery_offsets [Ng] (>= 0):
+    added to every squared distance to that gallery row, so that they rank by d^2 + offset.
     """
     query, gallery = as_matrix(query, "query"), as_matrix(gallery, "gallery")
     check_same_width(query, gallery)
@@ -94,6 +96,11 @@ def neighbor_blocks(query, gallery, wanted, exclude_self=False, feat_norm=True, 
     if feat_norm:
         gallery = l2_normalized(gallery)
         query = gallery if exclude_self else l2_normalized(query)
+    if gallery_offsets is not None:
+        # One more coordinate, sqrt(offset) for the gallery and 0 for the queries: |q - g|^2 + offset exactly.
+        offsets = np.sqrt(np.asarray(gallery_offsets, np.float32))[:, None]
+        gallery = np.hstack([gallery, offsets])
+        query = np.hstack([query, np.zeros((len(query), 1), np.float32)])
     rows = block_rows or _block_rows(int(wanted.max()))
     for start in range(0, len(query), rows):
         block = query[start:start + rows]

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from evaluation import fewshot, metrics, reid, threshold
-from evaluation.distances import as_matrix, check_same_width, l2_normalized
+from evaluation.distances import as_matrix, check_same_width, l2_normalized, neighbor_blocks, squared_distance_fn
 from evaluation.postprocess import Expansion, PostProcessing, ranked_blocks
 from evaluation.reranking import KReciprocalReranker
 
@@ -60,7 +60,7 @@ class Evaluation:
     """The evaluated embeddings and settings; the shared work is done on first use, once."""
 
     def __init__(self, gallery, gallery_labels, query=None, query_labels=None, gallery_cameras=None,
-                 query_cameras=None, settings=Settings(), gallery_groups=None):
+                 query_cameras=None, settings=Settings(), gallery_groups=None, gallery_offsets=None):
         self.gallery = as_matrix(gallery, "features")
         self.gallery_labels = _labels(gallery_labels, self.gallery, "features")
         self.leave_one_out = query is None
@@ -71,6 +71,14 @@ class Evaluation:
         self.gallery_cameras, self.query_cameras = gallery_cameras, query_cameras
         self.gallery_groups = gallery_groups  # per gallery row, for within-group few-shot episodes
         self.settings = settings
+        # Per gallery row, added to its squared distance to every query before ranking (e.g. K sigma^2 of an
+        # uncertainty weight: a term of the query alone would change no ranking). Not with post-processing.
+        self.gallery_offsets = None if gallery_offsets is None else np.asarray(gallery_offsets, np.float32)
+        if self.gallery_offsets is not None:
+            if self.gallery_offsets.shape != (len(self.gallery),) or not np.all(self.gallery_offsets >= 0):
+                raise ValueError(f"gallery_offsets must be {len(self.gallery)} numbers >= 0")
+            if self.post_processing:
+                raise ValueError("gallery offsets rank by plain distances: not with post-processing")
 
     @cached_property
     def neighbors(self):
@@ -83,9 +91,13 @@ class Evaluation:
         wanted = np.maximum(min(max(self.settings.ks), candidates), relevant)
         hits = np.zeros((len(self.query), int(wanted.max())), bool)
         first_labels = np.empty(len(self.query), self.gallery_labels.dtype)
-        for start, indices, _ in ranked_blocks(self.query, self.gallery, wanted, self.leave_one_out,
-                                               self.settings.feat_norm, self.post_processing,
-                                               self.settings.block_rows):
+        if self.gallery_offsets is None:
+            blocks = ranked_blocks(self.query, self.gallery, wanted, self.leave_one_out, self.settings.feat_norm,
+                                   self.post_processing, self.settings.block_rows)
+        else:  # (never with post-processing)
+            blocks = neighbor_blocks(self.query, self.gallery, wanted, self.leave_one_out, self.settings.feat_norm,
+                                     self.settings.block_rows, self.gallery_offsets)
+        for start, indices, _ in blocks:
             rows = slice(start, start + len(indices))
             hits[rows, :indices.shape[1]] = self.gallery_labels[indices] == self.query_labels[rows, None]
             first_labels[rows] = self.gallery_labels[indices[:, 0]]
@@ -103,6 +115,11 @@ class Evaluation:
             raise ValueError("re-identification metrics need a query set, a gallery and their cameras")
         distance_fn = KReciprocalReranker(self.query, self.gallery, feat_norm=self.settings.feat_norm) \
             if self.settings.re_ranking else None
+        if self.gallery_offsets is not None:
+            plain = squared_distance_fn(self.query, self.gallery, self.settings.feat_norm)
+
+            def distance_fn(start, stop):
+                return plain(start, stop) + self.gallery_offsets
         return reid.reid_scores(self.query, self.query_labels, self.query_cameras, self.gallery,
                                 self.gallery_labels, self.gallery_cameras, feat_norm=self.settings.feat_norm,
                                 distance_fn=distance_fn)

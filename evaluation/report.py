@@ -15,6 +15,7 @@ def print_report(results, ks):
               f"CMC@5 {results['cmc@5']:.4f}, CMC@10 {results['cmc@10']:.4f} ({results['num_skipped_queries']} of "
               f"{results['num_queries']} queries have no match under another camera and are left out; "
               f"re-ranking {'on' if results['re_ranking'] else 'off'})", flush=True)
+        _print_uncertainty(results)
     else:
         print(f"End test, test_loss {results['test_loss']:.5f}, test recall {results['recall@1']:.5f}", flush=True)
         for k in ks:
@@ -24,6 +25,7 @@ def print_report(results, ks):
               "class)")
         if "post_processing" in results:
             print(f"(Recall@K, MAP@R and R-precision after {results['post_processing']})")
+        _print_uncertainty(results)
         if "nmi" in results:
             print(f"NMI: {results['nmi']:.4f}")
         if "few_shot_error" in results:
@@ -39,6 +41,18 @@ def append_record(path, checkpoint, model, results):
     """Append the figures as one JSON line (with the checkpoint and model) to `path`."""
     append_line(path, json.dumps({"checkpoint": checkpoint, "model": model, **results}))
     print(f"Wrote the metrics to {path}")
+
+
+def _print_uncertainty(results):
+    """The figures of a model that predicts its uncertainty (engine/evaluate.py, uncertain_fifths)."""
+    if "recall@1_most_uncertain_fifth" not in results:
+        return
+    if results["uncertainty_weight"]:
+        print(f"(ranked by squared distance + {results['uncertainty_weight']:g} x (sigma^2 of the query + sigma^2 "
+              "of the gallery image))")
+    print(f"Recall@1 of the most uncertain fifth of the queries: {results['recall@1_most_uncertain_fifth']:.4f}, "
+          f"of the least uncertain fifth: {results['recall@1_least_uncertain_fifth']:.4f} "
+          f"({results['uncertain_fifth_queries']} queries each, by the sigma^2 the model predicts)")
 
 
 def _print_few_shot(results):

@@ -158,3 +158,79 @@ def test_infer_dump_writes_sigma_squared_and_clears_an_earlier_one(tmp_path):
     np.testing.assert_array_equal(np.load(out / "uncertainty.npy"), np.array([0.5, 2.0], "float32"))
     infer.save_dump(str(out), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "beef")
     assert not (out / "uncertainty.npy").exists()
+
+
+# ---- eval.py: --uncertainty_weight and the uncertain fifths ---------------------------------------
+
+def _brute_force_first_neighbours(features, offsets):
+    """Per row, the other row of smallest squared distance between unit vectors + offset of the candidate."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = ((unit[:, None] - unit[None]) ** 2).sum(-1) + offsets[None, :]
+    np.fill_diagonal(distances, np.inf)
+    return distances.argmin(axis=1)
+
+
+def test_gallery_offsets_rank_by_squared_distance_plus_offset():
+    from evaluation.evaluator import Evaluation, Settings
+
+    rng = np.random.default_rng(0)
+    features, labels = rng.normal(size=(40, 6)).astype("float32"), np.repeat(np.arange(10), 4)
+    offsets = rng.uniform(0, 1.5, size=40).astype("float32")
+    evaluation = Evaluation(features, labels, settings=Settings(ks=(1,)), gallery_offsets=offsets)
+    want = labels[_brute_force_first_neighbours(features, offsets)] == labels
+    np.testing.assert_array_equal(evaluation.neighbors.hits[:, 0], want)
+    plain = Evaluation(features, labels, settings=Settings(ks=(1,))).neighbors.hits[:, 0]
+    assert np.any(plain != want)  # the offsets change the rankings
+    with pytest.raises(ValueError, match="not with post-processing"):
+        Evaluation(features, labels, settings=Settings(re_ranking=True), gallery_offsets=offsets)
+
+
+def test_reid_distances_take_the_offsets_too():
+    from evaluation.evaluator import Evaluation, Settings
+
+    rng = np.random.default_rng(1)
+    query, gallery = rng.normal(size=(6, 4)).astype("float32"), rng.normal(size=(12, 4)).astype("float32")
+    query_ids, gallery_ids = np.arange(6), np.tile(np.arange(6), 2)
+    offsets = np.zeros(12, "float32")
+    offsets[:6] = 10.0  # the first copy of every identity pushed behind everything else
+    evaluation = Evaluation(gallery, gallery_ids, query, query_ids, gallery_cameras=np.zeros(12, int),
+                            query_cameras=np.ones(6, int), settings=Settings(), gallery_offsets=offsets)
+    average_precision, first_hit = evaluation.reid
+    unit_q, unit_g = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (query, gallery))
+    second_copy = ((unit_q[:, None] - unit_g[None, 6:]) ** 2).sum(-1)
+    np.testing.assert_array_equal(first_hit, 1 + (second_copy < np.diag(second_copy)[:, None]).sum(1))
+
+
+def test_uncertain_fifths_split_the_queries_by_sigma_squared():
+    from engine.evaluate import uncertain_fifths
+    from evaluation.evaluator import Evaluation, Settings
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(10), 5)
+    features = (rng.normal(size=(10, 8))[labels] + rng.normal(size=(50, 8))).astype("float32")
+    evaluation = Evaluation(features, labels, settings=Settings(ks=(1,)))
+    hit = evaluation.neighbors.hits[:, 0]
+    assert 10 <= hit.sum() <= 40
+    sigma2 = np.where(hit, 1.0, 3.0) + rng.uniform(0, 0.1, 50)  # the misses are the uncertain ones
+    found = uncertain_fifths(evaluation, False, sigma2)
+    assert found["uncertain_fifth_queries"] == 10
+    order = np.argsort(sigma2)
+    assert found["recall@1_most_uncertain_fifth"] == pytest.approx(hit[order[-10:]].mean())
+    assert found["recall@1_least_uncertain_fifth"] == pytest.approx(hit[order[:10]].mean()) == 1.0
+    assert found["recall@1_most_uncertain_fifth"] < 1.0
+
+
+def test_the_weight_needs_a_model_that_predicts_uncertainty_and_no_post_processing():
+    from cli.args import parse_args
+    from engine.evaluate import Embedded, _uncertainty_offsets
+
+    plain = Embedded(np.zeros((2, 3)), np.array([0, 1]), ["a", "b"], None)
+    with pytest.raises(UserError, match="this one predicts none"):
+        _uncertainty_offsets(defaults("eval", uncertainty_weight=0.5), plain)
+    assert _uncertainty_offsets(defaults("eval"), plain) is None
+    np.testing.assert_allclose(_uncertainty_offsets(defaults("eval", uncertainty_weight=0.5),
+                                                    plain._replace(uncertainty=np.array([1.0, 4.0]))), [0.5, 2.0])
+    for flags, message in ((["--uncertainty_weight=-1"], "must be a finite number"),
+                           (["--uncertainty_weight=1", "--re_ranking=True"], "not with --re_ranking")):
+        with pytest.raises(UserError, match=message):
+            parse_args("eval", flags)
