@@ -1,5 +1,7 @@
-"""Data-set preparers: CUB-200-2011 (download_cub200.sh, split.py), Omniglot
-(omniglot.py) and the offline default digits set (digits.py)."""
+"""Data-set preparers, each writing list files: CUB-200-2011 (download_cub200.sh, split.py), Omniglot
+(omniglot.py), Stanford Online Products (sop.py), Cars196 (cars196.py), In-shop Clothes (inshop.py),
+Market-1501, DukeMTMC-reID and MSMT17 (market1501.py, dukemtmc.py, msmt17.py), a folder of class
+subfolders (folder.py), and the offline default digits set (digits.py)."""
 import os
 
 from data.digits import DEFAULT_OUT_DIR as DIGITS_DIR
