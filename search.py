@@ -19,7 +19,7 @@ from retrieval.searching import draw_results, query_images, search_files, write_
 def main(argv=None):
     args = parse_search_args(__doc__, argv)
     paths, labels = query_images(args.query, args.query_list, args.data_dir)
-    gallery = Gallery.open(args.index_dir)
+    gallery = Gallery.open(args.index_dir, engine=args.engine)
     try:
         results = search_files(gallery, paths, args.top_k, args.threshold)
         for path, label, matches in zip(paths, labels, results):

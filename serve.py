@@ -9,6 +9,7 @@ model (retrieval/service.py says how requests are batched and what each endpoint
 import argparse
 import os
 
+from cli.args import engine_flag
 from cli.runtime import run_cli
 from reader.decode import MAX_PIXELS
 from retrieval.service import BATCH_IMAGES, BATCH_WAIT_MS, MAX_BATCH_FILES, MAX_FILE_BYTES, TOKEN_ENV
@@ -34,6 +35,7 @@ def parse_args(argv=None):
                         help="micro-batching: most query images embedded together")
     parser.add_argument("--batch_wait_ms", type=float, default=BATCH_WAIT_MS,
                         help="micro-batching: longest wait for more queries after the first")
+    engine_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -44,7 +46,7 @@ def main(argv=None):
     from retrieval.gallery import Gallery
     from retrieval.service import create_app
 
-    gallery = Gallery.open(args.index_dir)
+    gallery = Gallery.open(args.index_dir, engine=args.engine)
     model = gallery.embedder.info  # loads the model now: a bad one is an error line here, not a failed request
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     app = create_app(gallery, token, max_file_bytes=int(args.max_file_mb * 2**20),

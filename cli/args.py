@@ -220,13 +220,18 @@ def _infer(p):
                    help="how many images of --calibration_list, spread evenly over it")
 
 
-def _engine(p):
+def engine_flag(parser):
+    """--engine, the one declaration for eval.py, infer.py and the retrieval tools (cli/retrieval_args.py, serve.py)."""
     from engine.embedder import ENGINES
 
+    parser.add_argument("--engine", choices=ENGINES, default="paddle",
+                        help="what runs the network when embedding: Paddle Inference with oneDNN, or onnxruntime on "
+                             "the model's ONNX conversion (same features; docs/speed.md)")
+
+
+def _engine(p):
     g = p.add_argument_group("embedding engine (eval.py, infer.py)")
-    g.add_argument("--engine", choices=ENGINES, default="paddle",
-                   help="what runs the network when embedding: Paddle Inference with oneDNN, or onnxruntime on "
-                        "the model's ONNX conversion (same features; docs/speed.md)")
+    engine_flag(g)
     g.add_argument("--inference_model", default=None,
                    help="embed with this exported model instead of --pretrained_model: a folder of infer.py "
                         "--export_model, or an ONNX file of --export_onnx (with --engine onnxruntime)")

@@ -2,6 +2,7 @@
 import argparse
 from dataclasses import fields
 
+from cli.args import engine_flag
 from retrieval.indexing import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, GalleryImages
 from utility.errors import UserError
 
@@ -27,6 +28,7 @@ def index_parser(description):
         sub.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images embedded at a time")
         sub.add_argument("--num_workers", type=int, default=DEFAULT_NUM_WORKERS, help="image-decoding processes")
         sub.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out (warned)")
+        engine_flag(sub)
     model = build_parser.add_argument_group("the model (one of)")
     model.add_argument("--model_dir", help="an exported model (infer.py --export_model)")
     model.add_argument("--pretrained_model", help="a training checkpoint, exported into the index folder")
@@ -77,6 +79,7 @@ def search_parser(description):
     parser.add_argument("--threshold", type=float, help="drop matches with a lower similarity (no match if none)")
     parser.add_argument("--output", help="write the results as JSON lines to this file")
     parser.add_argument("--picture", help="draw the queries and their matches into this PNG")
+    engine_flag(parser)
     return parser
 
 

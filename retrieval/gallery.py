@@ -69,8 +69,9 @@ class _State(NamedTuple):
 class Gallery:
     """An index folder opened for search and changes (see the module docstring)."""
 
-    def __init__(self, index_dir, settings, state):
+    def __init__(self, index_dir, settings, state, engine="paddle"):
         self.index_dir = os.path.abspath(index_dir)
+        self.engine = engine  # what runs the model for queries (engine.embedder.ENGINES)
         self.settings = settings
         self._state = state
         self._write_lock = threading.Lock()
@@ -80,9 +81,9 @@ class Gallery:
 
     # ---- opening and creating -------------------------------------------------------------
     @classmethod
-    def open(cls, index_dir):
+    def open(cls, index_dir, engine="paddle"):
         settings = _read_settings(index_dir)
-        return cls(index_dir, settings, _load_state(index_dir, settings))
+        return cls(index_dir, settings, _load_state(index_dir, settings), engine)
 
     @classmethod
     def create(cls, index_dir, *, dim, fingerprint, model_info, data_dir, backend="faiss", index_type=None,
@@ -133,7 +134,7 @@ class Gallery:
             if self._embedder is None:
                 from retrieval.query import QueryEmbedder
 
-                self._embedder = QueryEmbedder(self.model_dir)
+                self._embedder = QueryEmbedder(self.model_dir, engine=self.engine)
             return self._embedder
 
     def __len__(self):

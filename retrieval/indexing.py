@@ -36,6 +36,7 @@ class GalleryImages:
     batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int = DEFAULT_NUM_WORKERS
     skip_bad_images: bool = False
+    engine: str = "paddle"  # engine.embedder.ENGINES
 
     def source(self):
         """The one source given (a UserError unless exactly one is)."""
@@ -223,11 +224,13 @@ def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
     paths, labels = [paths[i] for i in new], [labels[i] for i in new]
     if not paths:
         return np.zeros((0, info["embedding_size"]), np.float32), [], [], data_dir or "."
-    features, rows = embed_files(paths, model_dir, images.batch_size, images.num_workers, images.skip_bad_images)
+    features, rows = embed_files(paths, model_dir, images.batch_size, images.num_workers, images.skip_bad_images,
+                                 images.engine)
     return features, [paths[i] for i in rows], [labels[i] for i in rows], data_dir or "."
 
 
-def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEFAULT_NUM_WORKERS, skip_bad=False):
+def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEFAULT_NUM_WORKERS, skip_bad=False,
+                engine="paddle"):
     """L2-normalised embeddings of image files by an exported model, with its preprocessing; (features, kept rows)."""
     import reader
     from engine.embedder import Embedder, embed_list, read_export_info
@@ -239,6 +242,6 @@ def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEF
                                num_workers=num_workers, skip_bad=skip_bad,
                                eval_resize=info.get("eval_resize", "crop"), ink_crop=bool(info.get("ink_crop")))
     with loader:  # its workers start before the predictor's threads
-        embedder = Embedder(model_dir)
+        embedder = Embedder(model_dir, engine=engine)
         features, rows = embed_list(embedder, loader)
     return normalized(features, model_dir), rows.tolist()

@@ -19,14 +19,14 @@ BATCH_SIZE = 32  # images per predictor run
 class QueryEmbedder:
     """embed_images(rgb list) / embed_files(paths) -> float32 [n, D], L2-normalised; thread-safe."""
 
-    def __init__(self, model_dir, max_pixels=MAX_PIXELS):
+    def __init__(self, model_dir, max_pixels=MAX_PIXELS, engine="paddle"):
         self.model_dir = model_dir
         self.info = read_export_info(model_dir)
         self.image_shape = tuple(self.info["image_shape"])
         self.eval_resize = self.info.get("eval_resize", "crop")
         self.ink_crop = bool(self.info.get("ink_crop", False))
         self.max_pixels = max_pixels
-        self._embedder = Embedder(model_dir)
+        self._embedder = Embedder(model_dir, engine=engine)
         self.fingerprint = self._embedder.fingerprint
         self._lock = threading.Lock()  # one predictor: one run at a time
 

@@ -6,7 +6,7 @@ from paddle_modes import static_mode
 
 from cli.args import defaults, parse_args
 from engine import programs
-from engine.embedder import Embedder
+from engine.embedder import Embedder, export
 from utility.errors import UserError
 
 
@@ -52,3 +52,24 @@ def test_an_onnx_file_needs_onnxruntime_and_onnxruntime_the_cpu(tmp_path):
         Embedder(str(tmp_path), use_gpu=True, engine="onnxruntime")
     with pytest.raises(UserError, match="unknown engine"):
         Embedder(str(tmp_path), engine="tensorrt")
+
+
+def test_the_retrieval_tools_take_the_engine_flag_too(tiny_program, tmp_path):
+    from cli.retrieval_args import parse_index_args, parse_search_args
+    from retrieval.query import QueryEmbedder
+    from serve import parse_args as parse_serve_args
+
+    assert parse_search_args("", ["--index_dir=x", "--engine=onnxruntime"]).engine == "onnxruntime"
+    assert parse_serve_args(["--index_dir=x"]).engine == "paddle"
+    args, _ = parse_index_args("", ["add", "--index_dir=x", "--gallery_dir=y", "--engine=onnxruntime"])
+    assert args.engine == "onnxruntime"
+    exe, graph, config, _, _ = tiny_program
+    with static_mode():
+        export(exe, graph.program, graph.image, graph.embedding, str(tmp_path / "model"), config)
+    images = list(np.random.default_rng(1).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8))
+    queries = QueryEmbedder(str(tmp_path / "model"), engine="onnxruntime")
+    with static_mode():
+        (reference,) = exe.run(graph.program, feed={programs.IMAGE: np.stack([queries.preprocess(i) for i in images])},
+                               fetch_list=[graph.embedding])
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    np.testing.assert_allclose(queries.embed_images(images), reference, rtol=0, atol=1e-4)  # unit vectors
