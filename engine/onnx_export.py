@@ -128,9 +128,11 @@ def quantize_int8(onnx_path, calibration_batches):
     ranges are the min/max over `calibration_batches` (float32 [b, 3, H, W] arrays with the model's
     preprocessing). Returns the int8 model's path.
     """
+    import onnxruntime
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    onnxruntime.set_default_logger_severity(3)  # not the warnings about initializers paddle2onnx leaves unused
     info = read_onnx_info(onnx_path)
 
     class Batches(CalibrationDataReader):
