@@ -11,6 +11,10 @@ EMBEDDING_FC = "embedding_fc"
 CLASSIFIER_FC = "classifier_fc"
 NECK_BN = "neck_bn"
 UNCERTAINTY_FC = "uncertainty_fc"
+# The predicted log variance s stays within +-LOG_VARIANCE_LIMIT (sigma^2 within 0.05 .. 20). Unbounded, a hinge
+# loss that is 0 for most images (a satisfied triplet) drives their s down without end in 0.5 (exp(-s) L + s),
+# and the next image with L > 0 gets weight exp(-s): the Omniglot recipe diverged within 35 steps.
+LOG_VARIANCE_LIMIT = 3.0
 
 NECKS = ("none", "bnneck")
 NECK_FEATS = ("after", "before")
@@ -86,8 +90,9 @@ class EmbeddingNet(nn.Layer):
     num_classes == 0 leaves the classifier out.
 
     uncertainty=True adds `uncertainty_fc`, a fully connected layer from the pooled feature to one number
-    per image, s = log sigma^2 (data uncertainty, losses/uncertainty.py). Its weights and bias start at 0:
-    every image starts at sigma^2 = 1.
+    per image, s = log sigma^2 (data uncertainty, losses/uncertainty.py), bounded softly by
+    s = LOG_VARIANCE_LIMIT * tanh(x / LOG_VARIANCE_LIMIT). Its weights and bias start at 0: every image starts
+    at sigma^2 = 1.
     """
 
     def __init__(self, backbone, num_classes=0, embedding_size=0, neck="none", neck_feat="after",
@@ -120,5 +125,8 @@ class EmbeddingNet(nn.Layer):
         normalised = feature if self.neck_bn is None else self.neck_bn(feature)
         logits = None if self.classifier_fc is None else self.classifier_fc(normalised)
         inference = normalised if self.neck_feat == "after" else feature
-        log_variance = None if self.uncertainty_fc is None else paddle.squeeze(self.uncertainty_fc(pooled), axis=1)
+        log_variance = None
+        if self.uncertainty_fc is not None:
+            unbounded = paddle.squeeze(self.uncertainty_fc(nn.functional.normalize(pooled, axis=1)), axis=1)
+            log_variance = LOG_VARIANCE_LIMIT * paddle.tanh(unbounded / LOG_VARIANCE_LIMIT)
         return NetworkOutput(feature, logits, inference, log_variance)

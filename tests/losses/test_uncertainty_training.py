@@ -31,6 +31,23 @@ def test_the_head_predicts_one_log_variance_per_image_starting_at_zero():
     assert not {p.name for p in plain.parameters()} & set(HEAD)
 
 
+def test_the_log_variance_is_bounded_and_the_head_sees_the_normalised_feature():
+    from models.head import LOG_VARIANCE_LIMIT
+
+    model = build_model("ResNet18", 0, 0, uncertainty=True)
+    model.eval()
+    x = paddle.to_tensor(images(2))
+    pooled = model.backbone(x).numpy()
+    weights = np.random.default_rng(3).normal(0, 5.0, (512, 1)).astype("float32")
+    model.uncertainty_fc.weight.set_value(weights)
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    want = LOG_VARIANCE_LIMIT * np.tanh((unit @ weights)[:, 0] / LOG_VARIANCE_LIMIT)
+    got = model(x).log_variance.numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    model.uncertainty_fc.weight.set_value(1000 * weights)
+    assert np.all(np.abs(model(x).log_variance.numpy()) <= LOG_VARIANCE_LIMIT)
+
+
 def train_config(**overrides):
     settings = dict(model="ResNet18", image_shape=(3, 32, 32), embedding_size=8, loss_name="uncertaintytriplet",
                     uncertainty=True, alpha=1.0, lr=0.05, use_gpu=False)
@@ -79,7 +96,8 @@ def test_the_embedding_program_gives_sigma_squared():
                                                                                        graph.uncertainty])
         plain = programs.build_embed_graph(defaults("eval", model="ResNet18", image_shape=(3, 32, 32)))
     assert plain.uncertainty is None
-    np.testing.assert_allclose(sigma2, np.exp(0.7) * np.ones(2), rtol=1e-6)
+    # s = 3 tanh(x / 3): bounded (models/head.py, LOG_VARIANCE_LIMIT), x = 0.7 with the weights at 0.
+    np.testing.assert_allclose(sigma2, np.exp(3 * np.tanh(0.7 / 3)) * np.ones(2), rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,message", [
