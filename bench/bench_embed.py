@@ -1,7 +1,8 @@
 """Embedding speed end to end, image files -> features, per engine, model, input size and precision.
 
-    python bench/bench_embed.py [--models=ResNet18,ResNet50,MobileNetV3_large] [--sizes=64,224] [--engines=paddle,onnxruntime]
-                                [--precisions=fp32,int8] [--rounds=2] [--images=500] [--batch=50] [--workers=2]
+    python bench/bench_embed.py [--models=ResNet18,ResNet50,MobileNetV3_large] [--sizes=64,224]
+                                [--engines=paddle,onnxruntime] [--precisions=fp32,int8] [--rounds=2]
+                                [--images=500] [--batch=50] [--workers=2]
                                 [--list=LIST --data_dir=DIR] [--torch=/work/venv-torch/bin/python]
 
 Each case is one pass over the image list as infer.py makes it: reader.TestLoader (decoding and the
@@ -113,9 +114,9 @@ def embed_worker(case):
 def torch_worker(case):
     """The same pass with PyTorch's ResNet50 (bench_train.py's plain-torch definition), in the torch environment."""
     import torch
+    from bench_train import torch_models
 
     import reader
-    from bench_train import torch_models
     from engine.device import usable_cores
 
     torch.set_num_threads(usable_cores())
@@ -172,8 +173,8 @@ def run_case(case, opts):
         env["BENCH_EXTRA_SITE"] = next(p for p in sys.path if p.endswith("site-packages"))
     code = ("import json, os, sys; sys.path += [p for p in [os.environ.get('BENCH_EXTRA_SITE')] if p]; "
             f"from bench_embed import {role}; {role}(json.loads(sys.argv[1]))")
-    proc = subprocess.run([python, "-c", code, json.dumps(case)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, cwd=BENCH, env=env)
+    proc = subprocess.run([python, "-c", code, json.dumps(case)], capture_output=True, text=True, cwd=BENCH, env=env,
+                          check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -26,14 +26,12 @@ CALIBRATION_BATCH = 10  # images per calibration run (onnxruntime keeps only eac
 
 def description_path(onnx_path):
     """model.onnx -> model.preprocess.json, beside it."""
-    stem = onnx_path[:-len(".onnx")] if onnx_path.endswith(".onnx") else onnx_path
-    return stem + ".preprocess.json"
+    return onnx_path.removesuffix(".onnx") + ".preprocess.json"
 
 
 def int8_path(onnx_path):
     """model.onnx -> model.int8.onnx."""
-    stem = onnx_path[:-len(".onnx")] if onnx_path.endswith(".onnx") else onnx_path
-    return stem + INT8_SUFFIX + ".onnx"
+    return onnx_path.removesuffix(".onnx") + INT8_SUFFIX + ".onnx"
 
 
 def is_onnx_model(path):
