@@ -180,6 +180,9 @@ def write_onnx_exports(config, model_dir):
     import reader
     from engine.embedder import test_loader
 
+    if is_onnx_model(model_dir):
+        raise UserError(f"--export_onnx converts a Paddle export (a folder of --export_model) or a checkpoint; "
+                        f"{model_dir} is already ONNX")
     export_onnx(model_dir, config.export_onnx)
     written = [config.export_onnx]
     if config.quantize == "int8":

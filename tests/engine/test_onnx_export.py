@@ -94,10 +94,13 @@ def test_eval_scores_an_onnx_export_as_its_paddle_export(onnx_exports):
         assert onnx_figures[name] == pytest.approx(paddle_figures[name], abs=1e-6)
 
 
-def test_an_onnx_model_runs_only_under_onnxruntime(onnx_exports, tmp_path):
+def test_an_onnx_model_runs_only_under_onnxruntime_and_is_not_converted_again(onnx_exports, tmp_path):
+    argv = [f"--inference_model={onnx_exports['onnx']}", f"--data_dir={onnx_exports['data_dir']}",
+            f"--infer_list={onnx_exports['val_list']}", "--num_workers=0", f"--output_dir={tmp_path}"]
     with pytest.raises(UserError, match="--engine onnxruntime"):
-        infer.main([f"--inference_model={onnx_exports['onnx']}", f"--data_dir={onnx_exports['data_dir']}",
-                    f"--infer_list={onnx_exports['val_list']}", "--num_workers=0", f"--output_dir={tmp_path}"])
+        infer.main(argv)
+    with pytest.raises(UserError, match="already ONNX"):
+        infer.main([*argv, "--engine=onnxruntime", f"--export_onnx={tmp_path / 'again.onnx'}"])
 
 
 @pytest.mark.parametrize("argv, message", [
