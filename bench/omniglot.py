@@ -49,7 +49,8 @@ ROTATIONS = (90, 180, 270)
 # support, one other drawing of each to classify (engine/evaluate.py's episodes; alphabets with fewer than 20
 # characters are left out and named in eval.log).
 ONE_SHOT_FLAGS = ("--episodes=1000", "--ways=20", "--shots=1", "--queries_per_class=1", "--within_alphabet=True")
-FIGURES = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "few_shot_error", "few_shot_ci95")
+FIGURES = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi", "few_shot_error", "few_shot_ci95",
+           "recall@1_most_uncertain_fifth", "recall@1_least_uncertain_fifth")  # the last two: --uncertainty models
 
 # The recipes (recipes/, read by train.py --config): one per loss of the table over the shared line-drawing
 # settings (recipes/omniglot/common.yaml), the finetuning overlay, --quick's recipe.
@@ -58,7 +59,8 @@ FINETUNE_RECIPE = RECIPE_DIR / "finetune.yaml"
 QUICK_RECIPE = REPO / "recipes" / "omniglot_quick.yaml"
 TABLE_LOSSES = ("softmax", "arcmargin", "batchhardtripletloss", "tripletloss", "quadrupletloss", "emlloss",
                 "npairsloss", "cosface", "rankedlistloss", "multisimilarityloss", "marginloss", "contrastiveloss",
-                "circleloss", "supconloss", "proxyanchorloss", "proxyncaloss", "subcenterarcface", "softtripleloss")
+                "circleloss", "supconloss", "proxyanchorloss", "proxyncaloss", "subcenterarcface", "softtripleloss",
+                "crankedloss", "uncertaintytriplet")
 
 
 def loss_recipe(loss):
@@ -198,7 +200,7 @@ def run_one(recipe, lists, data_dir, output_dir, extra, tag="", one_shot=True):
     plot_training(run_dir / "log.jsonl", run_dir / "curves.png")
     record = {"model": model, "loss": loss, "image_shape": ",".join(map(str, flags.image_shape)),
               "iterations": flags.total_iter_num, "wall_s": round(wall, 1), "recipe": _relative(recipe),
-              **{key: metrics.get(key) for key in FIGURES},
+              **{key: metrics[key] for key in FIGURES if metrics.get(key) is not None},
               "checkpoint": str(checkpoint.resolve()), "command": shlex.join(train_cmd[1:])}
     return record
 
