@@ -51,6 +51,21 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
     typed = args.explicit
     values = {name: value for name, value in vars(args).items() if name != "explicit"}
     _settle_loss_name(values)
+    _settle_length_and_checkpoints(script, values)
+    state = _trained_state(values) if script in ("eval", "infer") else None
+    trained_data = _trained_data(state)
+    _choose_data(script, values, typed, trained_data, digits_dir)
+    if script in ("eval", "infer"):
+        _adopt_trained_settings(script, values, typed, state)
+    if trained_data and (script == "eval" or not {*data.DATA_FLAGS, "infer_list"} & set(typed)):
+        _warn_if_other_data(script, values, trained_data)
+    if script == "infer":
+        _settle_infer_list(values, typed)
+    return Config(values)
+
+
+def _settle_length_and_checkpoints(script, values):
+    """train.py's default length, the threshold the plot needs, the checkpoint folders checked."""
     if script == "train" and values["num_epochs"] is None and values["total_iter_num"] is None:
         values["total_iter_num"] = DEFAULT_ITERATIONS
     if script == "eval" and values["threshold_plot"]:
@@ -60,32 +75,34 @@ def resolve(script, argv=None, digits_dir=data.DIGITS_DIR):
     if values.get("pretrained_model"):
         values["pretrained_model"] = _checkpoint_dir(values["pretrained_model"])
 
+
+def _choose_data(script, values, typed, trained_data, digits_dir):
+    """The data when the user typed none: the checkpoint's own (eval/infer), else the offline digits set
+    (with train.py's demo settings) when the default CUB lists are absent."""
     needs_data = not (script == "eval" and values["query_list"]) and not (script == "infer" and values["infer_list"])
-    state = _trained_state(values) if script in ("eval", "infer") else None
-    trained_data = _trained_data(state)
-    own_data = needs_data and trained_data and not set(data.DATA_FLAGS) & set(typed) \
-        and os.path.isfile(trained_data["val_list"])
-    if own_data:
+    if not needs_data:
+        return
+    if trained_data and not set(data.DATA_FLAGS) & set(typed) and os.path.isfile(trained_data["val_list"]):
         values.update(trained_data)
         print(f"The checkpoint's own data: --data_dir={values['data_dir']} --val_list={values['val_list']}",
               flush=True)
-    digits = data.default_dataset(typed, values["train_list"], digits_dir) if needs_data and not own_data else None
+        return
+    digits = data.default_dataset(typed, values["train_list"], digits_dir)
     if digits:
         values.update(digits)
         if script == "train":
             _apply_demo_settings(values, typed)
-    if script in ("eval", "infer"):
-        _adopt_trained_settings(script, values, typed, state)
-    if trained_data and (script == "eval" or not {*data.DATA_FLAGS, "infer_list"} & set(typed)):
-        _warn_if_other_data(script, values, trained_data)
-    if script == "infer" and values["infer_list"] is None:
+
+
+def _settle_infer_list(values, typed):
+    """infer.py embeds --val_list unless given --infer_list; a list the user brought is read from its own folder."""
+    if values["infer_list"] is None:
         values["infer_list"] = values["val_list"]
-    if script == "infer" and "data_dir" not in typed and {"infer_list", "val_list"} & set(typed):
+    if "data_dir" not in typed and {"infer_list", "val_list"} & set(typed):
         # never the default data set's folder for a list the user brought
         values["data_dir"] = os.path.dirname(os.path.abspath(values["infer_list"]))
         print(f"The images of {values['infer_list']} are read from its folder {values['data_dir']} "
               "(--data_dir chooses another)", flush=True)
-    return Config(values)
 
 
 def _settle_loss_name(values):
