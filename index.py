@@ -60,7 +60,7 @@ def _checkpoint_exporter(checkpoint, extra, images):
         config = resolve("infer", [f"--pretrained_model={checkpoint}", f"--infer_list={images.source()}", *extra])
         check_model_and_loss(config)
         exe, graph = checkpoint_program(config)
-        export(exe, graph.program, graph.image, graph.embedding, out_dir, config)
+        export(exe, graph.program, graph.image, graph.embedding, out_dir, config, graph.uncertainty)
         paddle.disable_static()
         print(f"Exported {checkpoint} into the index folder", flush=True)
 

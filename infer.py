@@ -22,10 +22,11 @@ import reader
 from cli.args import print_arguments
 from cli.config import check_model_and_loss, resolve
 from cli.runtime import run_cli
+from engine.embedder import DUMP_UNCERTAINTY
 from utility.files import save_npy, write_text
 
 NO_LABEL = -1
-UNCERTAINTY_FILE = "uncertainty.npy"
+UNCERTAINTY_FILE = DUMP_UNCERTAINTY
 
 
 def main(argv=None):

@@ -8,6 +8,9 @@ Prints, for each query, its best matches (rank, similarity, path, label), best f
 similarity is the cosine of the two embeddings; with --threshold (e.g. from eval.py's threshold
 mode) matches below it are dropped, and a query with none left answers "no match" (an unknown
 item). --output writes one JSON line per query; --picture draws each query beside its matches.
+A model trained with --uncertainty True also gives the query's and every match's sigma^2 (its
+predicted uncertainty). --query_expansion K,ALPHA searches with the query expanded by its K best
+matches' gallery vectors weighted by similarity**ALPHA (alpha-QE, as eval.py's flag).
 The work is retrieval/searching.py's.
 """
 from cli.retrieval_args import parse_search_args
@@ -21,11 +24,11 @@ def main(argv=None):
     paths, labels = query_images(args.query, args.query_list, args.data_dir)
     gallery = Gallery.open(args.index_dir, engine=args.engine)
     try:
-        results = search_files(gallery, paths, args.top_k, args.threshold)
-        for path, label, matches in zip(paths, labels, results):
-            _print_matches(path, label, matches, args.threshold)
+        results, query_sigma2 = search_files(gallery, paths, args.top_k, args.threshold, args.query_expansion)
+        for path, label, sigma2, matches in zip(paths, labels, query_sigma2, results):
+            _print_matches(path, label, sigma2, matches, args.threshold)
         if args.output:
-            write_results(args.output, paths, labels, results)
+            write_results(args.output, paths, labels, results, query_sigma2)
             print(f"Wrote the results to {args.output}", flush=True)
         if args.picture:
             draw_results(args.picture, gallery, paths, labels, results)
@@ -34,13 +37,15 @@ def main(argv=None):
         gallery.close()
 
 
-def _print_matches(path, label, matches, threshold):
-    print(f"Query {path}" + ("" if label is None else f" (label {label})") + ":")
+def _print_matches(path, label, sigma2, matches, threshold):
+    print(f"Query {path}" + ("" if label is None else f" (label {label})")
+          + ("" if sigma2 is None else f" (sigma^2 {sigma2:.4f})") + ":")
     if not matches:
         print(f"  no match (no gallery image reaches similarity {threshold})" if threshold is not None
               else "  no match (the gallery is empty)")
     for match in matches:
-        print(f"  {match.rank:3d}  {match.similarity:.4f}  {match.path}  label {match.label}")
+        print(f"  {match.rank:3d}  {match.similarity:.4f}  {match.path}  label {match.label}"
+              + ("" if match.sigma2 is None else f"  sigma^2 {match.sigma2:.4f}"))
 
 
 def run():

@@ -2,7 +2,8 @@
 import argparse
 from dataclasses import fields
 
-from cli.args import engine_flag
+from cli.args import engine_flag, k_alpha
+from evaluation.postprocess import Expansion
 from retrieval.indexing import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, GalleryImages
 from utility.errors import UserError
 
@@ -79,6 +80,10 @@ def search_parser(description):
     parser.add_argument("--threshold", type=float, help="drop matches with a lower similarity (no match if none)")
     parser.add_argument("--output", help="write the results as JSON lines to this file")
     parser.add_argument("--picture", help="draw the queries and their matches into this PNG")
+    parser.add_argument("--query_expansion", type=lambda text: Expansion(*k_alpha(text)), default=None,
+                        metavar="K,ALPHA",
+                        help="K,ALPHA: search again with each query plus its K best matches' gallery vectors "
+                             "weighted by similarity**ALPHA, normalised (alpha-QE; ALPHA 0 = average query expansion)")
     engine_flag(parser)
     return parser
 

@@ -5,7 +5,8 @@ An index folder (written by `python index.py build`) holds everything search nee
     gallery.json          settings (backend, index type, dimension, data folder, model fingerprint)
                           and the number of the current version
     model/                the exported embedding model (engine.embedder's format)
-    versions/<number>/    one complete version: items.jsonl (id, path, label, metadata) and the
+    versions/<number>/    one complete version: items.jsonl (id, path, label, metadata, and sigma2 when the
+                          model predicts uncertainty: eval.py's sigma^2 of the image) and the
                           backend's files (faiss: index.faiss, tombstones.npy)
     uploads/              images added through the HTTP service
 
@@ -48,6 +49,7 @@ class Match(NamedTuple):
     path: str         # relative to the data folder for its images, else absolute
     label: Any
     metadata: Any
+    sigma2: Any = None  # the image's predicted sigma^2 (a model trained with --uncertainty True), else None
 
 
 class _Item(NamedTuple):
@@ -55,6 +57,7 @@ class _Item(NamedTuple):
     label: Any
     metadata: Any
     in_index: bool   # stored inside the index folder (an upload)
+    sigma2: Any = None
 
 
 class _State(NamedTuple):
@@ -148,13 +151,19 @@ class Gallery:
         """{item id: absolute path of its image} (wherever it lies)."""
         return {item_id: os.path.abspath(self._absolute(item)) for item_id, item in self._state.items.items()}
 
-    def search(self, features, top_k, threshold=None):
-        """Per query row, its best top_k items as Match lists (best first); below threshold dropped."""
+    def search(self, features, top_k, threshold=None, query_expansion=None):
+        """Per query row, its best top_k items as Match lists (best first); below threshold dropped.
+
+        query_expansion: an evaluation.postprocess.Expansion (k, alpha): each query is first replaced by
+        itself and its k best items' vectors weighted by similarity ** alpha (alpha-QE), normalised.
+        """
         features = self._checked(features, "query")
         state = self._state
         top_k = int(top_k)
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, not {top_k}")
+        if query_expansion is not None:
+            features = self._expanded(state, features, query_expansion)
         sims, ids = state.index.search(features, top_k + self._in_flight)
         results = []
         for row_sims, row_ids in zip(sims, ids):
@@ -196,15 +205,19 @@ class Gallery:
                 "tombstones": len(getattr(state.index, "tombstones", ())), "data_dir": self.data_dir}
 
     # ---- changing -------------------------------------------------------------------------
-    def add(self, features, paths, labels, metadata=None):
-        """Add items (features [n, D], one path and label each); returns their new ids, persisted."""
+    def add(self, features, paths, labels, metadata=None, sigma2=None):
+        """Add items (features [n, D], one path and label each, sigma^2 each when the model predicts it);
+        returns their new ids, persisted."""
         features = self._checked(features, "gallery")
         paths, labels = list(paths), list(labels)
         metadata = [None] * len(paths) if metadata is None else list(metadata)
-        if not len(features) == len(paths) == len(labels) == len(metadata):
-            raise UserError(f"add needs one path, label and metadata per embedding: {len(features)} embeddings, "
-                            f"{len(paths)} paths, {len(labels)} labels, {len(metadata)} metadata")
-        new_items = [self._item(path, label, meta) for path, label, meta in zip(paths, labels, metadata)]
+        sigma2 = [None] * len(paths) if sigma2 is None else [float(value) for value in sigma2]
+        if not len(features) == len(paths) == len(labels) == len(metadata) == len(sigma2):
+            raise UserError(f"add needs one path, label and metadata (and sigma^2 when given) per embedding: "
+                            f"{len(features)} embeddings, {len(paths)} paths, {len(labels)} labels, "
+                            f"{len(metadata)} metadata, {len(sigma2)} sigma^2")
+        new_items = [self._item(path, label, meta, value)
+                     for path, label, meta, value in zip(paths, labels, metadata, sigma2)]
         with self._write_lock, self._file_lock():
             state = self._latest_state()
             ids = np.arange(state.next_id, state.next_id + len(new_items), dtype=np.int64)
@@ -255,20 +268,32 @@ class Gallery:
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         return features / np.maximum(norms, 1e-12)
 
-    def _item(self, path, label, metadata):
+    def _item(self, path, label, metadata, sigma2=None):
         label = label.item() if isinstance(label, np.generic) else label
         absolute = os.path.abspath(path)
         for root, in_index in ((self.data_dir, False), (self.index_dir, True)):
             if os.path.commonpath([root, absolute]) == root and absolute != root:
-                return _Item(os.path.relpath(absolute, root), label, metadata, in_index)
-        return _Item(absolute, label, metadata, False)
+                return _Item(os.path.relpath(absolute, root), label, metadata, in_index, sigma2)
+        return _Item(absolute, label, metadata, False, sigma2)
+
+    def _expanded(self, state, features, expansion):
+        """alpha-QE of unit queries with the vectors of their k best committed items (the backend's own)."""
+        from evaluation.postprocess import expand_queries
+
+        _, ids = state.index.search(features, expansion.k + self._in_flight)
+        expanded = np.empty_like(features)
+        for row, (query, row_ids) in enumerate(zip(features, ids)):
+            known = [int(i) for i in row_ids if int(i) in state.items][:expansion.k]
+            neighbours = state.index.vectors(known) if known else np.zeros((0, self.dim), np.float32)
+            expanded[row] = expand_queries(query[None], neighbours, expansion)[0]
+        return expanded
 
     def _absolute(self, item):
         return os.path.join(self.index_dir if item.in_index else self.data_dir, item.path)
 
     def _match(self, rank, item_id, similarity, item):
         path = self._absolute(item) if item.in_index else item.path
-        return Match(rank, item_id, similarity, path, item.label, item.metadata)
+        return Match(rank, item_id, similarity, path, item.label, item.metadata, item.sigma2)
 
     def _file_lock(self):
         """Serialise writers across processes (the service and `index.py add` on one folder)."""
@@ -294,6 +319,8 @@ class Gallery:
                 record = {"id": item_id, "path": item.path, "label": item.label, "metadata": item.metadata}
                 if item.in_index:
                     record["in_index"] = True
+                if item.sigma2 is not None:
+                    record["sigma2"] = item.sigma2
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         _sync_folder_files(writing)
         os.replace(writing, os.path.join(versions, _version_name(state.version)))
@@ -343,7 +370,7 @@ def _load_state(index_dir, settings):
             for line in f:
                 record = json.loads(line)
                 items[int(record["id"])] = _Item(record["path"], record["label"], record.get("metadata"),
-                                                 bool(record.get("in_index")))
+                                                 bool(record.get("in_index")), record.get("sigma2"))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"the index folder {index_dir} is damaged: cannot read version "
                         f"{settings['version']}'s item table ({err})") from None

@@ -70,12 +70,12 @@ def build_index(index_dir, images, model_dir=None, *, write_model=None, backend=
         else:
             write_model(model_copy)
         fingerprint, info = model_identity(model_copy)
-        features, paths, labels, data_dir = _embeddings(images, model_copy, fingerprint, info)
+        features, paths, labels, data_dir, sigma2 = _embeddings(images, model_copy, fingerprint, info)
         gallery = Gallery.create(building, dim=features.shape[1], fingerprint=fingerprint, model_info=info,
                                  data_dir=data_dir, backend=backend, index_type=index_type,
                                  search_params=search_params, milvus_uri=milvus_uri, expected_items=len(paths))
         try:
-            gallery.add(features, paths, labels)
+            gallery.add(features, paths, labels, sigma2=sigma2)
             stats = gallery.stats()
         finally:
             gallery.close()
@@ -126,8 +126,8 @@ def add_images(index_dir, images):
         if fingerprint != gallery.fingerprint:
             raise UserError(f"the model in {gallery.model_dir} (fingerprint {fingerprint}) is not the one the index "
                             f"was built with ({gallery.fingerprint}): the index folder was changed by hand")
-        features, paths, labels, _ = _embeddings(images, gallery.model_dir, fingerprint, info, known)
-        ids = gallery.add(features, paths, labels) if paths else []
+        features, paths, labels, _, sigma2 = _embeddings(images, gallery.model_dir, fingerprint, info, known)
+        ids = gallery.add(features, paths, labels, sigma2=sigma2) if paths else []
         return ids, len(gallery)
     finally:
         gallery.close()
@@ -178,8 +178,8 @@ def list_paths(list_file, data_dir):
 
 
 def read_dump(dump_dir, data_dir, fingerprint, dim):
-    """infer.py's dump: (features, paths, labels, data_dir), checked against the index's model."""
-    from engine.embedder import DUMP_FINGERPRINT
+    """infer.py's dump: (features, paths, labels, data_dir, sigma^2 or None), checked against the index's model."""
+    from engine.embedder import DUMP_FINGERPRINT, DUMP_UNCERTAINTY
 
     try:
         features = np.load(os.path.join(dump_dir, "features.npy"))
@@ -201,17 +201,22 @@ def read_dump(dump_dir, data_dir, fingerprint, dim):
                         f"preprocessing; embed the gallery with the index's model")
     if not data_dir:
         data_dir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    return features, paths, labels, data_dir
+    sigma2_path = os.path.join(dump_dir, DUMP_UNCERTAINTY)
+    sigma2 = np.load(sigma2_path) if os.path.exists(sigma2_path) else None
+    if sigma2 is not None and sigma2.shape != (len(paths),):
+        raise UserError(f"{sigma2_path} holds {sigma2.shape} values for {len(paths)} images")
+    return features, paths, labels, data_dir, sigma2
 
 
 def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
-    """(features [n, D], paths, labels, data_dir) of the images, less known_paths."""
+    """(features [n, D], paths, labels, data_dir, sigma^2 [n] or None) of the images, less known_paths."""
     images.source()
     if images.features:
-        features, paths, labels, data_dir = read_dump(images.features, images.data_dir, fingerprint,
-                                                      info["embedding_size"])
+        features, paths, labels, data_dir, sigma2 = read_dump(images.features, images.data_dir, fingerprint,
+                                                              info["embedding_size"])
         keep = [i for i, path in enumerate(paths) if os.path.abspath(path) not in known_paths]
-        return features[keep], [paths[i] for i in keep], [labels[i] for i in keep], data_dir
+        return (features[keep], [paths[i] for i in keep], [labels[i] for i in keep], data_dir,
+                None if sigma2 is None else sigma2[keep])
     if images.gallery_dir:
         data_dir = images.gallery_dir
         paths, labels = folder_images(data_dir)
@@ -223,15 +228,16 @@ def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
         print(f"{len(new)} new images ({len(paths) - len(new)} already in the gallery)", flush=True)
     paths, labels = [paths[i] for i in new], [labels[i] for i in new]
     if not paths:
-        return np.zeros((0, info["embedding_size"]), np.float32), [], [], data_dir or "."
-    features, rows = embed_files(paths, model_dir, images.batch_size, images.num_workers, images.skip_bad_images,
-                                 images.engine)
-    return features, [paths[i] for i in rows], [labels[i] for i in rows], data_dir or "."
+        return np.zeros((0, info["embedding_size"]), np.float32), [], [], data_dir or ".", None
+    features, rows, sigma2 = embed_files(paths, model_dir, images.batch_size, images.num_workers,
+                                         images.skip_bad_images, images.engine)
+    return features, [paths[i] for i in rows], [labels[i] for i in rows], data_dir or ".", sigma2
 
 
 def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEFAULT_NUM_WORKERS, skip_bad=False,
                 engine="paddle"):
-    """L2-normalised embeddings of image files by an exported model, with its preprocessing; (features, kept rows)."""
+    """L2-normalised embeddings of image files by an exported model, with its preprocessing; (features, kept rows,
+    sigma^2 [kept] or None when the model predicts no uncertainty)."""
     import reader
     from engine.embedder import Embedder, embed_list, read_export_info
     from retrieval.query import normalized
@@ -243,5 +249,5 @@ def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEF
                                eval_resize=info.get("eval_resize", "crop"), ink_crop=bool(info.get("ink_crop")))
     with loader:  # its workers start before the predictor's threads
         embedder = Embedder(model_dir, engine=engine)
-        features, rows = embed_list(embedder, loader)
-    return normalized(features, model_dir), rows.tolist()
+        features, rows, *sigma2 = embed_list(embedder, loader, with_uncertainty=embedder.predicts_uncertainty)
+    return normalized(features, model_dir), rows.tolist(), (sigma2[0] if sigma2 else None)

@@ -17,7 +17,8 @@ BATCH_SIZE = 32  # images per predictor run
 
 
 class QueryEmbedder:
-    """embed_images(rgb list) / embed_files(paths) -> float32 [n, D], L2-normalised; thread-safe."""
+    """embed_images(rgb list) / embed_files(paths) -> float32 [n, D], L2-normalised; embed(rgb list) -> (those,
+    sigma^2 [n] or None when the model predicts no uncertainty); thread-safe."""
 
     def __init__(self, model_dir, max_pixels=MAX_PIXELS, engine="paddle"):
         self.model_dir = model_dir
@@ -41,16 +42,26 @@ class QueryEmbedder:
             raise UserError(f"an image must be HxWx3 uint8 RGB, not {rgb.dtype} {rgb.shape}")
         return test_transform(rgb, self.image_shape, self.eval_resize, self.ink_crop)
 
-    def embed_images(self, rgb_list):
+    @property
+    def predicts_uncertainty(self):
+        return self._embedder.predicts_uncertainty
+
+    def embed(self, rgb_list):
         inputs = [self.preprocess(rgb) for rgb in rgb_list]
+        sigma2 = np.zeros(0, np.float32) if self.predicts_uncertainty else None
         if not inputs:
-            return np.zeros((0, self.dim), np.float32)
-        features = []
+            return np.zeros((0, self.dim), np.float32), sigma2
+        features, sigma2s = [], []
         with self._lock:
             for start in range(0, len(inputs), BATCH_SIZE):
-                batch = np.stack(inputs[start:start + BATCH_SIZE])
-                features.append(np.asarray(self._embedder(batch), dtype=np.float32).copy())
-        return normalized(np.concatenate(features), self.model_dir)
+                batch_features, batch_sigma2 = self._embedder.embed(np.stack(inputs[start:start + BATCH_SIZE]))
+                features.append(np.asarray(batch_features, dtype=np.float32).copy())
+                if batch_sigma2 is not None:
+                    sigma2s.append(np.asarray(batch_sigma2, dtype=np.float32).copy())
+        return normalized(np.concatenate(features), self.model_dir), (np.concatenate(sigma2s) if sigma2s else sigma2)
+
+    def embed_images(self, rgb_list):
+        return self.embed(rgb_list)[0]
 
     def embed_files(self, paths):
         return self.embed_images(read_images(paths, self.max_pixels))

@@ -4,8 +4,13 @@
     from retrieval.searching import search_files
 
     gallery = Gallery.open("gallery")
-    for match in search_files(gallery, ["photo.jpg"], top_k=5)[0]:
-        print(match.rank, match.similarity, match.path, match.label)
+    results, query_sigma2 = search_files(gallery, ["photo.jpg"], top_k=5)
+    for match in results[0]:
+        print(match.rank, match.similarity, match.path, match.label, match.sigma2)
+
+query_sigma2 (and each match's sigma2) is the predicted sigma^2 of a model trained with --uncertainty
+True, None for other models. query_expansion (an evaluation.postprocess.Expansion) applies alpha-QE
+with the gallery's own vectors (Gallery.search).
 """
 import json
 
@@ -30,22 +35,26 @@ def query_images(paths=(), query_list=None, data_dir=""):
     return paths, labels
 
 
-def search_files(gallery, paths, top_k=10, threshold=None):
-    """Per image file: its matches in the gallery (retrieval.gallery.Match), best first."""
-    results = []
+def search_files(gallery, paths, top_k=10, threshold=None, query_expansion=None):
+    """(per image file its matches in the gallery (retrieval.gallery.Match) best first, per image file its
+    sigma^2 or None when the model predicts no uncertainty)."""
+    results, query_sigma2 = [], []
     for start in range(0, len(paths), QUERY_BATCH):
         images = read_images(paths[start:start + QUERY_BATCH])  # a bad file stops before the model loads
-        results.extend(gallery.search(gallery.embedder.embed_images(images), top_k, threshold))
-    return results
+        features, sigma2 = gallery.embedder.embed(images)
+        results.extend(gallery.search(features, top_k, threshold, query_expansion))
+        query_sigma2.extend([None] * len(images) if sigma2 is None else sigma2.tolist())
+    return results, query_sigma2
 
 
-def write_results(out_path, query_paths, query_labels, results):
-    """One JSON line per query: the query, its label and its matches."""
+def write_results(out_path, query_paths, query_labels, results, query_sigma2):
+    """One JSON line per query: the query, its label, its sigma^2 (null without uncertainty) and its matches."""
     lines = []
-    for path, label, matches in zip(query_paths, query_labels, results):
-        record = {"query": path, "label": label,
+    for path, label, sigma2, matches in zip(query_paths, query_labels, query_sigma2, results):
+        record = {"query": path, "label": label, "sigma2": sigma2,
                   "matches": [{"rank": m.rank, "id": m.id, "similarity": round(float(m.similarity), 6),
-                               "path": m.path, "label": m.label, "metadata": m.metadata} for m in matches]}
+                               "path": m.path, "label": m.label, "metadata": m.metadata, "sigma2": m.sigma2}
+                              for m in matches]}
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     write_text(out_path, "".join(lines))
 

@@ -1,7 +1,8 @@
 """The HTTP search service over a gallery index: `create_app(gallery)` builds the FastAPI app, serve.py runs it.
 
 Endpoints (OpenAPI docs at /docs): POST /search and /search/batch (multipart: image(s) in `file`/`files`,
-form fields `top_k`, `threshold`), GET /items/{id} and /items/{id}/image, GET /health, GET /stats, and the
+form fields `top_k`, `threshold`, `query_expansion` "K,ALPHA"; a result carries the query's `sigma2` and
+each match's, null unless the model predicts uncertainty), GET /items/{id} and /items/{id}/image, GET /health, GET /stats, and the
 write endpoints POST /items and DELETE /items/{id}, which need `Authorization: Bearer TOKEN`. The web page
 is GET / (retrieval/static/).
 
@@ -56,6 +57,8 @@ _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
 TopK = Annotated[int, Form(ge=1, le=MAX_TOP_K, description="matches per query")]
 Threshold = Annotated[float | None, Form(allow_inf_nan=False, description="drop matches less similar than this "
                                                                            "(none left: no match)")]
+QueryExpansion = Annotated[str | None, Form(description="K,ALPHA: search with each query plus its K best matches' "
+                                                        "gallery vectors weighted by similarity**ALPHA (alpha-QE)")]
 
 
 def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_pixels=MAX_PIXELS,
@@ -66,7 +69,7 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     max_file_bytes: larger uploads get 413. max_image_pixels: larger images get 400 (reader.decode.load_rgb's
     rule: a JPEG is first decoded at 1/2..1/8 size to fit; 0 = no limit).
     """
-    batcher = EmbeddingBatcher(lambda images: gallery.embedder.embed_images(images), batch_images, batch_wait_ms)
+    batcher = EmbeddingBatcher(lambda images: gallery.embedder.embed(images), batch_images, batch_wait_ms)
     stats = ServiceStats()
 
     @asynccontextmanager
@@ -90,9 +93,12 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     def read_upload(upload, keep_as=None):
         return _read_upload(upload, max_file_bytes, max_image_pixels, keep_as)
 
-    async def embed_and_search(images, top_k, threshold):
-        features = await batcher.embed(images)
-        return await run_in_threadpool(gallery.search, features, top_k, threshold)
+    async def embed_and_search(images, top_k, threshold, query_expansion):
+        """(per image its matches, per image its sigma^2 or None)."""
+        expansion = _expansion(query_expansion)
+        features, sigma2 = await batcher.embed(images)
+        results = await run_in_threadpool(gallery.search, features, top_k, threshold, expansion)
+        return results, [None] * len(images) if sigma2 is None else sigma2.tolist()
 
     @app.get("/", include_in_schema=False)
     async def page():
@@ -100,23 +106,25 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
 
     @app.post("/search", dependencies=[Depends(_require_multipart)])
     async def search(file: Annotated[UploadFile, File(description="the query image")],
-                     top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None):
+                     top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None,
+                     query_expansion: QueryExpansion = None):
         """The gallery items most similar to the image, best first; `matches` is empty ("no match") when
         none reaches the threshold."""
         image = await run_in_threadpool(read_upload, file)
-        matches, = await embed_and_search([image], top_k, threshold)
-        return _search_result(matches, top_k, threshold)
+        (matches,), (sigma2,) = await embed_and_search([image], top_k, threshold, query_expansion)
+        return _search_result(matches, top_k, threshold, sigma2)
 
     @app.post("/search/batch", dependencies=[Depends(_require_multipart)])
     async def search_batch(files: Annotated[list[UploadFile], File(description="the query images")],
-                           top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None):
+                           top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None,
+                           query_expansion: QueryExpansion = None):
         """POST /search for several images at once: one result per file, in order."""
         if len(files) > max_batch_files:
             raise HTTPException(413, f"{len(files)} files, more than the limit of {max_batch_files} per request")
         images = [await run_in_threadpool(read_upload, file) for file in files]
-        results = await embed_and_search(images, top_k, threshold)
-        return {"results": [{"file": file.filename, **_search_result(matches, top_k, threshold)}
-                            for file, matches in zip(files, results)]}
+        results, sigma2 = await embed_and_search(images, top_k, threshold, query_expansion)
+        return {"results": [{"file": file.filename, **_search_result(matches, top_k, threshold, query_sigma2)}
+                            for file, matches, query_sigma2 in zip(files, results, sigma2)]}
 
     @app.get("/items/{item_id}")
     async def item(item_id: int):
@@ -153,9 +161,9 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
         stored = _upload_path(gallery.uploads_dir, file.filename)
         try:
             image = await run_in_threadpool(read_upload, file, stored)
-            features = await batcher.embed([image])
+            features, sigma2 = await batcher.embed([image])
             item_id, = await run_in_threadpool(gallery.add, features, [stored], [label_value],
-                                               None if metadata is None else [metadata])
+                                               None if metadata is None else [metadata], sigma2)
         except BaseException:
             _remove_quietly(stored)
             raise
@@ -177,9 +185,10 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
 class EmbeddingBatcher:
     """One worker thread that embeds the images of concurrent requests together.
 
-    `await embed(images)` queues the images and returns their features. The worker takes the first job
-    waiting, then more as they come, until it holds `max_images` images or `wait_ms` have passed, and
-    embeds them in one call of `embed_images(list of RGB arrays) -> float32 [n, D]`.
+    `await embed(images)` queues the images and returns what embed_images gives for them. The worker takes the
+    first job waiting, then more as they come, until it holds `max_images` images or `wait_ms` have passed, and
+    embeds them in one call of `embed_images(list of RGB arrays)` -> float32 [n, D], or a tuple of per-image
+    arrays (or None) such as QueryEmbedder.embed's (features, sigma^2), each cut into the jobs' rows.
     """
 
     def __init__(self, embed_images, max_images=BATCH_IMAGES, wait_ms=BATCH_WAIT_MS):
@@ -258,8 +267,15 @@ class EmbeddingBatcher:
                 self.batch_sizes[counted] += 1
         start = 0
         for job in jobs:
-            job.future.set_result(features[start:start + len(job.images)])
+            job.future.set_result(_rows(features, start, start + len(job.images)))
             start += len(job.images)
+
+
+def _rows(embedded, start, stop):
+    """Rows start:stop of an array, or of each array of a tuple (None stays None)."""
+    if isinstance(embedded, tuple):
+        return tuple(None if part is None else part[start:stop] for part in embedded)
+    return embedded[start:stop]
 
 
 class _Job(NamedTuple):
@@ -438,9 +454,23 @@ def _known_item(gallery, item_id):
     return record
 
 
-def _search_result(matches, top_k, threshold):
+def _search_result(matches, top_k, threshold, sigma2):
     return {"matches": [_match_json(match) for match in matches], "no_match": not matches, "top_k": top_k,
-            "threshold": threshold}
+            "threshold": threshold, "sigma2": sigma2}
+
+
+def _expansion(text):
+    """The Expansion of a `query_expansion` field "K,ALPHA" (None when not given); 422 when malformed."""
+    if text is None or not text.strip():
+        return None
+    from evaluation.postprocess import Expansion
+
+    try:
+        k, alpha = text.split(",")
+        return Expansion(int(k), float(alpha))
+    except ValueError:
+        raise HTTPException(422, f"query_expansion: expected K,ALPHA with K >= 1 and ALPHA >= 0, got {text!r}") \
+            from None
 
 
 def _match_json(match):

@@ -1,6 +1,7 @@
 """Index backends of a gallery: faiss (in the process, the default) and Milvus (milvus-lite or a server).
 
-A backend index answers search(features, k) -> (similarities, ids) and changes through
+A backend index answers search(features, k) -> (similarities, ids) and vectors(ids) -> the stored
+vectors (query expansion), and changes through
 with_added(features, ids) / without(ids) (both return the index to use next), save(folder) into a
 new version folder, purge(ids) after a removal is committed, and close().
 """

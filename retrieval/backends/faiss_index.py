@@ -152,6 +152,17 @@ class FaissIndex:
             sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
         return sims[:, :k], ids[:, :k]
 
+    def vectors(self, ids):
+        """The stored vectors of ids [n, D] (approximate for compressed types such as SQ8 or PQ; query expansion)."""
+        ivf = faiss.extract_index_ivf(self.index) if _is_ivf(self.index) else None
+        try:
+            if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # id -> list position, kept through changes
+            return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        except RuntimeError as err:
+            raise UserError(f"index type {self.index_type} cannot return its vectors, which query expansion needs: "
+                            f"{_faiss_message(err)}") from None
+
     def _rebuilt_without(self, dead):
         id_map = faiss.vector_to_array(self.index.id_map)
         live = ~np.isin(id_map, np.fromiter(dead, np.int64, len(dead)))

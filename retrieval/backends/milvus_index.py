@@ -121,6 +121,12 @@ class MilvusIndex:
 
             server_manager_instance.release_server(self.lite_path)
 
+    def vectors(self, ids):
+        """The stored vectors of ids [n, D] (query expansion)."""
+        rows = {row["id"]: row["embedding"] for row in
+                self.client.get(self.collection, ids=[int(i) for i in ids], output_fields=["embedding"])}
+        return np.array([rows[int(i)] for i in ids], np.float32)
+
     def search(self, features, k):
         """(similarities [n, k], ids [n, k]) best first, id -1 where Milvus had fewer neighbours."""
         k = min(k, MAX_TOP_K)

@@ -74,7 +74,8 @@ def test_folder_images_label_by_subfolder(tiny_photos):
 def test_read_dump_checks_the_model_and_finds_the_data_dir(tiny_export, tmp_path):
     with open(os.path.join(tiny_export["dump_dir"], "fingerprint.json")) as f:
         fingerprint = json.load(f)["fingerprint"]
-    features, paths, labels, data_dir = read_dump(tiny_export["dump_dir"], "", fingerprint, 16)
+    features, paths, labels, data_dir, sigma2 = read_dump(tiny_export["dump_dir"], "", fingerprint, 16)
+    assert sigma2 is None  # the model predicts no uncertainty
     assert features.shape == (24, 16) and len(paths) == len(labels) == 24
     assert data_dir == os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
     with pytest.raises(UserError, match=r"fingerprint .* \(16-d\).*is 0123456789abcdef \(16-d\)"):

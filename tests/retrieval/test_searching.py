@@ -25,12 +25,13 @@ def test_search_files_in_batches_equals_one_search(tiny_export, tmp_path, monkey
                 "--index_dir", index_dir])
     gallery = Gallery.open(index_dir)
     paths = [gallery.image_path(i) for i in range(7)]
-    whole = searching.search_files(gallery, paths, top_k=3)
+    whole, query_sigma2 = searching.search_files(gallery, paths, top_k=3)
     monkeypatch.setattr(searching, "QUERY_BATCH", 2)
-    batched = searching.search_files(gallery, paths, top_k=3)
+    batched, _ = searching.search_files(gallery, paths, top_k=3)
+    assert query_sigma2 == [None] * 7 and {m.sigma2 for row in whole for m in row} == {None}  # no uncertainty
     assert [[m.id for m in row] for row in batched] == [[m.id for m in row] for row in whole]
     assert [row[0].id for row in whole] == list(range(7))
 
-    searching.write_results(str(tmp_path / "r.jsonl"), paths, [None] * 7, whole)
+    searching.write_results(str(tmp_path / "r.jsonl"), paths, [None] * 7, whole, query_sigma2)
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [r["matches"][0]["id"] for r in records] == list(range(7)) and len(records[0]["matches"]) == 3

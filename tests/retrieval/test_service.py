@@ -46,6 +46,9 @@ class ColourEmbedder:
         features = np.stack([image.reshape(-1, 3).mean(0) + 1 for image in images]).astype("float32")
         return features / np.linalg.norm(features, axis=1, keepdims=True)
 
+    def embed(self, images):
+        return self.embed_images(images), None  # no sigma^2: a model without uncertainty
+
 
 class StandInGallery:
     """The Gallery interface (retrieval/gallery.py) over a dict, exact inner-product search."""
@@ -58,7 +61,8 @@ class StandInGallery:
         self.lock = threading.Lock()
         os.makedirs(self.data_dir)
 
-    def search(self, features, top_k, threshold=None):
+    def search(self, features, top_k, threshold=None, query_expansion=None):
+        assert query_expansion is None
         ids = sorted(self.items)
         gallery = np.stack([self.items[i][0] for i in ids])
         results = []
@@ -82,7 +86,7 @@ class StandInGallery:
         inside = any(path.startswith(os.path.realpath(root) + os.sep) for root in (self.data_dir, self.uploads_dir))
         return path if inside else None
 
-    def add(self, features, paths, labels, metadata=None):
+    def add(self, features, paths, labels, metadata=None, sigma2=None):
         with self.lock:
             first = max(self.items, default=-1) + 1
             new = dict(self.items)
