@@ -287,3 +287,51 @@ def test_a_writer_killed_mid_write_leaves_a_whole_version(tmp_path, killed_in, c
     next_id = len(reopened)
     assert reopened.add(features[:1], ["x.png"], [0]) == [next_id]  # and writes go on
     assert os.listdir(os.path.join(gallery.index_dir, "versions")) == [f"{reopened.stats()['version']:08d}"]
+
+
+def alpha_qe_reference(gallery_features, queries, k, alpha):
+    """alpha-QE written out (evaluation/postprocess.py's definition): q + sum of its k best w_i d_i,
+    w_i = max(0, q.d_i) ** alpha, normalised."""
+    expanded = []
+    for query in queries:
+        sims = gallery_features @ query
+        best = np.argsort(-sims, kind="stable")[:k]
+        weights = np.maximum(sims[best], 0) ** alpha
+        vector = query + weights @ gallery_features[best]
+        expanded.append(vector / np.linalg.norm(vector))
+    return np.array(expanded)
+
+
+@pytest.mark.parametrize("index_type,search_params", [("Flat", ""), ("IVF4,Flat", "nprobe=4")])
+def test_query_expansion_searches_with_the_expanded_query(tmp_path, index_type, search_params):
+    from evaluation.postprocess import Expansion
+
+    gallery = new_gallery(tmp_path, index_type=index_type, search_params=search_params)
+    features, queries = unit_rows(60, 0), unit_rows(5, 1)
+    add_items(gallery, features)
+    gallery.remove([3, 40])  # removed items neither expand nor match (IVF: its id -> vector map follows)
+    live = np.array([i for i in range(60) if i not in (3, 40)])
+    expanded = alpha_qe_reference(features[live], queries, 4, 3.0)
+    want_ids, want_sims = brute_force(features[live], live, expanded, 6)
+    got_ids, got_sims = found(gallery.search(queries, 6, query_expansion=Expansion(4, 3.0)))
+    assert got_ids == want_ids.tolist()
+    np.testing.assert_allclose(got_sims, want_sims, atol=1e-5)
+    plain_ids, _ = found(gallery.search(queries, 6))
+    assert plain_ids != got_ids  # the expansion changed some ranking: the test can tell it was applied
+
+
+def test_sigma2_is_kept_per_item_and_an_index_without_it_reads_as_before(tmp_path):
+    with_sigma2 = new_gallery(tmp_path, name="uncertain")
+    features = unit_rows(4, 0)
+    paths = [os.path.join(with_sigma2.data_dir, f"{i}.png") for i in range(4)]
+    with_sigma2.add(features, paths, [0, 0, 1, 1], sigma2=np.array([0.5, 1.25, 2.0, 0.75], np.float32))
+    reopened = Gallery.open(with_sigma2.index_dir)
+    assert [m.sigma2 for m in reopened.search(features[2:3], 4)[0]][0] == 2.0
+    assert reopened.item(1).sigma2 == 1.25
+    plain = new_gallery(tmp_path, name="plain")
+    plain.add(features, paths, [0, 0, 1, 1])
+    version = plain.settings["version"]
+    table = os.path.join(plain.index_dir, "versions", f"{version:08d}", "items.jsonl")
+    records = [json.loads(line) for line in open(table)]
+    assert set(records[0]) == {"id", "path", "label", "metadata"}  # the table of indexes written before sigma^2
+    assert {m.sigma2 for m in Gallery.open(plain.index_dir).search(features, 4)[0]} == {None}
