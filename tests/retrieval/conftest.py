@@ -37,3 +37,31 @@ def tiny_photos(tiny_checkpoint, tmp_path_factory):
             target.parent.mkdir(exist_ok=True)
             shutil.copyfile(os.path.join(tiny_checkpoint["data_dir"], path), target)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def uncertain_index(tiny_dataset, tmp_path_factory):
+    """A model that predicts uncertainty (train_runs.run_train: uncertaintytriplet, --uncertainty True, 1 step),
+    `index.py build --pretrained_model` of it over the tiny val list, and infer.py's dump of that list by the
+    index's model: {"index_dir", "data_dir", "val_list", "dump_dir"}."""
+    import contextlib
+    import io
+
+    import index
+    import infer
+    import paddle
+    from train_runs import run_train
+
+    data_dir, _, val_list = tiny_dataset
+    out = tmp_path_factory.mktemp("uncertain")
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_train(tiny_dataset, str(out / "run"), "--embedding_size=8", "--uncertainty=True", "--alpha=1.0",
+                  loss="uncertaintytriplet", iters=1)
+        paddle.disable_static()
+        index.main(["build", f"--pretrained_model={out / 'run' / 'ResNet18' / 'latest'}", f"--gallery_list={val_list}",
+                    f"--data_dir={data_dir}", f"--index_dir={out / 'index'}", "--num_workers=0"])
+        paddle.disable_static()
+        infer.main([f"--inference_model={out / 'index' / 'model'}", f"--data_dir={data_dir}",
+                    f"--infer_list={val_list}", "--num_workers=0", f"--output_dir={out / 'dump'}"])
+        paddle.disable_static()
+    return {"index_dir": str(out / "index"), "data_dir": data_dir, "val_list": val_list, "dump_dir": str(out / "dump")}

@@ -133,3 +133,18 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
                             check=False, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(index.__file__)))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: index folder not found: {tmp_path / 'none'} (python index.py build writes one)"]
+
+
+def test_an_uncertainty_models_index_keeps_the_sigma2_infer_dumps(uncertain_index, tmp_path):
+    dump = uncertain_index["dump_dir"]
+    dumped = dict(zip(map(os.path.realpath, open(os.path.join(dump, "paths.txt")).read().splitlines()),
+                      np.load(os.path.join(dump, "uncertainty.npy")).tolist()))
+    gallery = Gallery.open(uncertain_index["index_dir"])
+    stored = {os.path.realpath(gallery.image_path(i)): gallery.item(i).sigma2 for i in gallery.ids()}
+    assert stored.keys() == dumped.keys() and len(set(dumped.values())) > 1  # sigma^2 differs between images
+    np.testing.assert_allclose([stored[p] for p in dumped], list(dumped.values()), rtol=1e-5)
+    from_dump = str(tmp_path / "from_dump")
+    index.main(["build", f"--model_dir={gallery.model_dir}", f"--features={dump}",
+                f"--data_dir={uncertain_index['data_dir']}", f"--index_dir={from_dump}"])
+    rebuilt = Gallery.open(from_dump)
+    assert {os.path.realpath(rebuilt.image_path(i)): rebuilt.item(i).sigma2 for i in rebuilt.ids()} == dumped

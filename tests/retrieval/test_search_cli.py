@@ -55,3 +55,35 @@ def test_bad_queries_are_one_line_errors(built, tmp_path):
         search.main(["--index_dir", built["index_dir"], "--query", built["stranger"], "--top_k", "0"])
     with pytest.raises(UserError, match="give a query image"):
         search.main(["--index_dir", built["index_dir"]])
+
+
+def test_query_expansion_equals_a_numpy_reference_on_the_gallery_vectors(built, tmp_path, capsys):
+    features = np.load(os.path.join(built["dump_dir"], "features.npy"))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    paths = open(os.path.join(built["dump_dir"], "paths.txt")).read().splitlines()
+    query = features[5]
+    sims = features @ query
+    best = np.argsort(-sims, kind="stable")[:3]
+    expanded = query + (np.maximum(sims[best], 0) ** 2) @ features[best]  # alpha-QE, k 3, alpha 2
+    expanded /= np.linalg.norm(expanded)
+    want = np.argsort(-(features @ expanded), kind="stable")[:5]
+    search.main(["--index_dir", built["index_dir"], "--query", paths[5], "--top_k", "5", "--query_expansion", "3,2",
+                 "--output", str(tmp_path / "r.jsonl")])
+    matches = json.loads((tmp_path / "r.jsonl").read_text())["matches"]
+    assert [os.path.join(built["data_dir"], m["path"]) for m in matches] == [paths[i] for i in want]
+    np.testing.assert_allclose([m["similarity"] for m in matches], features[want] @ expanded, atol=1e-5)
+    assert "sigma^2" not in capsys.readouterr().out  # a model without uncertainty prints none
+    with pytest.raises(SystemExit):
+        search.main(["--index_dir", built["index_dir"], "--query", paths[5], "--query_expansion", "0,1"])
+
+
+def test_an_uncertainty_model_prints_and_writes_sigma2(uncertain_index, tmp_path, capsys):
+    dump = uncertain_index["dump_dir"]
+    paths = open(os.path.join(dump, "paths.txt")).read().splitlines()
+    sigma2 = np.load(os.path.join(dump, "uncertainty.npy"))
+    search.main(["--index_dir", uncertain_index["index_dir"], "--query", paths[0], "--top_k", "2",
+                 "--output", str(tmp_path / "r.jsonl")])
+    record = json.loads((tmp_path / "r.jsonl").read_text())
+    assert record["sigma2"] == pytest.approx(float(sigma2[0]), rel=1e-5)
+    assert record["matches"][0]["sigma2"] == pytest.approx(float(sigma2[0]), rel=1e-5)  # the image itself
+    assert f"(sigma^2 {sigma2[0]:.4f})" in capsys.readouterr().out

@@ -448,3 +448,37 @@ def test_a_request_cancelled_while_queued_does_not_stop_the_worker():
     features = asyncio.run(give_up_then_ask_again())
     batcher.stop()
     assert features.shape == (3, 2) and calls == [1, 3]  # the cancelled request was never embedded
+
+
+def test_query_expansion_answers_as_the_gallery_and_bad_values_are_refused(served):
+    from evaluation.postprocess import Expansion
+    from retrieval.gallery import Gallery
+
+    query = served["queries"][0][0]
+    gallery = Gallery.open(served["index_dir"])
+    with client_of(gallery) as client:
+        api = client.post("/search", files={"file": upload(query)}, data={"top_k": "5", "query_expansion": "3,2"})
+        plain = client.post("/search", files={"file": upload(query)}, data={"top_k": "5"}).json()
+        refused = client.post("/search", files={"file": upload(query)}, data={"query_expansion": "3"})
+    want, = gallery.search(gallery.embedder.embed_files([query]), 5, query_expansion=Expansion(3, 2.0))
+    assert [m["id"] for m in api.json()["matches"]] == [m.id for m in want]
+    np.testing.assert_allclose([m["similarity"] for m in api.json()["matches"]], [m.similarity for m in want],
+                               atol=1e-5)
+    # the expanded query is not the image's own embedding
+    assert [m["similarity"] for m in api.json()["matches"]] != pytest.approx([m["similarity"] for m in plain["matches"]])
+    assert plain["sigma2"] is None and {m["sigma2"] for m in plain["matches"]} == {None}  # no uncertainty
+    assert refused.status_code == 422 and "K,ALPHA" in refused.json()["error"]
+
+
+def test_an_uncertainty_model_gives_the_query_and_match_sigma2(uncertain_index):
+    from retrieval.gallery import Gallery
+
+    dump = uncertain_index["dump_dir"]
+    paths = open(os.path.join(dump, "paths.txt")).read().splitlines()
+    sigma2 = np.load(os.path.join(dump, "uncertainty.npy"))
+    gallery = Gallery.open(uncertain_index["index_dir"])
+    with client_of(gallery) as client:
+        result = client.post("/search", files={"file": upload(paths[3])}, data={"top_k": "3"}).json()
+    assert result["sigma2"] == pytest.approx(float(sigma2[3]), rel=1e-5)
+    assert [m["sigma2"] for m in result["matches"]] == [gallery.item(m["id"]).sigma2 for m in result["matches"]]
+    assert result["matches"][0]["sigma2"] == pytest.approx(float(sigma2[3]), rel=1e-5)  # the image itself
