@@ -114,10 +114,13 @@ def test_the_head_and_an_uncertainty_loss_go_together(overrides, message):
 
 # ---- export, embedding and infer.py's dump ------------------------------------------------------
 
-@pytest.mark.parametrize("engine", ["paddle", "onnxruntime"])
-def test_the_export_gives_sigma_squared_as_its_second_output(tmp_path, engine):
-    from engine.embedder import Embedder, export
+@pytest.fixture(scope="module")
+def uncertainty_export(tmp_path_factory):
+    """(exported folder, images, the program's features and sigma^2 of them): a fresh ResNet18 with the head
+    (its weights made to vary), exported once for both engines."""
+    from engine.embedder import export
 
+    folder = str(tmp_path_factory.mktemp("uncertainty") / "model")
     config = defaults("infer", model="ResNet18", image_shape=(3, 32, 32), embedding_size=8, uncertainty=True,
                       use_gpu=False)
     x = images(3, seed=5)
@@ -129,8 +132,16 @@ def test_the_export_gives_sigma_squared_as_its_second_output(tmp_path, engine):
         weights.set(np.random.default_rng(0).normal(0, 0.05, (512, 1)).astype("float32"), paddle.CPUPlace())
         want_features, want_sigma2 = exe.run(graph.program, feed={programs.IMAGE: x},
                                              fetch_list=[graph.embedding, graph.uncertainty])
-        export(exe, graph.program, graph.image, graph.embedding, str(tmp_path / "model"), config, graph.uncertainty)
-    embedder = Embedder(str(tmp_path / "model"), use_gpu=False, engine=engine)
+        export(exe, graph.program, graph.image, graph.embedding, folder, config, graph.uncertainty)
+    return folder, x, want_features, want_sigma2
+
+
+@pytest.mark.parametrize("engine", ["paddle", "onnxruntime"])
+def test_the_export_gives_sigma_squared_as_its_second_output(uncertainty_export, engine):
+    from engine.embedder import Embedder
+
+    folder, x, want_features, want_sigma2 = uncertainty_export
+    embedder = Embedder(folder, use_gpu=False, engine=engine)
     features, sigma2 = embedder.embed(x)
     assert embedder.predicts_uncertainty and np.ptp(want_sigma2) > 1e-4
     np.testing.assert_allclose(features, want_features, rtol=1e-4, atol=1e-4)

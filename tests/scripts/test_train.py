@@ -55,6 +55,7 @@ def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, loss, e
     assert state["args"]["loss_name"] == loss
 
 
+@pytest.mark.usefixtures("no_recall")
 def test_se_resnext_trains(tiny_dataset, tmp_path, capsys):
     # The losses do not depend on the backbone: one loss with the classifier branch is enough here.
     run_train(tiny_dataset, str(tmp_path), "--alpha=0.5", "--samples_each_class=3", model="SE_ResNeXt50_32x4d",
