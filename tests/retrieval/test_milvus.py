@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+from evaluation.postprocess import Expansion
 from retrieval.gallery import Gallery
 
 DIM = 16
@@ -46,6 +47,9 @@ def test_milvus_lite_gives_the_exact_faiss_top_k(tmp_path, milvus_gallery):
     assert top(milvus_gallery, queries, 10) == top(flat, queries, 10)
     sims = [[m.similarity for m in row] for row in milvus_gallery.search(queries, 10)]
     np.testing.assert_allclose(sims, [[m.similarity for m in row] for row in flat.search(queries, 10)], atol=1e-5)
+    expanded = [gallery.search(queries, 10, query_expansion=Expansion(5, 3.0)) for gallery in (milvus_gallery, flat)]
+    assert [[m.id for m in row] for row in expanded[0]] == [[m.id for m in row] for row in expanded[1]]
+    np.testing.assert_allclose(*[[[m.similarity for m in row] for row in found] for found in expanded], atol=1e-5)
 
     milvus_gallery.close()
     reopened = Gallery.open(milvus_gallery.index_dir)  # the vectors stayed in INDEX_DIR/milvus.db
