@@ -25,6 +25,11 @@ async function showGalleryInfo() {
   }
 }
 
+// The predicted uncertainty of a model trained with --uncertainty True (null for other models).
+function sigma2Text(sigma2) {
+  return sigma2 === null || sigma2 === undefined ? "" : ` · σ² ${sigma2.toFixed(3)}`;
+}
+
 function matchElement(match) {
   const item = document.createElement("li");
   item.className = "match";
@@ -46,7 +51,7 @@ function matchElement(match) {
   similarity.title = "similarity (cosine)";
   const rank = document.createElement("span");
   rank.className = "rank";
-  rank.textContent = `#${match.rank} · id ${match.id}`;
+  rank.textContent = `#${match.rank} · id ${match.id}` + sigma2Text(match.sigma2);
   details.append(similarity, rank);
   item.append(thumbnail, label, details);
   return item;
@@ -64,7 +69,8 @@ async function search() {
     const result = await askJson("/search", { method: "POST", body: form });
     $("results").replaceChildren(...result.matches.map(matchElement));
     $("no-match").hidden = !result.no_match;
-    $("results-title").textContent = result.no_match ? "Results" : `Top ${result.matches.length}`;
+    $("results-title").textContent = (result.no_match ? "Results" : `Top ${result.matches.length}`)
+      + (result.sigma2 === null ? "" : ` (query σ² ${result.sigma2.toFixed(3)})`);
     showStatus("");
     document.body.dataset.state = "done";
   } catch (err) {
