@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_digits
 
 import data.digits
 from data.digits import prepare_digits
@@ -15,6 +14,8 @@ from utility.errors import UserError
 
 @pytest.fixture(scope="module")
 def source():
+    from sklearn.datasets import load_digits  # imported here: sklearn takes ~2 s to load in every test process
+
     return load_digits()
 
 
