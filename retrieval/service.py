@@ -2,9 +2,9 @@
 
 Endpoints (OpenAPI docs at /docs): POST /search and /search/batch (multipart: image(s) in `file`/`files`,
 form fields `top_k`, `threshold`, `query_expansion` "K,ALPHA"; a result carries the query's `sigma2` and
-each match's, null unless the model predicts uncertainty), GET /items/{id} and /items/{id}/image, GET /health, GET /stats, and the
-write endpoints POST /items and DELETE /items/{id}, which need `Authorization: Bearer TOKEN`. The web page
-is GET / (retrieval/static/).
+each match's, null unless the model predicts uncertainty), GET /items/{id} and /items/{id}/image, GET /health,
+GET /stats, and the write endpoints POST /items and DELETE /items/{id}, which need `Authorization: Bearer TOKEN`.
+The web page is GET / (retrieval/static/).
 
 Embedding and search go only through the Gallery interface (retrieval/gallery.py). One worker thread owns
 the embedder: requests put their decoded images on its queue and it embeds whatever has gathered (up to
@@ -460,7 +460,7 @@ def _search_result(matches, top_k, threshold, sigma2):
 
 
 def _expansion(text):
-    """The Expansion of a `query_expansion` field "K,ALPHA" (None when not given); 422 when malformed."""
+    """The Expansion of a `query_expansion` field "K,ALPHA" (None when not given); 400 when malformed."""
     if text is None or not text.strip():
         return None
     from evaluation.postprocess import Expansion
@@ -469,7 +469,7 @@ def _expansion(text):
         k, alpha = text.split(",")
         return Expansion(int(k), float(alpha))
     except ValueError:
-        raise HTTPException(422, f"query_expansion: expected K,ALPHA with K >= 1 and ALPHA >= 0, got {text!r}") \
+        raise HTTPException(400, f"query_expansion: expected K,ALPHA with K >= 1 and ALPHA >= 0, got {text!r}") \
             from None
 
 

@@ -47,10 +47,11 @@ def uncertain_index(tiny_dataset, tmp_path_factory):
     import contextlib
     import io
 
-    import index
-    import infer
     import paddle
     from train_runs import run_train
+
+    import index
+    import infer
 
     data_dir, _, val_list = tiny_dataset
     out = tmp_path_factory.mktemp("uncertain")

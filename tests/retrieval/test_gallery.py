@@ -326,12 +326,13 @@ def test_sigma2_is_kept_per_item_and_an_index_without_it_reads_as_before(tmp_pat
     paths = [os.path.join(with_sigma2.data_dir, f"{i}.png") for i in range(4)]
     with_sigma2.add(features, paths, [0, 0, 1, 1], sigma2=np.array([0.5, 1.25, 2.0, 0.75], np.float32))
     reopened = Gallery.open(with_sigma2.index_dir)
-    assert [m.sigma2 for m in reopened.search(features[2:3], 4)[0]][0] == 2.0
+    assert reopened.search(features[2:3], 1)[0][0].sigma2 == 2.0
     assert reopened.item(1).sigma2 == 1.25
     plain = new_gallery(tmp_path, name="plain")
     plain.add(features, paths, [0, 0, 1, 1])
     version = plain.settings["version"]
     table = os.path.join(plain.index_dir, "versions", f"{version:08d}", "items.jsonl")
-    records = [json.loads(line) for line in open(table)]
+    with open(table) as f:
+        records = [json.loads(line) for line in f]
     assert set(records[0]) == {"id", "path", "label", "metadata"}  # the table of indexes written before sigma^2
     assert {m.sigma2 for m in Gallery.open(plain.index_dir).search(features, 4)[0]} == {None}

@@ -137,8 +137,9 @@ def test_scripts_report_bad_input_in_one_line(tmp_path):
 
 def test_an_uncertainty_models_index_keeps_the_sigma2_infer_dumps(uncertain_index, tmp_path):
     dump = uncertain_index["dump_dir"]
-    dumped = dict(zip(map(os.path.realpath, open(os.path.join(dump, "paths.txt")).read().splitlines()),
-                      np.load(os.path.join(dump, "uncertainty.npy")).tolist()))
+    with open(os.path.join(dump, "paths.txt")) as f:
+        paths = f.read().splitlines()
+    dumped = dict(zip(map(os.path.realpath, paths), np.load(os.path.join(dump, "uncertainty.npy")).tolist()))
     gallery = Gallery.open(uncertain_index["index_dir"])
     stored = {os.path.realpath(gallery.image_path(i)): gallery.item(i).sigma2 for i in gallery.ids()}
     assert stored.keys() == dumped.keys() and len(set(dumped.values())) > 1  # sigma^2 differs between images

@@ -28,6 +28,7 @@ def test_queries_are_embedded_as_infer_py_embeds_the_gallery(tiny_export, embedd
 def test_non_finite_embeddings_and_wrong_arrays_are_refused(embedder, monkeypatch):
     with pytest.raises(UserError, match="HxWx3 uint8 RGB"):
         embedder.embed_images([np.zeros((20, 30), np.uint8)])
-    monkeypatch.setattr(embedder._embedder, "embed", lambda batch: (np.full((len(batch), 16), np.nan, np.float32), None))
+    monkeypatch.setattr(embedder._embedder, "embed",
+                        lambda batch: (np.full((len(batch), 16), np.nan, np.float32), None))
     with pytest.raises(UserError, match="1 non-finite or zero embedding"):
         embedder.embed_images([np.zeros((20, 30, 3), np.uint8)])

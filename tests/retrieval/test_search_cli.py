@@ -60,15 +60,16 @@ def test_bad_queries_are_one_line_errors(built, tmp_path):
 def test_query_expansion_equals_a_numpy_reference_on_the_gallery_vectors(built, tmp_path, capsys):
     features = np.load(os.path.join(built["dump_dir"], "features.npy"))
     features /= np.linalg.norm(features, axis=1, keepdims=True)
-    paths = open(os.path.join(built["dump_dir"], "paths.txt")).read().splitlines()
+    with open(os.path.join(built["dump_dir"], "paths.txt")) as f:
+        paths = f.read().splitlines()
     query = features[5]
     sims = features @ query
     best = np.argsort(-sims, kind="stable")[:3]
     expanded = query + (np.maximum(sims[best], 0) ** 2) @ features[best]  # alpha-QE, k 3, alpha 2
     expanded /= np.linalg.norm(expanded)
     want = np.argsort(-(features @ expanded), kind="stable")[:5]
-    search.main(["--index_dir", built["index_dir"], "--query", paths[5], "--top_k", "5", "--query_expansion", "3,2",
-                 "--output", str(tmp_path / "r.jsonl")])
+    search.main(["--index_dir", built["index_dir"], "--query", paths[5], "--top_k", "5",
+                 "--query_expansion", "3,2", "--output", str(tmp_path / "r.jsonl")])
     matches = json.loads((tmp_path / "r.jsonl").read_text())["matches"]
     assert [os.path.join(built["data_dir"], m["path"]) for m in matches] == [paths[i] for i in want]
     np.testing.assert_allclose([m["similarity"] for m in matches], features[want] @ expanded, atol=1e-5)
@@ -79,7 +80,8 @@ def test_query_expansion_equals_a_numpy_reference_on_the_gallery_vectors(built, 
 
 def test_an_uncertainty_model_prints_and_writes_sigma2(uncertain_index, tmp_path, capsys):
     dump = uncertain_index["dump_dir"]
-    paths = open(os.path.join(dump, "paths.txt")).read().splitlines()
+    with open(os.path.join(dump, "paths.txt")) as f:
+        paths = f.read().splitlines()
     sigma2 = np.load(os.path.join(dump, "uncertainty.npy"))
     search.main(["--index_dir", uncertain_index["index_dir"], "--query", paths[0], "--top_k", "2",
                  "--output", str(tmp_path / "r.jsonl")])
