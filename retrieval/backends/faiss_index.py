@@ -12,6 +12,7 @@ tombstones reach REBUILD_FRACTION of the index, the index is rebuilt from the li
 """
 import os
 import re
+import threading
 
 import faiss
 import numpy as np
@@ -37,6 +38,9 @@ ALL_THREADS = usable_cores()
 # searches may see each other's setting, which changes their speed, never their results.
 BLAS_FROM_QUERIES = 8
 NEVER = 1 << 30
+# Query expansion reads stored vectors by id; an IVF index gets its id -> vector map on first use, which
+# changes the index in place: never while a writer clones it.
+_DIRECT_MAP_LOCK = threading.Lock()
 
 
 PROBED_FRACTION = 64        # IVF: search 1/64 of the lists (recall@10 0.99 at 100k and 1M, bench_search.py)
@@ -111,7 +115,8 @@ class FaissIndex:
     def with_added(self, features, ids):
         """A new index with features [n, D] added under ids (trained on them first if the type needs it)."""
         faiss.omp_set_num_threads(ALL_THREADS)
-        index = faiss.clone_index(self.index)
+        with _DIRECT_MAP_LOCK:
+            index = faiss.clone_index(self.index)
         if not index.is_trained:
             _train(index, features, self.index_type)
         index.add_with_ids(np.ascontiguousarray(features, dtype=np.float32), np.asarray(ids, dtype=np.int64))
@@ -122,7 +127,8 @@ class FaissIndex:
         """A new index without ids: removed, or tombstoned where the type cannot remove (then maybe rebuilt)."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.removes_vectors:
-            index = faiss.clone_index(self.index)
+            with _DIRECT_MAP_LOCK:
+                index = faiss.clone_index(self.index)
             index.remove_ids(ids)
             return FaissIndex(index, self.index_type, self.search_params)
         tombstones = self.tombstones | set(ids.tolist())
@@ -157,7 +163,9 @@ class FaissIndex:
         ivf = faiss.extract_index_ivf(self.index) if _is_ivf(self.index) else None
         try:
             if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # id -> list position, kept through changes
+                with _DIRECT_MAP_LOCK:  # id -> list position, kept through later changes
+                    if ivf.direct_map.type == faiss.DirectMap.NoMap:
+                        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
         except RuntimeError as err:
             raise UserError(f"index type {self.index_type} cannot return its vectors, which query expansion needs: "
