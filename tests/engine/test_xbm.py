@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from train_runs import REPO, final_parameters, read_log, read_state, run_train
+from train_runs import REPO, final_parameters, read_log, read_state, run_train, skip_validation_embedding
 
 import losses
 from engine.trainer import Trainer
@@ -87,9 +87,11 @@ def test_state_round_trips_exactly_through_json():
 PK = ["--loss_name=quadrupletloss", "--samples_each_class=3", "--lr=0.05", "--test_iter_step=100"]
 
 
-@pytest.fixture
-def recorded_steps(monkeypatch):
-    """(iteration, labels) of every training step train.py runs."""
+@pytest.fixture(scope="module")
+def memory_run(tiny_dataset, tmp_path_factory):
+    """A P x K run with a 20-row memory from iteration 1, saved after every step: (its save folder, the
+    (iteration, images, labels) of every step it ran)."""
+    out = str(tmp_path_factory.mktemp("xbm"))
     steps = []
     original = Trainer._step
 
@@ -97,8 +99,11 @@ def recorded_steps(monkeypatch):
         steps.append((position.iteration, np.array(images), np.array(labels)))
         return original(self, position, images, labels, reader_s)
 
-    monkeypatch.setattr(Trainer, "_step", step)
-    return steps
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "_step", step)
+        skip_validation_embedding(patch)
+        run_train(tiny_dataset, out, *PK, "--xbm_size=20", "--xbm_start_iter=1", "--save_iter_step=1", iters=3)
+    return out, steps
 
 
 def batch_embedding(checkpoint_dir, images, labels):
@@ -122,11 +127,8 @@ def batch_embedding(checkpoint_dir, images, labels):
     return embedding
 
 
-@pytest.mark.usefixtures("no_recall")
-def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_path, capsys, recorded_steps):
-    out = str(tmp_path / "xbm")
-    run_train(tiny_dataset, out, *PK, "--xbm_size=20", "--xbm_start_iter=1", "--save_iter_step=1", iters=3)
-    capsys.readouterr()
+def test_memory_after_training_is_the_last_batch_embeddings(memory_run):
+    out, recorded_steps = memory_run
     state = read_state(os.path.join(out, "ResNet18", "3"))["xbm"]
     memory = CrossBatchMemory(20, state["dim"])
     memory.restore(state)
@@ -141,13 +143,12 @@ def test_memory_after_training_is_the_last_batch_embeddings(tiny_dataset, tmp_pa
 
 
 @pytest.mark.usefixtures("no_recall")
-def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dataset, tmp_path, capsys):
-    plain, memory = str(tmp_path / "plain"), str(tmp_path / "memory")
+def test_start_iteration_keeps_the_plain_loss_until_the_memory_has_rows(tiny_dataset, memory_run, tmp_path, capsys):
+    plain = str(tmp_path / "plain")
     run_train(tiny_dataset, plain, *PK, iters=3)
-    run_train(tiny_dataset, memory, *PK, "--xbm_size=24", "--xbm_start_iter=1", iters=3)
     capsys.readouterr()
     without = [r["loss_metric"] for r in read_log(plain) if "loss_metric" in r]
-    with_memory = [r["loss_metric"] for r in read_log(memory) if "loss_metric" in r]
+    with_memory = [r["loss_metric"] for r in read_log(memory_run[0]) if "loss_metric" in r]
     # Iteration 0: before the start, all slots -1. Iteration 1: started, but nothing written yet.
     # (Equal up to float32 rounding: the distances against batch + memory are computed as a [B, B + N]
     # product, whose gradient rounds differently from the plain [B, B] one.)
