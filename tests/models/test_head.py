@@ -113,17 +113,32 @@ def test_every_model_is_a_trunk_tested_here_or_shares_one():
 
 # ---- last stride ------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def default_model():
+    """default_model(name): build_model(name, 10) in eval mode, built once for the tests that compare a variant
+    (another last stride, the small stem) with it; read, never changed."""
+    built = {}
+
+    def get(name):
+        if name not in built:
+            built[name] = build_model(name, 10)
+            built[name].eval()
+        return built[name]
+
+    return get
+
+
 def final_feature_map(model, x):
     backbone = model.backbone
     return backbone.blocks(backbone.max_pool(backbone.stem(paddle.to_tensor(x))))
 
 
 @pytest.mark.parametrize("name", TRUNKS)
-def test_last_stride_1_doubles_the_final_map_with_the_same_parameters(name):
+def test_last_stride_1_doubles_the_final_map_with_the_same_parameters(name, default_model):
     x = images(batch=1, size=64)
     shapes, parameters = {}, {}
     for stride in (1, 2):
-        model = build_model(name, 10, last_stride=stride)
+        model = build_model(name, 10, last_stride=1) if stride == 1 else default_model(name)
         model.eval()
         shapes[stride] = final_feature_map(model, x).shape
         parameters[stride] = [(p.name, tuple(p.shape)) for p in model.parameters()]
@@ -159,11 +174,11 @@ def test_last_stride_reaches_the_embedding_program():
 # ---- stem ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", TRUNKS)
-def test_small_stem_doubles_every_map_and_changes_only_the_first_convolution(name):
+def test_small_stem_doubles_every_map_and_changes_only_the_first_convolution(name, default_model):
     x = images(batch=1, size=32)
     shapes, parameters = {}, {}
     for stem in ("imagenet", "small"):
-        model = build_model(name, 10, stem=stem)
+        model = default_model(name) if stem == "imagenet" else build_model(name, 10, stem="small")
         model.eval()
         shapes[stem] = final_feature_map(model, x).shape
         parameters[stem] = {p.name: tuple(p.shape) for p in model.parameters()}
