@@ -13,7 +13,7 @@ import numpy as np
 from scipy.io import loadmat
 from scipy.io.matlab import MatReadError
 
-from data.lists import check_images, number_classes, parse_args, write_lists
+from data.lists import check_images, parse_args, write_class_split
 from utility.errors import UserError, run_main
 
 DATASET = "Cars196 (cars_annos.mat and car_ims/)"
@@ -55,11 +55,7 @@ def prepare(root, out_dir):
     for name, rows in splits.items():
         if not rows:
             raise UserError(f"{root / ANNOTATIONS} has no image of the {name} classes")
-    label_of = number_classes([label for _, label in splits["train"]], [label for _, label in splits["val"]])
-    written = write_lists(out_dir, {name: [(path, label_of[label]) for path, label in rows]
-                                    for name, rows in splits.items()})
-    print(f"train with --data_dir {root} --train_list {written['train']} --val_list {written['val']}")
-    return written
+    return write_class_split(root, out_dir, splits)
 
 
 def main(argv=None):

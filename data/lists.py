@@ -88,6 +88,16 @@ def write_lists(out_dir, lists):
     return written
 
 
+def write_class_split(root, out_dir, splits):
+    """train.txt and val.txt from {"train": [(path, class)], "val": [...]}, the classes numbered by
+    number_classes; prints how to train on them and returns {name: list path}."""
+    label_of = number_classes([name for _, name in splits["train"]], [name for _, name in splits["val"]])
+    written = write_lists(out_dir, {split: [(path, label_of[name]) for path, name in rows]
+                                    for split, rows in splits.items()})
+    print(f"train with --data_dir {root} --train_list {written['train']} --val_list {written['val']}")
+    return written
+
+
 def parse_args(argv, description, dataset, default_out_dir, outputs):
     """The preparers' command line: --dataset_dir and --out_dir."""
     parser = argparse.ArgumentParser(description=description)

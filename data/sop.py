@@ -9,7 +9,7 @@ split is zero-shot (no product in both files). Labels: see data/lists.py.
 """
 from pathlib import Path
 
-from data.lists import check_images, number_classes, parse_args, read_rows, to_int, write_lists
+from data.lists import check_images, parse_args, read_rows, to_int, write_class_split
 from utility.errors import run_main
 
 DATASET = "Stanford_Online_Products"
@@ -30,12 +30,7 @@ def prepare(root, out_dir):
     splits = {name: read_split(root / file) for name, file in SPLIT_FILES}
     for name, file in SPLIT_FILES:
         check_images(root, [path for path, _ in splits[name]], file)
-    label_of = number_classes([class_id for _, class_id in splits["train"]],
-                              [class_id for _, class_id in splits["val"]])
-    written = write_lists(out_dir, {name: [(path, label_of[class_id]) for path, class_id in rows]
-                                    for name, rows in splits.items()})
-    print(f"train with --data_dir {root} --train_list {written['train']} --val_list {written['val']}")
-    return written
+    return write_class_split(root, out_dir, splits)
 
 
 def main(argv=None):

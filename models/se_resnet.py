@@ -13,26 +13,18 @@ Names: ResNet-50's, plus the gate of block `res{s}{i}` as `fc_res{s}{i}_sqz_weig
 from paddle import nn
 
 from models.layers import SqueezeExcitation
-from models.resnet import Bottleneck, ResNet, conv_bn
+from models.resnet import Bottleneck, ResNet
 
 SE_REDUCTION = 16
 
 
-class SEBottleneck(nn.Layer):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, SE gate, plus a shortcut."""
-
-    expansion = Bottleneck.expansion
+class SEBottleneck(Bottleneck):
+    """ResNet-50's bottleneck with an SE gate on its residual branch, before the addition."""
 
     def __init__(self, in_channels, width, stride, name, force_projection=False):
-        super().__init__()
+        super().__init__(in_channels, width, stride, name, force_projection)
         out_channels = width * self.expansion
-        self.conv_a = conv_bn(in_channels, width, 1, f"{name}_branch2a")
-        self.conv_b = conv_bn(width, width, 3, f"{name}_branch2b", stride=stride)
-        self.conv_c = conv_bn(width, out_channels, 1, f"{name}_branch2c", relu=False)
         self.se = SqueezeExcitation(out_channels, out_channels // SE_REDUCTION, f"fc_{name}")
-        self.shortcut = None
-        if force_projection or stride != 1 or in_channels != out_channels:
-            self.shortcut = conv_bn(in_channels, out_channels, 1, f"{name}_branch1", stride=stride, relu=False)
 
     def forward(self, x):
         short = x if self.shortcut is None else self.shortcut(x)
