@@ -6,6 +6,7 @@ from paddle_modes import static_mode
 from cli.args import defaults
 from engine import programs
 from engine.embedder import Embedder, export
+from models import build_model
 
 
 def exported_features(model, out_dir, size=32, batch=2, **network):
@@ -23,3 +24,10 @@ def exported_features(model, out_dir, size=32, batch=2, **network):
             executed, = exe.run(graph.program, feed={programs.IMAGE: images}, fetch_list=[graph.embedding])
             export(exe, graph.program, graph.image, graph.embedding, str(out_dir), config)
     return executed, Embedder(str(out_dir), use_gpu=False)(images)
+
+
+def uninitialised_parameters(name, num_classes=0, embedding_size=0, **options):
+    """The parameters (names, shapes, trainable) of build_model(...), their values never initialised (LazyGuard):
+    for checks of names and counts, about 0.5 s less per ResNet-50-sized build."""
+    with paddle.LazyGuard():
+        return build_model(name, num_classes, embedding_size, **options).parameters()
