@@ -539,8 +539,8 @@ def test_search_results_replace_a_planted_link(tmp_path, planted):
     from retrieval.searching import write_results
 
     target = planted(tmp_path, "results.jsonl")
-    match = SimpleNamespace(rank=1, id=3, similarity=0.9, path="c1/0.png", label=1, metadata={})
-    write_results(target, ["q.png"], [None], [[match]])
+    match = SimpleNamespace(rank=1, id=3, similarity=0.9, path="c1/0.png", label=1, metadata={}, sigma2=None)
+    write_results(target, ["q.png"], [None], [[match]], [None])
     _written_not_through(target, planted)
     assert json.loads(open(target).read())["matches"][0]["id"] == 3
 
