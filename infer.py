@@ -11,8 +11,6 @@ OUT/paths.txt and OUT/fingerprint.json (the model's fingerprint: `index.py build
 checks it against the gallery's model), and OUT/uncertainty.npy (float32 sigma^2 per row) when the
 model predicts it (trained with --uncertainty True). The list may have labels or not (one path per line).
 """
-import json
-import os
 import shutil
 import tempfile
 
@@ -22,11 +20,8 @@ import reader
 from cli.args import print_arguments
 from cli.config import check_model_and_loss, resolve
 from cli.runtime import run_cli
-from engine.embedder import DUMP_UNCERTAINTY
-from utility.files import save_npy, write_text
 
 NO_LABEL = -1
-UNCERTAINTY_FILE = DUMP_UNCERTAINTY
 
 
 def main(argv=None):
@@ -36,6 +31,7 @@ def main(argv=None):
     image_list = reader.read_image_list(config.infer_list, config.data_dir, require_labels=False,
                                         with_camera=config.with_camera)
 
+    from engine.dump import write_dump
     from engine.embedder import embed_shards, exchange_folder, share_loader
 
     with share_loader(config, image_list, skip_bad=config.skip_bad_images) as loader:  # before the embedder
@@ -48,7 +44,7 @@ def main(argv=None):
         return  # another process of paddle.distributed.launch: device 0 writes the dump
     labels = image_list.labels[rows] if image_list.labels is not None else np.full(len(rows), NO_LABEL, "int64")
     paths = [image_list.paths[i] for i in rows]
-    save_dump(config.output_dir, features, labels, paths, embedder.fingerprint, uncertainty)
+    write_dump(config.output_dir, features, labels, paths, embedder.fingerprint, uncertainty)
     if config.print_features:
         for i, feature in enumerate(features):
             print(f"Test-{i}-feature: {feature}")
@@ -91,27 +87,6 @@ def _export_onnx(config, model_dir):
         return
     for path in write_onnx_exports(config, model_dir):
         print(f"Exported the ONNX model to {path}, its preprocessing to {description_path(path)}", flush=True)
-
-
-def save_dump(out_dir, features, labels, paths, fingerprint, uncertainty=None):
-    """The dump of features, labels, paths and fingerprint, and sigma^2 per row (`uncertainty`) when the model
-    predicts it; an uncertainty.npy of an earlier dump in out_dir goes when this model predicts none."""
-    from engine.embedder import DUMP_FINGERPRINT
-
-    os.makedirs(out_dir, exist_ok=True)
-    save_npy(os.path.join(out_dir, "features.npy"), features.astype("float32"))
-    save_npy(os.path.join(out_dir, "labels.npy"), labels.astype("int64"))
-    write_text(os.path.join(out_dir, "paths.txt"), "".join(path + "\n" for path in paths))
-    write_text(os.path.join(out_dir, DUMP_FINGERPRINT),
-               json.dumps({"fingerprint": fingerprint, "embedding_size": int(features.shape[1])}))
-    uncertainty_path = os.path.join(out_dir, UNCERTAINTY_FILE)
-    if uncertainty is not None:
-        save_npy(uncertainty_path, uncertainty.astype("float32"))
-    elif os.path.lexists(uncertainty_path):
-        os.remove(uncertainty_path)
-    written = "" if uncertainty is None else f", {UNCERTAINTY_FILE}"
-    print(f"Wrote {len(paths)} features of {features.shape[1]} dims to {out_dir}/"
-          f"features.npy, labels.npy, paths.txt, {DUMP_FINGERPRINT}{written}", flush=True)
 
 
 def run():

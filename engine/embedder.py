@@ -56,9 +56,6 @@ def read_model_info(model):
     return onnx_export.read_onnx_info(model) if onnx_export.is_onnx_model(model) else read_export_info(model)
 
 
-DUMP_FINGERPRINT = "fingerprint.json"  # beside infer.py's dumps: {"fingerprint", "embedding_size"}
-DUMP_UNCERTAINTY = "uncertainty.npy"   # ... and sigma^2 per row, float32, when the model predicts it
-
 # What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
 FINGERPRINT_FIELDS = (*NetworkSpec.names(), "color", "mean", "std", "resize_ratio", "ink_threshold", "ink_fraction",
                       "layout")

@@ -10,7 +10,6 @@ list file of `path LABEL` lines, or infer.py's dump (features already embedded, 
 the fingerprints must match). An index is built in a hidden folder beside its place and moved there
 when complete, so a failed build leaves nothing behind.
 """
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -177,41 +176,12 @@ def list_paths(list_file, data_dir):
     return reader.read_image_list(list_file, data_dir, require_labels=False, check_files=False).paths
 
 
-def read_dump(dump_dir, data_dir, fingerprint, dim):
-    """infer.py's dump: (features, paths, labels, data_dir, sigma^2 or None), checked against the index's model."""
-    from engine.embedder import DUMP_FINGERPRINT, DUMP_UNCERTAINTY
-
-    try:
-        features = np.load(os.path.join(dump_dir, "features.npy"))
-        labels = np.load(os.path.join(dump_dir, "labels.npy")).tolist()
-        with open(os.path.join(dump_dir, "paths.txt"), encoding="utf-8") as f:
-            paths = f.read().splitlines()
-        with open(os.path.join(dump_dir, DUMP_FINGERPRINT)) as f:
-            written = json.load(f)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{dump_dir} is not a complete infer.py dump (features.npy, labels.npy, paths.txt, "
-                        f"{DUMP_FINGERPRINT}): {err}") from None
-    if features.ndim != 2 or not len(features) == len(labels) == len(paths):
-        raise UserError(f"{dump_dir}: features.npy {features.shape}, {len(labels)} labels and {len(paths)} paths "
-                        f"do not match")
-    dump_fingerprint, dump_dim = written.get("fingerprint"), features.shape[1]
-    if dump_dim != dim or dump_fingerprint != fingerprint:
-        raise UserError(f"{dump_dir} was embedded by model fingerprint {dump_fingerprint} ({dump_dim}-d), the "
-                        f"index's model is {fingerprint} ({dim}-d): another model, embedding size or "
-                        f"preprocessing; embed the gallery with the index's model")
-    if not data_dir:
-        data_dir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    sigma2_path = os.path.join(dump_dir, DUMP_UNCERTAINTY)
-    sigma2 = np.load(sigma2_path) if os.path.exists(sigma2_path) else None
-    if sigma2 is not None and sigma2.shape != (len(paths),):
-        raise UserError(f"{sigma2_path} holds {sigma2.shape} values for {len(paths)} images")
-    return features, paths, labels, data_dir, sigma2
-
-
 def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
     """(features [n, D], paths, labels, data_dir, sigma^2 [n] or None) of the images, less known_paths."""
     images.source()
     if images.features:
+        from engine.dump import read_dump
+
         features, paths, labels, data_dir, sigma2 = read_dump(images.features, images.data_dir, fingerprint,
                                                               info["embedding_size"])
         keep = [i for i, path in enumerate(paths) if os.path.abspath(path) not in known_paths]

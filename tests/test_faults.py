@@ -503,10 +503,10 @@ def test_the_training_curves_replace_a_planted_link(tmp_path, planted):
 
 @pytest.mark.parametrize("name", ["features.npy", "labels.npy", "paths.txt", "fingerprint.json"])
 def test_infer_dumps_replace_a_planted_link(tmp_path, planted, name):
-    import infer
+    from engine.dump import write_dump
 
     target = planted(tmp_path / "out", name)
-    infer.save_dump(str(tmp_path / "out"), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "f00d")
+    write_dump(str(tmp_path / "out"), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "f00d")
     _written_not_through(target, planted)
 
 

@@ -179,16 +179,6 @@ def test_embed_shards_gathers_sigma_squared_with_the_features():
     np.testing.assert_array_equal(features[:, 0], [0, 1, 2, 1, 2])
 
 
-def test_infer_dump_writes_sigma_squared_and_clears_an_earlier_one(tmp_path):
-    import infer
-
-    out = tmp_path / "out"
-    infer.save_dump(str(out), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "f00d", np.array([0.5, 2.0]))
-    np.testing.assert_array_equal(np.load(out / "uncertainty.npy"), np.array([0.5, 2.0], "float32"))
-    infer.save_dump(str(out), np.ones((2, 3)), np.array([1, 2]), ["a.png", "b.png"], "beef")
-    assert not (out / "uncertainty.npy").exists()
-
-
 # ---- eval.py: --uncertainty_weight and the uncertain fifths ---------------------------------------
 
 def _brute_force_first_neighbours(features, offsets):

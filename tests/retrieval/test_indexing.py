@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from engine.dump import read_dump
 from retrieval.gallery import Gallery
-from retrieval.indexing import (GalleryImages, add_images, build_index, folder_images, index_info, read_dump,
-                                remove_items)
+from retrieval.indexing import GalleryImages, add_images, build_index, folder_images, index_info, remove_items
 from utility.errors import UserError
 
 
