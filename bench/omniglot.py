@@ -173,7 +173,7 @@ def prepare_lists(small1, small2, data_dir, validation=0, rotated_classes=False,
 
 
 def train_command(recipe, data_dir, train_list, eval_list, run_dir, extra):
-    flags = [f"--config={recipe}", *extra, f"--data_dir={data_dir}", f"--train_list={train_list}",
+    flags = [f"--config={_relative(recipe)}", *extra, f"--data_dir={data_dir}", f"--train_list={train_list}",
              f"--val_list={eval_list}", f"--model_save_dir={run_dir}"]
     return [sys.executable, "train.py", *flags]
 

@@ -35,10 +35,19 @@ def changed_settings(command, loss, finetuned=False):
 
     recipe = REPO / "recipes" / "omniglot" / f"{loss}.yaml"
     overlay = load_recipe(str(REPO / "recipes" / "omniglot" / "finetune.yaml")) if finetuned else {}
-    run = vars(parse_args("train", shlex.split(command)[1:]))
+    run = vars(parse_args("train", [_this_clones_recipe(flag) for flag in shlex.split(command)[1:]]))
     base = vars(parse_args("train", [f"--config={recipe}", *(f"--{k}={v}" for k, v in overlay.items())]))
     return [f"--{name}={as_flag(value)}" for name, value in run.items()
             if name not in PLACE_FLAGS + ("explicit", "model") and base.get(name) != value]
+
+
+def _this_clones_recipe(flag):
+    """--config=/the/run's/clone/recipes/x.yaml as --config=<this clone>/recipes/x.yaml (runs record the path
+    they trained with; the recipe files are the same in every clone of the commit)."""
+    name, _, path = flag.partition("=")
+    if name != "--config" or "recipes/" not in path:
+        return flag
+    return f"--config={REPO / 'recipes' / path.rsplit('recipes/', 1)[1]}"
 
 
 def rows(records):
