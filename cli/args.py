@@ -224,9 +224,10 @@ def engine_flag(parser):
     """--engine, the one declaration for eval.py, infer.py and the retrieval tools (cli/retrieval_args.py, serve.py)."""
     from engine.embedder import ENGINES
 
-    parser.add_argument("--engine", choices=ENGINES, default="paddle",
+    parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="what runs the network when embedding: Paddle Inference with oneDNN, or onnxruntime on "
-                             "the model's ONNX conversion (same features; docs/speed.md)")
+                             "the model's ONNX conversion (same features); default onnxruntime on the CPU, where it "
+                             "measured faster, and paddle on a GPU (docs/speed.md)")
 
 
 def _engine(p):
@@ -234,7 +235,7 @@ def _engine(p):
     engine_flag(g)
     g.add_argument("--inference_model", default=None,
                    help="embed with this exported model instead of --pretrained_model: a folder of infer.py "
-                        "--export_model, or an ONNX file of --export_onnx (with --engine onnxruntime)")
+                        "--export_model, or an ONNX file of --export_onnx (run by onnxruntime)")
 
 
 def _skip_bad(p):

@@ -141,18 +141,29 @@ def preprocess_description(eval_resize, ink_crop=False):
 ENGINES = ("paddle", "onnxruntime")  # --engine (cli/args.py); why not OpenVINO: docs/speed.md
 
 
+def default_engine(model, use_gpu=None):
+    """The engine when none is chosen: onnxruntime on the CPU (measured the faster of the two with equal
+    features: docs/speed.md) and for ONNX files; Paddle Inference on a GPU."""
+    from engine import onnx_export
+
+    if onnx_export.is_onnx_model(model) or not device.use_gpu(use_gpu):
+        return "onnxruntime"
+    return "paddle"
+
+
 class Embedder:
     """An exported model run by an engine: embedder(images) -> features; .info (the model's settings and
     preprocessing), .fingerprint (equal fingerprints, equal embeddings: the engine does not change it).
 
     `model` is an exported model folder (infer.py --export_model), run by Paddle Inference with oneDNN
-    (engine "paddle") or converted to ONNX in memory and run by onnxruntime ("onnxruntime"); or an ONNX
-    file written by infer.py --export_onnx (float32 or int8), which onnxruntime runs.
+    (engine "paddle") or converted to ONNX in memory and run by onnxruntime ("onnxruntime"; engine None:
+    default_engine); or an ONNX file written by infer.py --export_onnx (float32 or int8), which onnxruntime runs.
     """
 
-    def __init__(self, model, use_gpu=None, engine="paddle"):
+    def __init__(self, model, use_gpu=None, engine=None):
         from engine import onnx_export
 
+        engine = engine or default_engine(model, use_gpu)
         if engine not in ENGINES:
             raise UserError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
         self.name = model  # what error lines call the model

@@ -72,7 +72,7 @@ class _State(NamedTuple):
 class Gallery:
     """An index folder opened for search and changes (see the module docstring)."""
 
-    def __init__(self, index_dir, settings, state, engine="paddle"):
+    def __init__(self, index_dir, settings, state, engine=None):
         self.index_dir = os.path.abspath(index_dir)
         self.engine = engine  # what runs the model for queries (engine.embedder.ENGINES)
         self.settings = settings
@@ -84,7 +84,7 @@ class Gallery:
 
     # ---- opening and creating -------------------------------------------------------------
     @classmethod
-    def open(cls, index_dir, engine="paddle"):
+    def open(cls, index_dir, engine=None):
         settings = _read_settings(index_dir)
         return cls(index_dir, settings, _load_state(index_dir, settings), engine)
 

@@ -35,7 +35,7 @@ class GalleryImages:
     batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int = DEFAULT_NUM_WORKERS
     skip_bad_images: bool = False
-    engine: str = "paddle"  # engine.embedder.ENGINES
+    engine: str = None  # engine.embedder.ENGINES (None: default_engine)
 
     def source(self):
         """The one source given (a UserError unless exactly one is)."""
@@ -205,7 +205,7 @@ def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
 
 
 def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEFAULT_NUM_WORKERS, skip_bad=False,
-                engine="paddle"):
+                engine=None):
     """L2-normalised embeddings of image files by an exported model, with its preprocessing; (features, kept rows,
     sigma^2 [kept] or None when the model predicts no uncertainty)."""
     import reader

@@ -20,7 +20,7 @@ class QueryEmbedder:
     """embed_images(rgb list) / embed_files(paths) -> float32 [n, D], L2-normalised; embed(rgb list) -> (those,
     sigma^2 [n] or None when the model predicts no uncertainty); thread-safe."""
 
-    def __init__(self, model_dir, max_pixels=MAX_PIXELS, engine="paddle"):
+    def __init__(self, model_dir, max_pixels=MAX_PIXELS, engine=None):
         self.model_dir = model_dir
         self.info = read_export_info(model_dir)
         self.image_shape = tuple(self.info["image_shape"])

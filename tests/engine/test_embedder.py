@@ -51,5 +51,5 @@ def test_exported_models_run_on_the_device_the_scripts_choose(tmp_path, monkeypa
     monkeypatch.setattr(paddle.inference, "Config", FakeConfig)
     monkeypatch.setattr(paddle.inference, "create_predictor", lambda config: None)
     with pytest.raises(AttributeError):  # the fake predictor has no handles: stop right after creating it
-        Embedder(str(tmp_path), use_gpu)
+        Embedder(str(tmp_path), use_gpu, engine="paddle")
     assert expected in FakeConfig.calls

@@ -37,10 +37,21 @@ def test_onnxruntime_gives_the_reference_features(tiny_program):
 
 
 def test_the_engine_is_one_flag_of_eval_and_infer():
-    assert defaults("eval").engine == defaults("infer").engine == "paddle"
+    assert defaults("eval").engine is defaults("infer").engine is None  # engine.embedder.default_engine
     assert parse_args("infer", ["--engine=onnxruntime"]).engine == "onnxruntime"
     with pytest.raises(UserError, match="invalid choice"):
         parse_args("eval", ["--engine=openvino"])
+
+
+def test_the_default_engine_is_onnxruntime_on_the_cpu_and_for_onnx_files_paddle_on_a_gpu(tmp_path, monkeypatch):
+    from engine.embedder import default_engine
+
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert default_engine(str(tmp_path), use_gpu=False) == "onnxruntime"
+    assert default_engine(str(tmp_path / "model.onnx"), use_gpu=False) == "onnxruntime"
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    assert default_engine(str(tmp_path)) == default_engine(str(tmp_path), use_gpu=True) == "paddle"
+    assert default_engine(str(tmp_path / "model.onnx"), use_gpu=True) == "onnxruntime"
 
 
 def test_an_onnx_file_needs_onnxruntime_and_onnxruntime_the_cpu(tmp_path):
@@ -60,7 +71,7 @@ def test_the_retrieval_tools_take_the_engine_flag_too(tiny_program, tmp_path):
     from serve import parse_args as parse_serve_args
 
     assert parse_search_args("", ["--index_dir=x", "--engine=onnxruntime"]).engine == "onnxruntime"
-    assert parse_serve_args(["--index_dir=x"]).engine == "paddle"
+    assert parse_serve_args(["--index_dir=x"]).engine is None
     args, _ = parse_index_args("", ["add", "--index_dir=x", "--gallery_dir=y", "--engine=onnxruntime"])
     assert args.engine == "onnxruntime"
     exe, graph, config, _, _ = tiny_program

@@ -98,7 +98,9 @@ def test_an_onnx_model_runs_only_under_onnxruntime_and_is_not_converted_again(on
     argv = [f"--inference_model={onnx_exports['onnx']}", f"--data_dir={onnx_exports['data_dir']}",
             f"--infer_list={onnx_exports['val_list']}", "--num_workers=0", f"--output_dir={tmp_path}"]
     with pytest.raises(UserError, match="--engine onnxruntime"):
-        infer.main(argv)
+        infer.main([*argv, "--engine=paddle"])
+    infer.main(argv)  # without --engine, onnxruntime runs it
+    assert (tmp_path / "features.npy").is_file()
     with pytest.raises(UserError, match="already ONNX"):
         infer.main([*argv, "--engine=onnxruntime", f"--export_onnx={tmp_path / 'again.onnx'}"])
 
