@@ -53,16 +53,15 @@ def main(argv=None):
 def _make_embedder(config):
     """The embedder of --inference_model or of the checkpoint, after writing the exports asked for
     (--export_model, --export_onnx: device 0 alone writes them)."""
-    from engine.embedder import Embedder, checkpoint_embedder, checkpoint_program, export
+    from engine.embedder import Embedder, checkpoint_program, config_embedder, export
     from engine.programs import distributed_env
 
     exporting = (config.export_model or config.export_onnx) and distributed_env()[1] == 0
-    if config.inference_model:
-        if exporting:
-            _export_onnx(config, config.inference_model)
-        return Embedder(config.inference_model, config.use_gpu, config.engine)
     if not exporting:
-        return checkpoint_embedder(config)
+        return config_embedder(config)
+    if config.inference_model:
+        _export_onnx(config, config.inference_model)
+        return Embedder(config.inference_model, config.use_gpu, config.engine)
     exe, graph = checkpoint_program(config)
     folder = config.export_model or tempfile.mkdtemp(prefix="export-")
     try:

@@ -9,8 +9,8 @@ Each case is one pass over the image list as infer.py makes it: reader.TestLoade
 evaluation preprocessing in --workers processes, batches of --batch) feeding engine.embedder.Embedder,
 in a fresh process set up as the scripts are (cli/runtime.py); img/s counts the whole pass, the
 engine warmed up first on a batch of zeros. Cases:
-  paddle        Paddle Inference with oneDNN (the default engine)
-  onnxruntime   onnxruntime on the paddle2onnx export (fp32), or on its int8 quantization (int8)
+  paddle        Paddle Inference with oneDNN (the default on a GPU)
+  onnxruntime   onnxruntime on the paddle2onnx export (fp32; the default on the CPU), or on its int8 quantization (int8)
   reader        the reader alone, no network: the most any engine can reach with these workers
   torch         PyTorch in its own environment (--torch, a Python with torch installed; never a project
                 dependency): the same ResNet50 in plain torch (bench_train.py's definition), eval mode,

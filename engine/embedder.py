@@ -1,9 +1,9 @@
 """Turning an image list into embeddings, for eval.py, infer.py and train.py's evaluation.
 
-There is one embedder: an exported image -> embedding inference model run by an engine, by default a
-Paddle Inference predictor (oneDNN on the CPU), 3-5x faster than the Executor here with the same
-features to ~1e-6 relative; `--engine onnxruntime` runs its ONNX conversion (engine/onnx_export.py)
-instead, with the same features. A checkpoint or a training run's test program is exported to a
+There is one embedder: an exported image -> embedding inference model run by an engine: onnxruntime on
+its ONNX conversion (engine/onnx_export.py; the default on the CPU, measured faster: docs/speed.md) or
+a Paddle Inference predictor (oneDNN on the CPU; the default on a GPU and for train.py's evaluation),
+both 3-5x faster than the Executor here with the same features to ~1e-6 relative. A checkpoint or a training run's test program is exported to a
 temporary folder first (`Embedder.from_program`); infer.py --export_model keeps the export.
 """
 import hashlib
