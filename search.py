@@ -10,7 +10,9 @@ mode) matches below it are dropped, and a query with none left answers "no match
 item). --output writes one JSON line per query; --picture draws each query beside its matches.
 A model trained with --uncertainty True also gives the query's and every match's sigma^2 (its
 predicted uncertainty). --query_expansion K,ALPHA searches with the query expanded by its K best
-matches' gallery vectors weighted by similarity**ALPHA (alpha-QE, as eval.py's flag).
+matches' gallery vectors weighted by similarity**ALPHA (alpha-QE, as eval.py's flag);
+--re_ranking [SHORTLIST] orders each query's 100 (SHORTLIST) most similar gallery images by
+k-reciprocal re-ranked distance (eval.py's --re_ranking over the query and its shortlist).
 The work is retrieval/searching.py's.
 """
 from cli.retrieval_args import parse_search_args
@@ -24,7 +26,8 @@ def main(argv=None):
     paths, labels = query_images(args.query, args.query_list, args.data_dir)
     gallery = Gallery.open(args.index_dir, engine=args.engine)
     try:
-        results, query_sigma2 = search_files(gallery, paths, args.top_k, args.threshold, args.query_expansion)
+        results, query_sigma2 = search_files(gallery, paths, args.top_k, args.threshold, args.query_expansion,
+                                              args.re_ranking)
         for path, label, sigma2, matches in zip(paths, labels, query_sigma2, results):
             _print_matches(path, label, sigma2, matches, args.threshold)
         if args.output:

@@ -4,6 +4,7 @@ from dataclasses import fields
 
 from cli.args import engine_flag, k_alpha
 from evaluation.postprocess import Expansion
+from retrieval.gallery import DEFAULT_SHORTLIST, MIN_SHORTLIST, ReRanking
 from retrieval.indexing import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, GalleryImages
 from utility.errors import UserError
 
@@ -84,6 +85,10 @@ def search_parser(description):
                         metavar="K,ALPHA",
                         help="K,ALPHA: search again with each query plus its K best matches' gallery vectors "
                              "weighted by similarity**ALPHA, normalised (alpha-QE; ALPHA 0 = average query expansion)")
+    parser.add_argument("--re_ranking", nargs="?", const="true", default=None, metavar="SHORTLIST",
+                        help=f"order each query's SHORTLIST most similar items (default {DEFAULT_SHORTLIST}, at least "
+                             f"{MIN_SHORTLIST} and top_k) by k-reciprocal re-ranked distance (eval.py's --re_ranking "
+                             f"over the query and its shortlist); similarities and --threshold stay the cosine's")
     engine_flag(parser)
     return parser
 
@@ -92,4 +97,7 @@ def parse_search_args(description, argv):
     args = search_parser(description).parse_args(argv)
     if args.top_k < 1:
         raise UserError(f"--top_k must be at least 1, not {args.top_k}")
+    args.re_ranking = None if args.re_ranking is None else ReRanking.parse(args.re_ranking)
+    if args.re_ranking and args.query_expansion:
+        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
     return args

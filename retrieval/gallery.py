@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +39,11 @@ ITEMS_FILE = "items.jsonl"
 FORMAT = "dml-gallery"
 FORMAT_VERSION = 1
 WRITING_PREFIX = ".writing-"
+# k-reciprocal re-ranking (evaluation/reranking.py, k1 = 20, k2 = 6, lambda = 0.3) of a shortlist per query:
+# a query's k1 nearest candidates must be a choice (at least k1 + 1 of them), and the candidates' own
+# k1 nearest should lie in the pool too, hence 5 x k1 by default.
+DEFAULT_SHORTLIST = 100
+MIN_SHORTLIST = 21
 
 
 class Match(NamedTuple):
@@ -50,6 +56,35 @@ class Match(NamedTuple):
     label: Any
     metadata: Any
     sigma2: Any = None  # the image's predicted sigma^2 (a model trained with --uncertainty True), else None
+
+
+@dataclass(frozen=True)
+class ReRanking:
+    """k-reciprocal re-ranking of each query's shortlist: its `shortlist` most similar items (at least top_k).
+
+    The re-ranked distances are eval.py's --re_ranking (evaluation.postprocess) over the pool {the query,
+    its shortlist}, one query at a time: a result never depends on the other queries searched with it.
+    """
+    shortlist: int = DEFAULT_SHORTLIST
+
+    def __post_init__(self):
+        if self.shortlist < MIN_SHORTLIST:
+            raise UserError(f"the re-ranking shortlist must hold at least {MIN_SHORTLIST} candidates (k1 = 20 "
+                            f"neighbours and the query), not {self.shortlist}")
+
+    @classmethod
+    def parse(cls, text):
+        """What a flag or form field asks for: true (the default shortlist), false (None) or a shortlist size."""
+        word = str(text).strip().lower()
+        if word in ("", "false", "no", "off"):
+            return None
+        if word in ("true", "yes", "on"):
+            return cls()
+        try:
+            return cls(int(word))
+        except ValueError:
+            raise UserError(f"re-ranking is true, false or a shortlist size (an integer >= {MIN_SHORTLIST}), "
+                            f"not {text!r}") from None
 
 
 class _Item(NamedTuple):
@@ -151,33 +186,37 @@ class Gallery:
         """{item id: absolute path of its image} (wherever it lies)."""
         return {item_id: os.path.abspath(self._absolute(item)) for item_id, item in self._state.items.items()}
 
-    def search(self, features, top_k, threshold=None, query_expansion=None):
+    def search(self, features, top_k, threshold=None, query_expansion=None, re_ranking=None):
         """Per query row, its best top_k items as Match lists (best first); below threshold dropped.
 
         query_expansion: an evaluation.postprocess.Expansion (k, alpha): each query is first replaced by
         itself and its k best items' vectors weighted by similarity ** alpha (alpha-QE), normalised.
+        re_ranking: a ReRanking: the query's shortlist of most similar items, ordered by k-reciprocal
+        re-ranked distance. The threshold then drops the matches whose similarity (always the cosine) is
+        below it, so a query has no match exactly when it has none without re-ranking.
         """
         features = self._checked(features, "query")
         state = self._state
         top_k = int(top_k)
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, not {top_k}")
+        if query_expansion is not None and re_ranking is not None:
+            raise UserError("k-reciprocal re-ranking expands the queries itself: use it or query expansion, not both")
         if query_expansion is not None:
             features = self._expanded(state, features, query_expansion)
-        sims, ids = state.index.search(features, top_k + self._in_flight)
+        depth = max(top_k, re_ranking.shortlist) if re_ranking is not None else top_k
+        sims, ids = state.index.search(features, depth + self._in_flight)
+        # -1 (fewer neighbours than asked) and ids a writer has not committed are no candidates
+        candidates = [[(similarity, item_id) for similarity, item_id in zip(row_sims.tolist(), row_ids.tolist())
+                       if item_id in state.items][:depth] for row_sims, row_ids in zip(sims, ids)]
+        if re_ranking is not None:
+            candidates = self._reranked(state, features, candidates)
         results = []
-        for row_sims, row_ids in zip(sims, ids):
-            matches = []
-            for similarity, item_id in zip(row_sims.tolist(), row_ids.tolist()):
-                item = state.items.get(item_id)
-                if item is None:  # -1 (fewer neighbours than asked) or an id a writer has not committed
-                    continue
-                if threshold is not None and similarity < threshold:
-                    break
-                matches.append(self._match(len(matches) + 1, item_id, similarity, item))
-                if len(matches) == top_k:
-                    break
-            results.append(matches)
+        for row in candidates:
+            kept = [(similarity, item_id) for similarity, item_id in row
+                    if threshold is None or similarity >= threshold][:top_k]
+            results.append([self._match(rank, item_id, similarity, state.items[item_id])
+                            for rank, (similarity, item_id) in enumerate(kept, 1)])
         return results
 
     def item(self, item_id):
@@ -287,6 +326,25 @@ class Gallery:
             neighbours = state.index.vectors(known) if known else np.zeros((0, self.dim), np.float32)
             expanded[row] = expand_queries(query[None], neighbours, expansion)[0]
         return expanded
+
+    def _reranked(self, state, features, candidates):
+        """Each query's candidates [(similarity, id)] by k-reciprocal re-ranked distance over {query, candidates}
+        (evaluation.postprocess, eval.py's --re_ranking), ties in their order of similarity."""
+        from evaluation.postprocess import PostProcessing, ranked_blocks
+
+        candidate_ids = sorted({item_id for row in candidates for _, item_id in row})
+        position = {item_id: i for i, item_id in enumerate(candidate_ids)}
+        stored = state.index.vectors(candidate_ids) if candidate_ids else None
+        reranked = []
+        for query, row in zip(features, candidates):
+            if not row:
+                reranked.append(row)
+                continue
+            pool = stored[[position[item_id] for _, item_id in row]]
+            _, order, _ = next(ranked_blocks(query[None], pool, wanted=np.array([len(row)]), leave_one_out=False,
+                                             feat_norm=True, post_processing=PostProcessing(re_ranking=True)))
+            reranked.append([row[i] for i in order[0].tolist()])
+        return reranked
 
     def _absolute(self, item):
         return os.path.join(self.index_dir if item.in_index else self.data_dir, item.path)

@@ -10,7 +10,8 @@
 
 query_sigma2 (and each match's sigma2) is the predicted sigma^2 of a model trained with --uncertainty
 True, None for other models. query_expansion (an evaluation.postprocess.Expansion) applies alpha-QE
-with the gallery's own vectors (Gallery.search).
+with the gallery's own vectors; re_ranking (a retrieval.gallery.ReRanking) re-ranks each query's
+shortlist by k-reciprocal distance (Gallery.search).
 """
 import json
 
@@ -35,14 +36,14 @@ def query_images(paths=(), query_list=None, data_dir=""):
     return paths, labels
 
 
-def search_files(gallery, paths, top_k=10, threshold=None, query_expansion=None):
+def search_files(gallery, paths, top_k=10, threshold=None, query_expansion=None, re_ranking=None):
     """(per image file its matches in the gallery (retrieval.gallery.Match) best first, per image file its
     sigma^2 or None when the model predicts no uncertainty)."""
     results, query_sigma2 = [], []
     for start in range(0, len(paths), QUERY_BATCH):
         images = read_images(paths[start:start + QUERY_BATCH])  # a bad file stops before the model loads
         features, sigma2 = gallery.embedder.embed(images)
-        results.extend(gallery.search(features, top_k, threshold, query_expansion))
+        results.extend(gallery.search(features, top_k, threshold, query_expansion, re_ranking))
         query_sigma2.extend([None] * len(images) if sigma2 is None else sigma2.tolist())
     return results, query_sigma2
 

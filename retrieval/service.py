@@ -1,9 +1,10 @@
 """The HTTP search service over a gallery index: `create_app(gallery)` builds the FastAPI app, serve.py runs it.
 
 Endpoints (OpenAPI docs at /docs): POST /search and /search/batch (multipart: image(s) in `file`/`files`,
-form fields `top_k`, `threshold`, `query_expansion` "K,ALPHA"; a result carries the query's `sigma2` and
-each match's, null unless the model predicts uncertainty), GET /items/{id} and /items/{id}/image, GET /health,
-GET /stats, and the write endpoints POST /items and DELETE /items/{id}, which need `Authorization: Bearer TOKEN`.
+form fields `top_k`, `threshold`, `query_expansion` "K,ALPHA", `re_ranking` true/false/SHORTLIST; a result
+carries the query's `sigma2` and each match's, null unless the model predicts uncertainty), GET /items/{id} and
+/items/{id}/image, GET /health, GET /stats, and the write endpoints POST /items and DELETE /items/{id}, which need
+`Authorization: Bearer TOKEN`.
 The web page is GET / (retrieval/static/).
 
 Embedding and search go only through the Gallery interface (retrieval/gallery.py). One worker thread owns
@@ -59,6 +60,9 @@ Threshold = Annotated[float | None, Form(allow_inf_nan=False, description="drop 
                                                                            "(none left: no match)")]
 QueryExpansion = Annotated[str | None, Form(description="K,ALPHA: search with each query plus its K best matches' "
                                                         "gallery vectors weighted by similarity**ALPHA (alpha-QE)")]
+ReRankingField = Annotated[str | None, Form(description="true, false or a shortlist size (21-1000): order the query's "
+                                                        "shortlist of most similar items (true: 100) by k-reciprocal "
+                                                        "re-ranked distance; similarities stay the cosine's")]
 
 
 def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_pixels=MAX_PIXELS,
@@ -93,11 +97,13 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     def read_upload(upload, keep_as=None):
         return _read_upload(upload, max_file_bytes, max_image_pixels, keep_as)
 
-    async def embed_and_search(images, top_k, threshold, query_expansion):
+    async def embed_and_search(images, top_k, threshold, query_expansion, re_ranking):
         """(per image its matches, per image its sigma^2 or None)."""
-        expansion = _expansion(query_expansion)
+        expansion, reranking = _expansion(query_expansion), _re_ranking(re_ranking)
+        if expansion and reranking:
+            raise HTTPException(400, "re_ranking expands the queries itself: give it or query_expansion, not both")
         features, sigma2 = await batcher.embed(images)
-        results = await run_in_threadpool(gallery.search, features, top_k, threshold, expansion)
+        results = await run_in_threadpool(gallery.search, features, top_k, threshold, expansion, reranking)
         return results, [None] * len(images) if sigma2 is None else sigma2.tolist()
 
     @app.get("/", include_in_schema=False)
@@ -107,22 +113,22 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
     @app.post("/search", dependencies=[Depends(_require_multipart)])
     async def search(file: Annotated[UploadFile, File(description="the query image")],
                      top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None,
-                     query_expansion: QueryExpansion = None):
+                     query_expansion: QueryExpansion = None, re_ranking: ReRankingField = None):
         """The gallery items most similar to the image, best first; `matches` is empty ("no match") when
         none reaches the threshold."""
         image = await run_in_threadpool(read_upload, file)
-        (matches,), (sigma2,) = await embed_and_search([image], top_k, threshold, query_expansion)
+        (matches,), (sigma2,) = await embed_and_search([image], top_k, threshold, query_expansion, re_ranking)
         return _search_result(matches, top_k, threshold, sigma2)
 
     @app.post("/search/batch", dependencies=[Depends(_require_multipart)])
     async def search_batch(files: Annotated[list[UploadFile], File(description="the query images")],
                            top_k: TopK = DEFAULT_TOP_K, threshold: Threshold = None,
-                           query_expansion: QueryExpansion = None):
+                           query_expansion: QueryExpansion = None, re_ranking: ReRankingField = None):
         """POST /search for several images at once: one result per file, in order."""
         if len(files) > max_batch_files:
             raise HTTPException(413, f"{len(files)} files, more than the limit of {max_batch_files} per request")
         images = [await run_in_threadpool(read_upload, file) for file in files]
-        results, sigma2 = await embed_and_search(images, top_k, threshold, query_expansion)
+        results, sigma2 = await embed_and_search(images, top_k, threshold, query_expansion, re_ranking)
         return {"results": [{"file": file.filename, **_search_result(matches, top_k, threshold, query_sigma2)}
                             for file, matches, query_sigma2 in zip(files, results, sigma2)]}
 
@@ -471,6 +477,20 @@ def _expansion(text):
     except ValueError:
         raise HTTPException(400, f"query_expansion: expected K,ALPHA with K >= 1 and ALPHA >= 0, got {text!r}") \
             from None
+
+
+def _re_ranking(text):
+    """The ReRanking of a `re_ranking` field (None when absent or false); 400 when malformed or over MAX_TOP_K."""
+    from retrieval.gallery import ReRanking
+
+    try:
+        re_ranking = None if text is None else ReRanking.parse(text)
+    except UserError as err:
+        raise HTTPException(400, f"re_ranking: {err}") from None
+    if re_ranking and re_ranking.shortlist > MAX_TOP_K:
+        raise HTTPException(400, f"re_ranking: a shortlist of at most {MAX_TOP_K} candidates, "
+                                 f"not {re_ranking.shortlist}")
+    return re_ranking
 
 
 def _match_json(match):

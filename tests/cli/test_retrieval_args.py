@@ -34,3 +34,18 @@ def test_ids_and_top_k():
                                                                                                           "b.png"]
     with pytest.raises(UserError, match="--top_k must be at least 1, not 0"):
         parse_search_args("", ["--index_dir", "g", "--top_k", "0"])
+
+
+def test_re_ranking_flag_takes_an_optional_shortlist_and_refuses_query_expansion():
+    from retrieval.gallery import ReRanking
+
+    def re_ranking(*flags):
+        return parse_search_args("", ["--index_dir", "g", "--query", "a.png", *flags]).re_ranking
+
+    assert re_ranking() is None and re_ranking("--re_ranking", "false") is None
+    assert re_ranking("--re_ranking") == re_ranking("--re_ranking=true") == ReRanking(100)
+    assert re_ranking("--re_ranking", "300", "--top_k", "5") == ReRanking(300)
+    with pytest.raises(UserError, match="at least 21 candidates"):
+        re_ranking("--re_ranking", "10")
+    with pytest.raises(UserError, match="give it or --query_expansion, not both"):
+        re_ranking("--re_ranking", "--query_expansion", "3,2")

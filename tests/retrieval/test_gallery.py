@@ -336,3 +336,77 @@ def test_sigma2_is_kept_per_item_and_an_index_without_it_reads_as_before(tmp_pat
         records = [json.loads(line) for line in f]
     assert set(records[0]) == {"id", "path", "label", "metadata"}  # the table of indexes written before sigma^2
     assert {m.sigma2 for m in Gallery.open(plain.index_dir).search(features, 4)[0]} == {None}
+
+
+def full_pool_re_ranking(gallery_features, gallery_ids, query):
+    """gallery_ids in the order of eval.py's k-reciprocal re-ranking (evaluation.postprocess) over {query, gallery}."""
+    from evaluation.postprocess import PostProcessing, ranked_blocks
+
+    _, order, _ = next(ranked_blocks(query[None], gallery_features, wanted=np.array([len(gallery_features)]),
+                                     leave_one_out=False, feat_norm=True,
+                                     post_processing=PostProcessing(re_ranking=True)))
+    return np.asarray(gallery_ids)[order[0]].tolist()
+
+
+@pytest.mark.parametrize("index_type,search_params", [("Flat", ""), ("HNSW16", "efSearch=64")])
+def test_re_ranking_a_shortlist_holding_the_whole_gallery_equals_the_full_pool_re_ranking(tmp_path, index_type,
+                                                                                         search_params):
+    from retrieval.gallery import ReRanking
+
+    gallery = new_gallery(tmp_path, index_type=index_type, search_params=search_params)
+    features, queries = unit_rows(60, 0), unit_rows(5, 1)
+    add_items(gallery, features)
+    gallery.remove([3, 40])  # removed items are no candidates (HNSW: tombstones)
+    live = np.array([i for i in range(60) if i not in (3, 40)])
+    results = gallery.search(queries, 58, re_ranking=ReRanking(100))
+    for query, matches in zip(queries, results):
+        assert [m.id for m in matches] == full_pool_re_ranking(features[live], live, query)
+        assert [m.rank for m in matches] == list(range(1, 59))
+        np.testing.assert_allclose([m.similarity for m in matches], features[[m.id for m in matches]] @ query,
+                                   atol=1e-5)  # the reported score stays the cosine
+    assert found(gallery.search(queries, 10))[0] != [[m.id for m in row[:10]] for row in results]  # it re-ranked
+
+
+def test_a_shortlist_smaller_than_the_gallery_reorders_the_shortlist_only(tmp_path):
+    from retrieval.gallery import ReRanking
+
+    gallery = new_gallery(tmp_path)
+    features, queries = unit_rows(300, 0), unit_rows(4, 1)
+    add_items(gallery, features)
+    plain_ids, _ = found(gallery.search(queries, 30))
+    reranked = gallery.search(queries, 10, re_ranking=ReRanking(30))
+    for query, shortlist, matches in zip(queries, plain_ids, reranked):
+        assert [m.id for m in matches] == full_pool_re_ranking(features[shortlist], shortlist, query)[:10]
+    assert [set(m.id for m in row) for row in gallery.search(queries, 40, re_ranking=ReRanking(30))] \
+        == [set(row) for row in found(gallery.search(queries, 40))[0]]  # top_k beyond the shortlist: top_k taken
+
+
+def test_with_re_ranking_the_threshold_drops_by_similarity_and_keeps_the_re_ranked_order(tmp_path):
+    from retrieval.gallery import ReRanking
+
+    gallery = new_gallery(tmp_path)
+    features = unit_rows(80, 0)
+    add_items(gallery, features)
+    query = features[:1] + 0.3 * unit_rows(1, 5)
+    every = gallery.search(query, 25, re_ranking=ReRanking(25))[0]
+    threshold = float(np.median([m.similarity for m in every]))
+    kept = gallery.search(query, 5, threshold=threshold, re_ranking=ReRanking(25))[0]
+    assert [m.id for m in kept] == [m.id for m in every if m.similarity >= threshold][:5]
+    assert [m.rank for m in kept] == [1, 2, 3, 4, 5]
+    assert [m.id for m in kept] != sorted([m.id for m in kept], key=lambda i: -float(features[i] @ query[0]))
+    assert gallery.search(-features[:1], 5, threshold=0.999, re_ranking=ReRanking()) == [[]]  # no match stays
+
+
+def test_re_ranking_settings_and_its_refusals(tmp_path):
+    from evaluation.postprocess import Expansion
+    from retrieval.gallery import DEFAULT_SHORTLIST, ReRanking
+
+    assert ReRanking.parse("true") == ReRanking() == ReRanking(DEFAULT_SHORTLIST)
+    assert ReRanking.parse(" 250 ") == ReRanking(250) and ReRanking.parse("false") is None
+    for bad, message in (("20", "at least 21"), ("maybe", "true, false or a shortlist size")):
+        with pytest.raises(UserError, match=message):
+            ReRanking.parse(bad)
+    gallery = new_gallery(tmp_path)
+    add_items(gallery, unit_rows(30, 0))
+    with pytest.raises(UserError, match="use it or query expansion, not both"):
+        gallery.search(unit_rows(1, 1), 3, query_expansion=Expansion(2, 1.0), re_ranking=ReRanking())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from evaluation.postprocess import Expansion
-from retrieval.gallery import Gallery
+from retrieval.gallery import Gallery, ReRanking
 
 DIM = 16
 
@@ -50,6 +50,8 @@ def test_milvus_lite_gives_the_exact_faiss_top_k(tmp_path, milvus_gallery):
     expanded = [gallery.search(queries, 10, query_expansion=Expansion(5, 3.0)) for gallery in (milvus_gallery, flat)]
     assert [[m.id for m in row] for row in expanded[0]] == [[m.id for m in row] for row in expanded[1]]
     np.testing.assert_allclose(*[[[m.similarity for m in row] for row in found] for found in expanded], atol=1e-5)
+    reranked = [gallery.search(queries, 10, re_ranking=ReRanking(40)) for gallery in (milvus_gallery, flat)]
+    assert [[m.id for m in row] for row in reranked[0]] == [[m.id for m in row] for row in reranked[1]]
 
     milvus_gallery.close()
     reopened = Gallery.open(milvus_gallery.index_dir)  # the vectors stayed in INDEX_DIR/milvus.db

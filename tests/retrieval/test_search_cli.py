@@ -78,6 +78,20 @@ def test_query_expansion_equals_a_numpy_reference_on_the_gallery_vectors(built, 
         search.main(["--index_dir", built["index_dir"], "--query", paths[5], "--query_expansion", "0,1"])
 
 
+def test_re_ranking_flag_reaches_the_gallery(built, tmp_path):
+    from retrieval.gallery import Gallery, ReRanking
+
+    features = np.load(os.path.join(built["dump_dir"], "features.npy"))[5:6]  # infer.py's, by the index's model
+    with open(os.path.join(built["dump_dir"], "paths.txt")) as f:
+        query = f.read().splitlines()[5]
+    search.main(["--index_dir", built["index_dir"], "--query", query, "--top_k", "24", "--re_ranking", "21",
+                 "--output", str(tmp_path / "r.jsonl")])
+    gallery = Gallery.open(built["index_dir"])
+    want, = gallery.search(features, 24, re_ranking=ReRanking(21))  # the whole gallery: shortlist max(21, top_k)
+    assert [m["id"] for m in json.loads((tmp_path / "r.jsonl").read_text())["matches"]] == [m.id for m in want]
+    assert [m.id for m in want] != [m.id for m in gallery.search(features, 24)[0]]  # not the plain ranking
+
+
 def test_an_uncertainty_model_prints_and_writes_sigma2(uncertain_index, tmp_path, capsys):
     dump = uncertain_index["dump_dir"]
     with open(os.path.join(dump, "paths.txt")) as f:

@@ -61,8 +61,8 @@ class StandInGallery:
         self.lock = threading.Lock()
         os.makedirs(self.data_dir)
 
-    def search(self, features, top_k, threshold=None, query_expansion=None):
-        assert query_expansion is None
+    def search(self, features, top_k, threshold=None, query_expansion=None, re_ranking=None):
+        assert query_expansion is None and re_ranking is None
         ids = sorted(self.items)
         gallery = np.stack([self.items[i][0] for i in ids])
         results = []
@@ -468,6 +468,36 @@ def test_query_expansion_answers_as_the_gallery_and_bad_values_are_refused(serve
     assert expanded_similarities != pytest.approx([m["similarity"] for m in plain["matches"]])  # not the plain query
     assert plain["sigma2"] is None and {m["sigma2"] for m in plain["matches"]} == {None}  # no uncertainty
     assert refused.status_code == 400 and "K,ALPHA" in refused.json()["error"]
+
+
+def test_re_ranking_answers_as_the_gallery(served):
+    from retrieval.gallery import Gallery, ReRanking
+
+    queries = [path for path, _ in served["queries"][:2]]
+    gallery = Gallery.open(served["index_dir"])
+    with client_of(gallery) as client:
+        one = client.post("/search", files={"file": upload(queries[0])}, data={"top_k": "8", "re_ranking": "true"})
+        batch = client.post("/search/batch", files=[("files", upload(path)) for path in queries],
+                            data={"top_k": "8", "re_ranking": "25"})
+    features = gallery.embedder.embed_files(queries)
+    assert [m["id"] for m in one.json()["matches"]] == [m.id for m in gallery.search(features[:1], 8,
+                                                                                     re_ranking=ReRanking())[0]]
+    want = gallery.search(features, 8, re_ranking=ReRanking(25))
+    assert [[m["id"] for m in result["matches"]] for result in batch.json()["results"]] == [[m.id for m in row]
+                                                                                            for row in want]
+    assert want != gallery.search(features, 8)  # the re-ranking changed some ranking: the test can tell
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"re_ranking": "7"}, "re_ranking: the re-ranking shortlist must hold at least 21 candidates"),
+    ({"re_ranking": "maybe"}, "re_ranking: re-ranking is true, false or a shortlist size"),
+    ({"re_ranking": "5000"}, "re_ranking: a shortlist of at most 1000 candidates, not 5000"),
+    ({"re_ranking": "true", "query_expansion": "3,2"}, "re_ranking expands the queries itself"),
+])
+def test_bad_re_ranking_fields_are_400_before_any_search(gallery, fields, message):
+    with client_of(gallery) as client:
+        response = search(client, (230, 40, 30), **fields)
+    assert response.status_code == 400 and response.json()["error"].startswith(message)
 
 
 def test_an_uncertainty_model_gives_the_query_and_match_sigma2(uncertain_index):
