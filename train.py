@@ -5,6 +5,7 @@
 See docs/training.md for the flags, checkpoints, resuming and finetuning; the run itself is
 engine/training.py.
 """
+from cli import relaunch
 from cli.args import print_arguments
 from cli.config import check_model_and_loss, resolve
 from cli.runtime import run_cli
@@ -13,6 +14,9 @@ from cli.runtime import run_cli
 def main(argv=None):
     config = resolve("train", argv)
     check_model_and_loss(config)
+    processes = relaunch.processes_for(config)  # on a CPU with several cores, several processes train
+    if processes > 1:
+        return relaunch.train_on_processes(processes, config, argv, script=__file__)
 
     from engine import programs, training
 

@@ -263,6 +263,12 @@ def _check_train_args(image_list, batch_size, layout, samples_each_class, world_
         raise UserError(f"{image_list.source}: training needs a label on every line")
     if seed < 0:
         raise UserError(f"--seed must be 0 or more, got {seed}")
+    check_device_batch(batch_size, layout, samples_each_class, world_size)
+
+
+def check_device_batch(batch_size, layout, samples_each_class, world_size):
+    """UserError unless the global batch splits into `world_size` equal device batches of the layout's
+    whole units (P x K: whole classes of K images; triplets: whole triplets)."""
     if batch_size <= 0 or batch_size % world_size:
         raise UserError(f"--train_batch_size {batch_size} must be a positive multiple of the "
                         f"{world_size} device(s)")

@@ -15,12 +15,13 @@ END_PASS = re.compile(r"^End pass (\d+), train_loss_metric (\S+), (?:train_loss_
 
 
 def run_train(tiny_dataset, out_dir, *extra, model="ResNet18", loss="tripletloss", batch=12, iters=2):
-    """train.main on the tiny data set (conftest.py) at 32x32, one progress line per step."""
+    """train.main on the tiny data set (conftest.py) at 32x32, one progress line per step, in this process
+    (--cpu_processes=1: tests stay single-process; a later --cpu_processes in `extra` wins)."""
     data_dir, train_list, val_list = tiny_dataset
     argv = [f"--model={model}", f"--loss_name={loss}", f"--data_dir={data_dir}", f"--train_list={train_list}",
             f"--val_list={val_list}", "--image_shape=3,32,32", f"--train_batch_size={batch}",
             f"--total_iter_num={iters}", "--num_workers=0", "--display_iter_step=1", "--test_batch_size=16",
-            f"--model_save_dir={out_dir}", *extra]
+            f"--model_save_dir={out_dir}", "--cpu_processes=1", *extra]
     train.main(argv)
 
 

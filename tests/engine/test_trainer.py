@@ -78,7 +78,7 @@ def test_a_diverging_run_stops_and_never_saves_non_finite_parameters(tiny_datase
         train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                     "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=softmax",
                     "--lr=1e12", "--total_iter_num=20", "--save_iter_step=1", "--test_iter_step=100",
-                    "--num_workers=0", f"--model_save_dir={tmp_path}"])
+                    "--num_workers=0", "--cpu_processes=1", f"--model_save_dir={tmp_path}"])
     from engine.checkpoint import load_checkpoint_state
     latest = os.path.realpath(tmp_path / "ResNet18" / "latest")
     state = load_checkpoint_state(latest)
@@ -107,7 +107,8 @@ def test_skip_batch_undoes_non_finite_steps_and_counts_them(tiny_dataset, tmp_pa
     train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                 "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=12", "--loss_name=softmax",
                 "--lr=1e12", "--total_iter_num=3", "--test_iter_step=100", "--num_workers=0",
-                "--nan_policy=skip_batch", f"--model_save_dir={tmp_path}"])  # iterations 1 and 2 go non-finite
+                "--nan_policy=skip_batch", "--cpu_processes=1",
+                f"--model_save_dir={tmp_path}"])  # iterations 1 and 2 go non-finite
     out = capsys.readouterr().out
     records = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
     skipped = [r["iter"] for r in records if r.get("skipped")]

@@ -86,7 +86,7 @@ def test_epochs_mode_saves_each_pass(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, val_list = tiny_dataset
     train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                 "--model=ResNet18", "--image_shape=3,32,32", "--train_batch_size=24", "--num_epochs=2",
-                "--num_workers=0", f"--model_save_dir={tmp_path}"])
+                "--num_workers=0", "--cpu_processes=1", f"--model_save_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert [int(e[0]) for e in END_PASS.findall(out)] == [0, 1]
     per_pass = int(re.search(r"Training (\d+) iterations \((\d+) per pass\)", out).group(2))
@@ -165,7 +165,8 @@ def _script(args, **kwargs):
 
 
 def test_missing_list_is_one_clean_line(tmp_path):
-    result = _script(["--train_list=/nowhere/train.txt", "--val_list=/nowhere/val.txt"], cwd=tmp_path)
+    result = _script(["--train_list=/nowhere/train.txt", "--val_list=/nowhere/val.txt", "--cpu_processes=1"],
+                     cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [l for l in result.stderr.strip().splitlines()
@@ -178,7 +179,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path, capsys):
     data_dir, train_list, val_list = tiny_dataset
     args = [f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18",
             "--image_shape=3,32,32", "--train_batch_size=12", "--total_iter_num=100000", "--num_workers=2",
-            "--display_iter_step=1", f"--model_save_dir={tmp_path}"]
+            "--display_iter_step=1", "--cpu_processes=1", f"--model_save_dir={tmp_path}"]
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in proc.stdout:
@@ -201,22 +202,23 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path, capsys):
     assert [(int(m[0]), int(m[1])) for m in PROGRESS.findall(resumed)] == [(position["pass_id"], position["batch"])]
 
 
-def test_two_processes_with_paddle_distributed_launch(tiny_dataset, tmp_path):
+def test_two_cpu_processes_relaunch_through_paddle_distributed_launch(tiny_dataset, tmp_path):
     data_dir, train_list, val_list = tiny_dataset
-    result = subprocess.run(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-         str(tmp_path / "logs"), os.path.join(REPO, "train.py"), f"--data_dir={data_dir}",
-         f"--train_list={train_list}", f"--val_list={val_list}", "--model=ResNet18", "--image_shape=3,32,32",
-         "--loss_name=emlloss", "--samples_each_class=3", "--train_batch_size=12", "--total_iter_num=2",
-         "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
-         "--xbm_size=9", "--gather_embeddings=True",  # other devices' rows and a memory per device
-         "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
-    leader_log = (tmp_path / "logs" / "workerlog.0").read_text()
-    assert result.returncode == 0, leader_log[-2000:]
-    assert len(PROGRESS.findall(leader_log)) == 2 and len(END_PASS.findall(leader_log)) == 1
-    assert not PROGRESS.findall((tmp_path / "logs" / "workerlog.1").read_text())  # only rank 0 reports
-    assert "Divide and conquer, pass 0: 2 clusters of" in leader_log
+    result = _script([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+                      "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss", "--samples_each_class=3",
+                      "--train_batch_size=12", "--total_iter_num=2", "--cpu_processes=2",
+                      "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
+                      "--xbm_size=9", "--gather_embeddings=True",  # other devices' rows and a memory per device
+                      "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
+                     timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    logs = tmp_path / "out" / "launch_logs"
+    assert (f"Training on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one); "
+            f"every process's output goes to {logs}") in result.stdout
+    # Process 0's lines on the console as they come, the others' in their log only.
+    assert len(PROGRESS.findall(result.stdout)) == 2 and len(END_PASS.findall(result.stdout)) == 1
+    assert not PROGRESS.findall((logs / "workerlog.1").read_text())
+    assert "Divide and conquer, pass 0: 2 clusters of" in result.stdout
     # Device 0 saves every device's memory ring (each device restores its own on resume).
     from engine.xbm import CrossBatchMemory
     with open(tmp_path / "out" / "ResNet18" / "2" / "state.json") as f:
