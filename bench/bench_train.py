@@ -83,7 +83,7 @@ def run_train(name, iters, flags):
             cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
                    "--log_dir", os.path.join(out, "launch"), *train]
         else:
-            cmd = [sys.executable, *train]
+            cmd = [sys.executable, *train, "--cpu_processes=1"]  # train.py would relaunch itself on every core
         proc = subprocess.run(time_command() + cmd, env=settings_env(name), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         rss = peak_rss_mb(proc.stderr)
