@@ -44,6 +44,11 @@ WRITING_PREFIX = ".writing-"
 # k1 nearest should lie in the pool too, hence 5 x k1 by default.
 DEFAULT_SHORTLIST = 100
 MIN_SHORTLIST = 21
+# A shortlist's matrices are small (101 x 512 by default): BLAS and OpenMP run them on one thread. On the
+# shared 2-core machine (load 5) one query's re-ranking took 92 ms on the default 2 threads, 14 ms on one.
+# BLAS's thread count is process-wide: a search running meanwhile may see the limit, which changes its
+# speed, never its results.
+RERANK_THREADS = 1
 
 
 class Match(NamedTuple):
@@ -330,20 +335,23 @@ class Gallery:
     def _reranked(self, state, features, candidates):
         """Each query's candidates [(similarity, id)] by k-reciprocal re-ranked distance over {query, candidates}
         (evaluation.postprocess, eval.py's --re_ranking), ties in their order of similarity."""
+        from threadpoolctl import threadpool_limits
+
         from evaluation.postprocess import PostProcessing, ranked_blocks
 
         candidate_ids = sorted({item_id for row in candidates for _, item_id in row})
         position = {item_id: i for i, item_id in enumerate(candidate_ids)}
         stored = state.index.vectors(candidate_ids) if candidate_ids else None
         reranked = []
-        for query, row in zip(features, candidates):
-            if not row:
-                reranked.append(row)
-                continue
-            pool = stored[[position[item_id] for _, item_id in row]]
-            _, order, _ = next(ranked_blocks(query[None], pool, wanted=np.array([len(row)]), leave_one_out=False,
-                                             feat_norm=True, post_processing=PostProcessing(re_ranking=True)))
-            reranked.append([row[i] for i in order[0].tolist()])
+        with threadpool_limits(limits=RERANK_THREADS):
+            for query, row in zip(features, candidates):
+                if not row:
+                    reranked.append(row)
+                    continue
+                pool = stored[[position[item_id] for _, item_id in row]]
+                _, order, _ = next(ranked_blocks(query[None], pool, wanted=np.array([len(row)]), leave_one_out=False,
+                                                 feat_norm=True, post_processing=PostProcessing(re_ranking=True)))
+                reranked.append([row[i] for i in order[0].tolist()])
         return reranked
 
     def _absolute(self, item):
