@@ -376,8 +376,9 @@ def test_a_shortlist_smaller_than_the_gallery_reorders_the_shortlist_only(tmp_pa
     plain_ids, _ = found(gallery.search(queries, 30))
     reranked = gallery.search(queries, 10, re_ranking=ReRanking(30))
     for query, shortlist, matches in zip(queries, plain_ids, reranked):
+        assert {m.id for m in matches} < set(shortlist)
         assert [m.id for m in matches] == full_pool_re_ranking(features[shortlist], shortlist, query)[:10]
-    assert [set(m.id for m in row) for row in gallery.search(queries, 40, re_ranking=ReRanking(30))] \
+    assert [{m.id for m in row} for row in gallery.search(queries, 40, re_ranking=ReRanking(30))] \
         == [set(row) for row in found(gallery.search(queries, 40))[0]]  # top_k beyond the shortlist: top_k taken
 
 
