@@ -46,8 +46,9 @@ DEFAULT_SHORTLIST = 100
 MIN_SHORTLIST = 21
 # A shortlist's matrices are small (101 x 512 by default): BLAS and OpenMP run them on one thread. On the
 # shared 2-core machine (load 5) one query's re-ranking took 92 ms on the default 2 threads, 14 ms on one.
-# BLAS's thread count is process-wide: a search running meanwhile may see the limit, which changes its
-# speed, never its results.
+# OpenBLAS's thread count is process-wide: threadpoolctl lets one Python thread at a time change it (the
+# first to try, while it lives), so re-rankings in other threads run with whatever it is, and work in other
+# threads may see the limit meanwhile; either changes the speed, never the results.
 RERANK_THREADS = 1
 
 
