@@ -80,6 +80,10 @@ def processes_for(config, environ=os.environ):
 def train_on_processes(count, config, argv, script):
     """Run `script` (train.py's file) with `argv` (None: this command line's) on `count` processes through
     paddle.distributed.launch; exits with the launcher's status when it is not 0."""
+    from engine import training
+
+    with training.lock_save_dir(config, leader=True):
+        pass  # a run in progress in the folder: its error now, before its launcher's logs are appended to
     argv = sys.argv[1:] if argv is None else list(argv)
     log_dir = os.path.abspath(os.path.join(config.model_save_dir, LAUNCH_LOGS))
     os.makedirs(log_dir, exist_ok=True)
