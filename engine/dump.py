@@ -40,7 +40,8 @@ def write_dump(out_dir, features, labels, paths, fingerprint, uncertainty=None):
 
 def read_dump(dump_dir, data_dir, fingerprint, dim):
     """(features, paths, labels, data_dir, sigma^2 or None) of a dump, checked against the model that will use
-    it (its fingerprint and embedding size); data_dir "" becomes the folder common to the paths."""
+    it (its fingerprint, and its embedding size unless dim is None: a model without an embedding layer records
+    none, and its fingerprint pins its width); data_dir "" becomes the folder common to the paths."""
     try:
         features = np.load(os.path.join(dump_dir, FEATURES))
         labels = np.load(os.path.join(dump_dir, LABELS)).tolist()
@@ -55,9 +56,10 @@ def read_dump(dump_dir, data_dir, fingerprint, dim):
         raise UserError(f"{dump_dir}: {FEATURES} {features.shape}, {len(labels)} labels and {len(paths)} paths "
                         f"do not match")
     dump_fingerprint, dump_dim = written.get("fingerprint"), features.shape[1]
-    if dump_dim != dim or dump_fingerprint != fingerprint:
+    if (dim is not None and dump_dim != dim) or dump_fingerprint != fingerprint:
+        width = "" if dim is None else f" ({dim}-d)"
         raise UserError(f"{dump_dir} was embedded by model fingerprint {dump_fingerprint} ({dump_dim}-d), the "
-                        f"index's model is {fingerprint} ({dim}-d): another model, embedding size or "
+                        f"index's model is {fingerprint}{width}: another model, embedding size or "
                         f"preprocessing; embed the gallery with the index's model")
     if not data_dir:
         data_dir = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])

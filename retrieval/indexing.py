@@ -183,7 +183,7 @@ def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
         from engine.dump import read_dump
 
         features, paths, labels, data_dir, sigma2 = read_dump(images.features, images.data_dir, fingerprint,
-                                                              info["embedding_size"])
+                                                              info["embedding_size"] or None)  # 0: pooled feature
         keep = [i for i, path in enumerate(paths) if os.path.abspath(path) not in known_paths]
         return (features[keep], [paths[i] for i in keep], [labels[i] for i in keep], data_dir,
                 None if sigma2 is None else sigma2[keep])

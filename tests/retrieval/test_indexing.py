@@ -82,3 +82,22 @@ def test_read_dump_checks_the_model_and_finds_the_data_dir(tiny_export, tmp_path
         read_dump(tiny_export["dump_dir"], "", "0123456789abcdef", 16)
     with pytest.raises(UserError, match="not a complete infer.py dump"):
         read_dump(str(tmp_path), "", fingerprint, 16)
+
+
+def test_a_dump_of_a_model_without_embedding_layer_builds_an_index(tiny_export, tmp_path, monkeypatch):
+    """--embedding_size 0 (the pooled feature) records no width: the dump's own, pinned by the fingerprint."""
+    import retrieval.indexing as indexing
+
+    identity = indexing.model_identity
+
+    def without_embedding_size(model_dir):
+        fingerprint, info = identity(model_dir)
+        return fingerprint, {**info, "embedding_size": 0}
+
+    monkeypatch.setattr(indexing, "model_identity", without_embedding_size)
+    stats = build_index(str(tmp_path / "g"), GalleryImages(features=tiny_export["dump_dir"]), tiny_export["model_dir"])
+    assert (stats["items"], stats["dim"]) == (24, 16)
+    with open(os.path.join(tiny_export["dump_dir"], "fingerprint.json")) as f:
+        fingerprint = json.load(f)["fingerprint"]
+    with pytest.raises(UserError, match=r"fingerprint .* \(16-d\).*is 0123456789abcdef: another model"):
+        read_dump(tiny_export["dump_dir"], "", "0123456789abcdef", None)
