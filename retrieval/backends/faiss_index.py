@@ -168,8 +168,8 @@ class FaissIndex:
                         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
             return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
         except RuntimeError as err:
-            raise UserError(f"index type {self.index_type} cannot return its vectors, which query expansion and re-ranking need: "
-                            f"{_faiss_message(err)}") from None
+            raise UserError(f"index type {self.index_type} cannot return its vectors, which query expansion and "
+                            f"re-ranking need: {_faiss_message(err)}") from None
 
     def _rebuilt_without(self, dead):
         id_map = faiss.vector_to_array(self.index.id_map)
