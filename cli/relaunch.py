@@ -87,23 +87,29 @@ def train_on_processes(count, config, argv, script):
     argv = sys.argv[1:] if argv is None else list(argv)
     log_dir = os.path.abspath(os.path.join(config.model_save_dir, LAUNCH_LOGS))
     os.makedirs(log_dir, exist_ok=True)
-    leader_log = os.path.join(log_dir, "workerlog.0")
-    start = os.path.getsize(leader_log) if os.path.exists(leader_log) else 0  # the launcher appends to it
     print(f"Training on {count} CPU processes through paddle.distributed.launch (--cpu_processes 1 for one); "
           f"every process's output goes to {log_dir}", flush=True)
     command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(count),
                "--log_dir", log_dir, os.path.abspath(script), *argv]
-    with open(os.path.join(log_dir, "launcher.log"), "a") as launcher_log:
-        # Its own session: a Ctrl-C in the terminal reaches this process only, which passes it on to process 0.
-        launcher = subprocess.Popen(command, stdout=launcher_log, stderr=subprocess.STDOUT, start_new_session=True)
-    with _signals_passed_on(launcher):
-        _echo_until_exit(launcher, leader_log, start)
-    status = launcher.returncode if launcher.returncode >= 0 else 128 - launcher.returncode
+    status = run_launcher(command, os.path.join(log_dir, "workerlog.0"), os.path.join(log_dir, "launcher.log"))
     if status not in (0, 2, 130):  # 2 and 130: process 0 said why (an error line, or the interrupted save)
         print(f"error: the training processes stopped with exit status {status}; their output is in {log_dir} "
               "(workerlog.N of process N, launcher.log)", file=sys.stderr, flush=True)
     if status:
         sys.exit(status)
+
+
+def run_launcher(command, leader_log, launcher_log):
+    """Run the launcher `command` with its own output going to `launcher_log`; show the lines it writes to
+    `leader_log` (process 0's output, appended to the file) as they come and pass signals on; returns its exit
+    status."""
+    start = os.path.getsize(leader_log) if os.path.exists(leader_log) else 0
+    with open(launcher_log, "a") as out:
+        # Its own session: a Ctrl-C in the terminal reaches this process only, which passes it on to process 0.
+        launcher = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with _signals_passed_on(launcher):
+        _echo_until_exit(launcher, leader_log, start)
+    return launcher.returncode if launcher.returncode >= 0 else 128 - launcher.returncode
 
 
 @contextlib.contextmanager

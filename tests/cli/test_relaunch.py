@@ -1,4 +1,10 @@
 """cli/relaunch.py: how many CPU processes train.py runs on (the relaunch itself: tests/scripts/test_train.py)."""
+import os
+import signal
+import sys
+import threading
+import time
+
 import pytest
 
 from cli import relaunch
@@ -65,3 +71,45 @@ def test_a_count_the_batch_cannot_split_stops_train_py_before_any_work(tiny_data
     with pytest.raises(UserError, match="--cpu_processes 5: --train_batch_size 12"):
         run_train(tiny_dataset, str(tmp_path), "--cpu_processes=5")
     assert not list(tmp_path.iterdir())
+
+
+# A stand-in for paddle.distributed.launch: it starts "process 0" (PADDLE_TRAINER_ID=0, writing to the log file
+# given) in its own session, as the launcher does, and exits with its status. Process 0 exits 130 on SIGINT.
+FAKE_LAUNCHER = r"""
+import os, subprocess, sys
+process_0 = '''
+import signal, sys, time
+def interrupted(signum, frame):
+    print("error: not really, an error line", flush=True)
+    print("process 0 saved", end="", flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGINT, interrupted)
+print("process 0 started", flush=True)
+time.sleep(20)
+'''
+with open(sys.argv[1], "a") as log:
+    worker = subprocess.Popen([sys.executable, "-c", process_0], env={**os.environ, "PADDLE_TRAINER_ID": "0"},
+                              stdout=log, stderr=log, start_new_session=True)
+sys.exit(worker.wait())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir(f"/proc/{os.getpid()}/task"), reason="finds process 0 through Linux's /proc")
+def test_process_0s_new_lines_are_shown_and_ctrl_c_goes_to_it(tmp_path, capsys):
+    leader_log = tmp_path / "workerlog.0"
+    leader_log.write_text("an earlier run's line\n")  # the launcher appends
+
+    def press_ctrl_c_once_started():
+        deadline = time.time() + 20
+        while "process 0 started" not in leader_log.read_text() and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # as the terminal does: to this process, not to the launcher's session
+
+    threading.Thread(target=press_ctrl_c_once_started, daemon=True).start()
+    status = relaunch.run_launcher([sys.executable, "-c", FAKE_LAUNCHER, str(leader_log)], str(leader_log),
+                                   str(tmp_path / "launcher.log"))
+    assert status == 130
+    printed = capsys.readouterr()
+    assert printed.out == "process 0 started\nprocess 0 saved\n"
+    assert printed.err == "error: not really, an error line\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # this process's own handler is back
