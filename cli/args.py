@@ -128,7 +128,7 @@ def _train(p):
     g.add_argument("--train_batch_size", type=int, default=96,
                    help="images per iteration, over all devices (96 fits triplets and P x K batches with "
                         "K = 2, 3, 4, 6 or 8 on 1, 2 or 4 devices)")
-    g.add_argument("--cpu_processes", type=int, default=None,
+    g.add_argument("--cpu_processes", type=int, default=None, metavar="N",
                    help="train on N data-parallel CPU processes (train.py relaunches itself through "
                         "paddle.distributed.launch); default: one per core, at most 8, as many as split the batch")
     g.add_argument("--num_epochs", type=int, default=None, help="train this many passes over the list (instead of --total_iter_num)")
