@@ -29,6 +29,7 @@ classes (written as new images under the data directory), which is known to help
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -195,11 +196,13 @@ def run_one(recipe, lists, data_dir, output_dir, extra, tag="", one_shot=True):
     start = time.time()
     _run(train_cmd, run_dir / "train.log")
     checkpoint = run_dir / model / "latest"
+    processes = _training_processes(run_dir / "train.log")
     metrics = evaluate(checkpoint, data_dir, eval_list, run_dir, one_shot=one_shot)
     wall = time.time() - start
     plot_training(run_dir / "log.jsonl", run_dir / "curves.png")
     record = {"model": model, "loss": loss, "image_shape": ",".join(map(str, flags.image_shape)),
-              "iterations": flags.total_iter_num, "wall_s": round(wall, 1), "recipe": _relative(recipe),
+              "iterations": flags.total_iter_num, "processes": processes, "wall_s": round(wall, 1),
+              "recipe": _relative(recipe),
               **{key: metrics[key] for key in FIGURES if metrics.get(key) is not None},
               "checkpoint": str(checkpoint.resolve()), "command": shlex.join(train_cmd[1:])}
     return record
@@ -222,6 +225,13 @@ def evaluate(checkpoint, data_dir, eval_list, run_dir, one_shot=False):
         print_report(results, config.recall_k)
         append_record(run_dir / "metrics.jsonl", config.pretrained_model, config.model, results)
     return results
+
+
+def _training_processes(train_log):
+    """How many processes trained the run: train.py says so when it relaunches itself (cli/relaunch.py)."""
+    with open(train_log, errors="replace") as log:
+        found = re.search(r"^Training on (\d+) CPU processes", log.read(), re.MULTILINE)
+    return int(found.group(1)) if found else 1
 
 
 def _relative(path):

@@ -67,7 +67,8 @@ def table(records):
              "| 20-way 1-shot error | wall |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for record, changed in rows(records):
-        training = f"{record['iterations']} it." + (", finetuned from softmax" if record.get("finetuned_from") else "")
+        training = (f"{record['iterations']} it." + (", finetuned from softmax" if record.get("finetuned_from") else "")
+                    + (f", {record['processes']} processes" if record.get("processes", 1) > 1 else ""))
         training += "" if record.get("rotated_classes") else ", no rotated classes"
         settings = " ".join(f"`{flag}`" for flag in changed) or "–"
         figures = " | ".join(f"{record[name]:.3f}" if record.get(name) is not None else "" for name in FIGURES)

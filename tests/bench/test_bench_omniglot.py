@@ -215,3 +215,11 @@ def test_reevaluate_adds_what_a_record_lacks_after_checking_its_recall(tmp_path,
     assert calls[-1] == (str(checkpoint), str(tmp_path / "run"), True)
     assert [json.loads(line) for line in results.read_text().splitlines()] == [
         dict(kept, few_shot_error=0.25, few_shot_ci95=0.01), gone, tuning]
+
+
+def test_the_record_counts_the_processes_train_py_relaunched_itself_on(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("CPU: x\nTraining on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one)\n")
+    assert bench._training_processes(log) == 2
+    log.write_text("CPU: x\nPass 0, trainbatch 0\n")
+    assert bench._training_processes(log) == 1

@@ -21,3 +21,11 @@ def test_a_rerun_replaces_its_configuration_and_settings_beyond_the_recipe_are_n
     records = [base, {**base, "recall@1": 0.6}, {**base, "recall@1": 0.1, "evaluated_on": "validation: 40"}]
     lines = results_table.table(records).splitlines()[2:]
     assert len(lines) == 1 and "| 0.600 |" in lines[0] and "`--seed=1`" in lines[0]
+
+
+def test_a_run_trained_on_several_processes_says_so():
+    command = f"train.py --config={REPO}/recipes/omniglot/cosface.yaml --data_dir=D --model_save_dir=O"
+    base = {"model": "ResNet18", "loss": "cosface", "iterations": 1500, "wall_s": 1.0, "command": command,
+            "evaluated_on": "test alphabets", "rotated_classes": True, "recall@1": 0.5}
+    one, two = (results_table.table([record]).splitlines()[2] for record in (base, {**base, "processes": 2}))
+    assert "| 1500 it. |" in one and "| 1500 it., 2 processes |" in two
