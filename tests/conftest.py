@@ -1,5 +1,6 @@
 """Shared fixtures: static mode never leaks out of a test; a tiny learnable image data set."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -35,18 +36,38 @@ def no_recall(monkeypatch):
     skip_validation_embedding(monkeypatch)
 
 
+def _built_once(tmp_path_factory, name, build):
+    """A folder that build(folder) fills once per test run, shared by the pytest-xdist workers: the first
+    worker to need it builds it in the run's common temporary folder while the others wait, then all read it
+    (without xdist, in the session's own temporary folder). Read only: copy it before changing anything."""
+    from utility.locks import FolderLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<N>: this run's, above every worker's own folder
+    folder, done = root / name, root / f"{name}.done"
+    with FolderLock(str(root / f"{name}.lock"), f"build of {name}", wait=True):
+        if not done.exists():
+            if folder.exists():  # a build that failed in another worker: start again
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """(data_dir, train_list, val_list): 8 training classes and 4 held-out classes of 6 images each."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    lists = {}
-    for split, labels in (("train", range(1, 9)), ("val", range(101, 105))):
-        lines = [line for label in labels for line in _write_class_images(str(root), label, 6, rng)]
-        lists[split] = str(root / f"{split}.txt")
-        with open(lists[split], "w") as f:
-            f.writelines(lines)
-    return str(root), lists["train"], lists["val"]
+    def build(root):
+        rng = np.random.default_rng(0)
+        for split, labels in (("train", range(1, 9)), ("val", range(101, 105))):
+            lines = [line for label in labels for line in _write_class_images(str(root), label, 6, rng)]
+            with open(root / f"{split}.txt", "w") as f:
+                f.writelines(lines)
+
+    root = _built_once(tmp_path_factory, "tiny", build)
+    return str(root), str(root / "train.txt"), str(root / "val.txt")
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +75,24 @@ def trained(tiny_dataset, tmp_path_factory):
     """A ResNet18 run (train_runs.run_train: tripletloss, 2 steps, 32x32, 16-d embedding), what it printed and
     the data it was trained on.
 
-    Shared by every test of this process: read it, or copy its save_dir (train_runs.copy_run) to resume or
-    damage it; a resume passes --embedding_size=16.
+    Shared by every test of this run (one run for all pytest-xdist workers): read it, or copy its save_dir
+    (train_runs.copy_run) to resume or damage it; a resume passes --embedding_size=16.
     """
-    import contextlib
-    import io
+    def build(folder):
+        import contextlib
+        import io
 
-    from train_runs import run_train
+        import paddle
+        from train_runs import run_train
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run_train(tiny_dataset, str(folder / "run"), "--embedding_size=16", iters=2)
+        paddle.disable_static()
+        (folder / "printed.txt").write_text(printed.getvalue())
 
     data_dir, _, val_list = tiny_dataset
-    out = tmp_path_factory.mktemp("trained")
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        run_train(tiny_dataset, str(out), "--embedding_size=16", iters=2)
-    import paddle
-    paddle.disable_static()
+    folder = _built_once(tmp_path_factory, "trained", build)
+    out = folder / "run"
     return {"save_dir": str(out), "checkpoint": str(out / "ResNet18" / "latest"), "data_dir": data_dir,
-            "val_list": val_list, "printed": printed.getvalue()}
+            "val_list": val_list, "printed": (folder / "printed.txt").read_text()}
