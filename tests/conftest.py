@@ -71,6 +71,16 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def digits_set(tmp_path_factory):
+    """(data_dir, train_list, val_list) of the offline digits set (data/digits.py: 1797 PNGs), built once per
+    test run; read only."""
+    from data.digits import prepare_digits
+
+    folder = _built_once(tmp_path_factory, "digits", lambda folder: prepare_digits(folder / "digits"))
+    return prepare_digits(folder / "digits")  # finished: only its paths
+
+
+@pytest.fixture(scope="session")
 def trained(tiny_dataset, tmp_path_factory):
     """A ResNet18 run (train_runs.run_train: tripletloss, 2 steps, 32x32, 16-d embedding), what it printed and
     the data it was trained on.

@@ -32,8 +32,8 @@ def test_no_data_given_and_no_cub_uses_digits_with_demo_settings(in_empty_dir, c
                      "--total_iter_num=150 --lr_steps=100 --test_iter_step=50 --save_iter_step=50"]
 
 
-def test_num_epochs_typed_with_digits_keeps_epochs(in_empty_dir):
-    config = resolve("train", ["--num_epochs=3"], digits_dir=in_empty_dir / "digits")
+def test_num_epochs_typed_with_digits_keeps_epochs(in_empty_dir, digits_set):
+    config = resolve("train", ["--num_epochs=3"], digits_dir=digits_set[0])  # built (the test above builds one)
     assert config.num_epochs == 3 and config.total_iter_num is None
 
 
@@ -182,14 +182,14 @@ def test_eval_without_data_flags_evaluates_the_checkpoint_s_own_data(in_empty_di
 
 
 @pytest.mark.parametrize("case", ["its lists are gone: the digits fallback", "other data typed"])
-def test_eval_on_data_the_checkpoint_was_not_trained_for_is_a_warning_block(in_empty_dir, capsys, case):
+def test_eval_on_data_the_checkpoint_was_not_trained_for_is_a_warning_block(in_empty_dir, capsys, case, digits_set):
     folder = _trained_on(in_empty_dir / "ckpt", in_empty_dir / "omniglot")
     flags = [f"--pretrained_model={folder}"]
     if case.startswith("its lists are gone"):
         os.remove(in_empty_dir / "omniglot" / "val.txt")
     else:
         flags += [f"--data_dir={in_empty_dir / 'cars'}", "--val_list=cars.txt"]
-    config = resolve("eval", flags, digits_dir=in_empty_dir / "digits")
+    config = resolve("eval", flags, digits_dir=digits_set[0])
     err = capsys.readouterr().err.splitlines()
     assert len(err) >= 5 and all(line.startswith("WARNING: ") for line in err)
     assert "was trained on another data set" in err[1]
