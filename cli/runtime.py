@@ -15,6 +15,10 @@ _QUIET_WARNINGS = ("No ccache found", "When training, we now always track global
                    "Tensor do not have 'place' interface")
 
 
+# configure() names here the variables it set (not the user's), for the processes this one starts (cli/relaunch.py).
+FILLED_IN = "DML_CPU_SETTINGS_FILLED_IN"
+
+
 def cpu_vendor(cpuinfo_path="/proc/cpuinfo"):
     """(vendor_id, model name) of the first CPU, or ("", "") where /proc/cpuinfo is unreadable."""
     fields = {}
@@ -57,9 +61,11 @@ def configure(environ=None, cpuinfo_path="/proc/cpuinfo", cores=None):
     vendor, model = cpu_vendor(cpuinfo_path)
     cores = cores or usable_cores()
     chosen = cpu_settings(vendor)
-    yours = {name for name in chosen if name in environ}
+    filled_by_parent = set(environ.get(FILLED_IN, "").split(","))  # a relaunched train.py's (cli/relaunch.py)
+    yours = {name for name in chosen if name in environ and name not in filled_by_parent}
     for name, value in chosen.items():
         environ.setdefault(name, value)
+    environ[FILLED_IN] = ",".join(sorted(set(chosen) - yours))
     environ.setdefault("GLOG_minloglevel", "2")
     quiet_python_warnings()
     parts = [f"{name}={environ[name]}" + (" (yours)" if name in yours else "") for name in chosen]

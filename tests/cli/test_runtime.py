@@ -60,6 +60,15 @@ def test_the_users_own_settings_win_and_are_marked(cpuinfo):
         "; OMP_NUM_THREADS=1 (yours), MKL_DEBUG_CPU_TYPE=5")
 
 
+def test_a_process_started_by_a_configured_one_knows_which_settings_were_the_users(cpuinfo):
+    """train.py relaunched on several processes (cli/relaunch.py): they inherit the parent's environment."""
+    parent = {"OMP_NUM_THREADS": "2"}
+    runtime.configure(parent, cpuinfo(AMD), cores=2)
+    child = dict(parent)
+    assert runtime.configure(child, cpuinfo(AMD), cores=2).endswith(
+        "; OMP_NUM_THREADS=2 (yours), MKL_DEBUG_CPU_TYPE=5")
+
+
 def test_cores_come_from_the_affinity_mask(cpuinfo, monkeypatch):
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no sched_getaffinity on this platform")
@@ -71,7 +80,7 @@ def test_cores_come_from_the_affinity_mask(cpuinfo, monkeypatch):
 def test_unreadable_cpuinfo_means_no_switch(tmp_path):
     environ = {}
     line = runtime.configure(environ, str(tmp_path / "missing"), cores=1)
-    assert environ == {"OMP_NUM_THREADS": "1", "GLOG_minloglevel": "2"}
+    assert environ == {"OMP_NUM_THREADS": "1", "GLOG_minloglevel": "2", runtime.FILLED_IN: "OMP_NUM_THREADS"}
     assert line == "CPU: unknown, 1 cores; OMP_NUM_THREADS=1"
 
 

@@ -210,8 +210,10 @@ def test_two_cpu_processes_relaunch_through_paddle_distributed_launch(tiny_datas
                       "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
                       "--xbm_size=9", "--gather_embeddings=True",  # other devices' rows and a memory per device
                       "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
-                     timeout=300)
+                     timeout=300, env={name: value for name, value in os.environ.items()
+                                       if name not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "(yours)" not in result.stdout  # the CPU settings train.py chose are not passed on as the user's
     logs = tmp_path / "out" / "launch_logs"
     assert (f"Training on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one); "
             f"every process's output goes to {logs}") in result.stdout
