@@ -1,10 +1,28 @@
 """Shared fixtures: static mode never leaks out of a test; a tiny learnable image data set."""
 import os
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
 from PIL import Image
+
+MEMORY_FOLDER = "/dev/shm"  # a tmpfs on Linux
+MEMORY_NEEDED = 8 << 30     # bytes free there; the peak measured was 0.4 GB per test process
+
+
+def pytest_configure(config):
+    """Temporary files in memory: tmp_path, and tempfile's folders of the code under test and of the scripts
+    it runs, go to /dev/shm when it has room, unless TMPDIR or --basetemp chose a place. Tests write many
+    checkpoints (90 MB for ResNet18) and exports: on the disk's file system a checkpoint costs ~0.35 s of
+    system time, in tmpfs ~0.15 s (tests/engine: 13 s of system time -> 8-9 s). With
+    tmp_path_retention_policy = failed (pytest.ini), a passing test's folder is removed when it ends."""
+    if os.environ.get("TMPDIR") or config.option.basetemp or not os.access(MEMORY_FOLDER, os.W_OK):
+        return
+    free = os.statvfs(MEMORY_FOLDER)
+    if free.f_bavail * free.f_frsize >= MEMORY_NEEDED:
+        os.environ["TMPDIR"] = MEMORY_FOLDER  # inherited by the pytest-xdist workers and every subprocess
+        tempfile.tempdir = None               # tempfile reads TMPDIR again
 
 
 @pytest.fixture(autouse=True)
