@@ -106,8 +106,9 @@ def memory_run(tiny_dataset, tmp_path_factory):
     return out, steps
 
 
-def batch_embedding(checkpoint_dir, images, labels):
-    """The training forward pass's embedding of a batch, with the parameters of `checkpoint_dir`."""
+def batch_embeddings(batches):
+    """The training forward pass's embedding of each (checkpoint folder, images, labels): the batch's, with the
+    parameters of the checkpoint (one program, each checkpoint restored into it in turn)."""
     import paddle
 
     from cli.config import resolve
@@ -116,15 +117,17 @@ def batch_embedding(checkpoint_dir, images, labels):
     config = resolve("train", [*PK, "--model=ResNet18", "--image_shape=3,32,32", "--train_list=unused",
                                "--total_iter_num=1"])
     paddle.enable_static()
+    embeddings = []
     try:
         graph = programs.build_train_graph(config, 8, 10)
         exe = paddle.static.Executor(paddle.CPUPlace())
         exe.run(graph.startup)
-        checkpoint.restore(graph.main, checkpoint_dir)
-        embedding, = exe.run(graph.main, feed={"image": images, "label": labels}, fetch_list=[graph.embedding])
+        for checkpoint_dir, images, labels in batches:
+            checkpoint.restore(graph.main, checkpoint_dir)
+            embeddings += exe.run(graph.main, feed={"image": images, "label": labels}, fetch_list=[graph.embedding])
     finally:
         paddle.disable_static()
-    return embedding
+    return embeddings
 
 
 def test_memory_after_training_is_the_last_batch_embeddings(memory_run):
@@ -137,8 +140,8 @@ def test_memory_after_training_is_the_last_batch_embeddings(memory_run):
     assert [t for t, _, _ in recorded_steps] == [0, 1, 2]
     want_labels = np.concatenate([y for _, _, y in recorded_steps[1:]])[-20:]
     np.testing.assert_array_equal(labels, want_labels)
-    want = np.concatenate([batch_embedding(os.path.join(out, "ResNet18", str(t)), images, y)
-                           for t, images, y in recorded_steps[1:]])[-20:]
+    want = np.concatenate(batch_embeddings([(os.path.join(out, "ResNet18", str(t)), images, y)
+                                            for t, images, y in recorded_steps[1:]]))[-20:]
     np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
 
 
