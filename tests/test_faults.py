@@ -386,7 +386,7 @@ def test_a_damaged_state_json_stops_resuming_with_one_line_naming_file_and_field
     with pytest.raises(UserError) as info:
         train.main([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                     "--model=ResNet18", "--image_shape=3,32,32", f"--checkpoint={folder}", "--num_workers=0",
-                    f"--model_save_dir={tmp_path / 'out'}"])
+                    "--cpu_processes=1", f"--model_save_dir={tmp_path / 'out'}"])
     assert str(info.value).startswith(f"{folder}/state.json: {field}") and "\n" not in str(info.value)
 
 
