@@ -75,6 +75,13 @@ def _built_once(tmp_path_factory, name, build):
 
 
 @pytest.fixture(scope="session")
+def built_once(tmp_path_factory):
+    """built_once(name, build) -> the folder build(folder) filled once per test run, for module fixtures whose
+    tests pytest-xdist may share out between its workers (read only; copy before changing anything)."""
+    return lambda name, build: _built_once(tmp_path_factory, name, build)
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
     """(data_dir, train_list, val_list): 8 training classes and 4 held-out classes of 6 images each."""
     def build(root):

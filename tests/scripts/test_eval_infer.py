@@ -23,36 +23,45 @@ def data_flags(trained, batch=10):
 
 def run_infer(trained, out_dir, *extra):
     infer.main(data_flags(trained) + [f"--output_dir={out_dir}", *extra])
+    return read_dump(out_dir)
+
+
+def read_dump(out_dir):
     return (np.load(os.path.join(out_dir, "features.npy")), np.load(os.path.join(out_dir, "labels.npy")),
             open(os.path.join(out_dir, "paths.txt")).read().splitlines())
 
 
 @pytest.fixture(scope="module")
-def dump(trained, tmp_path_factory):
+def dump(trained, built_once):
     """infer.py's (features, labels, paths) of the val list with the trained checkpoint, and its export of the
     model to dump[3]; read, never written."""
-    import paddle
+    def build(out):
+        import paddle
 
-    out = tmp_path_factory.mktemp("dump")
-    features, labels, paths = run_infer(trained, str(out / "dump"), f"--export_model={out / 'exported'}")
-    paddle.disable_static()
-    return features, labels, paths, out / "exported"
+        run_infer(trained, str(out / "dump"), f"--export_model={out / 'exported'}")
+        paddle.disable_static()
+
+    out = built_once("eval-infer-dump", build)
+    return (*read_dump(out / "dump"), out / "exported")
 
 
 @pytest.fixture(scope="module")
-def evaluated(trained, tmp_path_factory):
+def evaluated(trained, built_once):
     """(printed lines, metrics record) of eval.py on the val list with the trained checkpoint."""
-    import contextlib
-    import io
+    def build(out):
+        import contextlib
+        import io
 
-    import paddle
+        import paddle
 
-    metrics_file = tmp_path_factory.mktemp("evaluated") / "m.jsonl"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # --test_batch_size=7: not that of the dump
-        eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={metrics_file}"])
-    paddle.disable_static()
-    return printed.getvalue(), json.loads(metrics_file.read_text())
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # --test_batch_size=7: not that of the dump
+            eval_script.main(data_flags(trained, batch=7) + [f"--metrics_out={out / 'm.jsonl'}"])
+        paddle.disable_static()
+        (out / "printed.txt").write_text(printed.getvalue())
+
+    out = built_once("eval-infer-evaluated", build)
+    return (out / "printed.txt").read_text(), json.loads((out / "m.jsonl").read_text())
 
 
 def test_eval_reports_metrics_of_the_whole_list(evaluated):
