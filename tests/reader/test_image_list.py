@@ -156,7 +156,7 @@ def test_a_path_listed_very_often_gives_a_short_error(tmp_path):
         check_unique_paths(image_list)
     message = str(info.value)
     assert "(199999 extra line(s))" in message and "on lines 1, 2, 3, 4 and 199996 more." in message
-    assert len(message) < 300
+    assert len(message.replace(str(tmp_path), "")) < 200  # besides the list's and the image's paths
 
 
 def test_unique_list_passes_the_duplicate_check(tmp_path):
