@@ -13,16 +13,20 @@ def tiny_checkpoint(trained):
 
 
 @pytest.fixture(scope="session")
-def tiny_export(tiny_checkpoint, tmp_path_factory):
-    """An exported model folder of tiny_checkpoint (infer.py --export_model), and infer.py's dump of the val list."""
-    import infer
+def tiny_export(tiny_checkpoint, built_once):
+    """An exported model folder of tiny_checkpoint (infer.py --export_model), and infer.py's dump of the val list;
+    made once per test run, read only."""
+    def build(out):
+        import paddle
 
-    out = tmp_path_factory.mktemp("retrieval-export")
-    infer.main([f"--pretrained_model={tiny_checkpoint['checkpoint']}", f"--data_dir={tiny_checkpoint['data_dir']}",
-                f"--infer_list={tiny_checkpoint['val_list']}", "--num_workers=0",
-                f"--export_model={out / 'model'}", f"--output_dir={out / 'dump'}"])
-    import paddle
-    paddle.disable_static()
+        import infer
+
+        infer.main([f"--pretrained_model={tiny_checkpoint['checkpoint']}", f"--data_dir={tiny_checkpoint['data_dir']}",
+                    f"--infer_list={tiny_checkpoint['val_list']}", "--num_workers=0",
+                    f"--export_model={out / 'model'}", f"--output_dir={out / 'dump'}"])
+        paddle.disable_static()
+
+    out = built_once("retrieval-export", build)
     return {"model_dir": str(out / "model"), "dump_dir": str(out / "dump"), **tiny_checkpoint}
 
 
@@ -40,10 +44,16 @@ def tiny_photos(tiny_checkpoint, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def uncertain_index(tiny_dataset, tmp_path_factory):
+def uncertain_index(tiny_dataset, built_once):
     """A model that predicts uncertainty (train_runs.run_train: uncertaintytriplet, --uncertainty True, 1 step),
     `index.py build --pretrained_model` of it over the tiny val list, and infer.py's dump of that list by the
-    index's model: {"index_dir", "data_dir", "val_list", "dump_dir"}."""
+    index's model: {"index_dir", "data_dir", "val_list", "dump_dir"}; made once per test run, read only."""
+    data_dir, _, val_list = tiny_dataset
+    out = built_once("uncertain", lambda folder: _build_uncertain_index(tiny_dataset, folder))
+    return {"index_dir": str(out / "index"), "data_dir": data_dir, "val_list": val_list, "dump_dir": str(out / "dump")}
+
+
+def _build_uncertain_index(tiny_dataset, out):
     import contextlib
     import io
 
@@ -54,7 +64,6 @@ def uncertain_index(tiny_dataset, tmp_path_factory):
     import infer
 
     data_dir, _, val_list = tiny_dataset
-    out = tmp_path_factory.mktemp("uncertain")
     with contextlib.redirect_stdout(io.StringIO()), pytest.MonkeyPatch.context() as patch:
         skip_validation_embedding(patch)  # no check reads this run's Recall@1
         run_train(tiny_dataset, str(out / "run"), "--embedding_size=8", "--uncertainty=True", "--alpha=1.0",
@@ -67,4 +76,3 @@ def uncertain_index(tiny_dataset, tmp_path_factory):
         infer.main([f"--inference_model={out / 'index' / 'model'}", f"--data_dir={data_dir}",
                     f"--infer_list={val_list}", "--num_workers=0", f"--output_dir={out / 'dump'}"])
         paddle.disable_static()
-    return {"index_dir": str(out / "index"), "data_dir": data_dir, "val_list": val_list, "dump_dir": str(out / "dump")}
