@@ -5,7 +5,7 @@
 
 Each row is one recorded run on the test alphabets: its model and loss, the settings it changed
 beyond that loss's table recipe (recipes/omniglot/<loss>.yaml), how it was trained, its figures and
-wall time. A configuration run again replaces its earlier row; seeds are configurations of their own.
+wall time. A configuration run again replaces its earlier row; seeds and process counts are configurations of their own.
 tests/bench/test_results_table.py checks that docs/results.md holds the table this prints.
 """
 import argparse
@@ -57,7 +57,8 @@ def rows(records):
         if record.get("evaluated_on") != "test alphabets":
             continue
         changed = changed_settings(record["command"], record["loss"], "finetuned_from" in record)
-        key = (record["model"], record["loss"], tuple(changed), record.get("finetuned_from") is not None)
+        key = (record["model"], record["loss"], tuple(changed), record.get("finetuned_from") is not None,
+               record.get("processes", 1))
         latest[key] = (record, changed)
     return sorted(latest.values(), key=lambda pair: -pair[0]["recall@1"])
 

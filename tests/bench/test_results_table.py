@@ -29,3 +29,4 @@ def test_a_run_trained_on_several_processes_says_so():
             "evaluated_on": "test alphabets", "rotated_classes": True, "recall@1": 0.5}
     one, two = (results_table.table([record]).splitlines()[2] for record in (base, {**base, "processes": 2}))
     assert "| 1500 it. |" in one and "| 1500 it., 2 processes |" in two
+    assert len(results_table.table([base, {**base, "processes": 2}]).splitlines()[2:]) == 2  # not a re-run
