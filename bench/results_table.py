@@ -5,7 +5,8 @@
 
 Each row is one recorded run on the test alphabets: its model and loss, the settings it changed
 beyond that loss's table recipe (recipes/omniglot/<loss>.yaml), how it was trained, its figures and
-wall time. A configuration run again replaces its earlier row; seeds and process counts are configurations of their own.
+wall time. A configuration run again replaces its earlier row; seeds and process counts are
+configurations of their own.
 tests/bench/test_results_table.py checks that docs/results.md holds the table this prints.
 """
 import argparse
