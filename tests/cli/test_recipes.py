@@ -14,14 +14,17 @@ DATA_FLAGS = ("--data_dir", "--train_list", "--val_list", "--model_save_dir")
 
 
 def _recorded_command(tag):
-    """The train.py flags of the last run with `tag` in bench/results/omniglot.jsonl."""
-    with open(REPO / "bench" / "results" / "omniglot.jsonl") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    """The train.py flags of the last run with `tag` in bench/results/omniglot.jsonl or omniglot-tuning.jsonl
+    (the held-out runs that chose a recipe)."""
+    records = []
+    for name in ("omniglot.jsonl", "omniglot-tuning.jsonl"):
+        with open(REPO / "bench" / "results" / name) as f:
+            records += [json.loads(line) for line in f if line.strip()]
     return shlex.split([r for r in records if r.get("tag") == tag][-1]["command"])[1:]
 
 
 @pytest.mark.parametrize("recipe, tag", [("omniglot_best.yaml", "strong-stem-ink-rot10"),
-                                         ("omniglot_quick.yaml", "quick")])
+                                         ("omniglot_quick.yaml", "val-quick-ink-rot10-seed0")])
 def test_recipe_files_reproduce_the_recorded_runs(recipe, tag):
     recorded = _recorded_command(tag)
     data_flags = [token for token in recorded if token.split("=")[0] in DATA_FLAGS]
