@@ -200,34 +200,3 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tiny_dataset, tmp_path, capsys):
     resumed = capsys.readouterr().out
     assert f"Resumed from {os.path.realpath(saved.group(1))} at iteration {position['iteration']}" in resumed
     assert [(int(m[0]), int(m[1])) for m in PROGRESS.findall(resumed)] == [(position["pass_id"], position["batch"])]
-
-
-def test_two_cpu_processes_relaunch_through_paddle_distributed_launch(tiny_dataset, tmp_path):
-    data_dir, train_list, val_list = tiny_dataset
-    result = _script([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
-                      "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss", "--samples_each_class=3",
-                      "--train_batch_size=12", "--total_iter_num=2", "--cpu_processes=2",
-                      "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment
-                      "--xbm_size=9", "--gather_embeddings=True",  # other devices' rows and a memory per device
-                      "--num_workers=0", "--display_iter_step=1", f"--model_save_dir={tmp_path / 'out'}"],
-                     timeout=300, env={name: value for name, value in os.environ.items()
-                                       if name not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")})
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "(yours)" not in result.stdout  # the CPU settings train.py chose are not passed on as the user's
-    logs = tmp_path / "out" / "launch_logs"
-    assert (f"Training on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one); "
-            f"every process's output goes to {logs}") in result.stdout
-    # Process 0's lines on the console as they come, the others' in their log only.
-    assert len(PROGRESS.findall(result.stdout)) == 2 and len(END_PASS.findall(result.stdout)) == 1
-    assert not PROGRESS.findall((logs / "workerlog.1").read_text())
-    assert "Divide and conquer, pass 0: 2 clusters of" in result.stdout
-    # Device 0 saves every device's memory ring (each device restores its own on resume).
-    from engine.xbm import CrossBatchMemory
-    with open(tmp_path / "out" / "ResNet18" / "2" / "state.json") as f:
-        state = json.load(f)["xbm"]
-    memory = CrossBatchMemory(9, state["dim"], world_size=2)
-    memory.restore(state)
-    rings = [memory.contents(rank) for rank in range(2)]
-    assert all((labels != -1).all() and np.isfinite(features).all() for features, labels in rings)
-    assert not np.array_equal(rings[0][0], rings[1][0])
-    assert os.path.isdir(tmp_path / "out" / "ResNet18" / "2")
