@@ -417,9 +417,12 @@ def as_flag(value):
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
+CONFIGURATION_HEADER = "-----------  Configuration Arguments -----------"
+
+
 def print_arguments(args):
     """Print the configuration at start, as the original example did."""
-    print("-----------  Configuration Arguments -----------")
+    print(CONFIGURATION_HEADER)
     for name, value in sorted(vars(args).items()):
         print(f"{name}: {value}")
     print("------------------------------------------------", flush=True)

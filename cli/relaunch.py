@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from cli.args import CONFIGURATION_HEADER
 from reader.loaders import check_device_batch
 from utility.errors import UserError
 
@@ -160,6 +161,7 @@ def _echo_until_exit(launcher, path, start):
         if launcher.poll() is not None:
             return
         time.sleep(_POLL_S)
+    echo = _Echo()
     with open(path, errors="replace") as log:
         log.seek(start)
         pending = ""
@@ -167,13 +169,22 @@ def _echo_until_exit(launcher, path, start):
             finished = launcher.poll() is not None  # before reading: every line written before the exit is shown
             *lines, pending = (pending + log.read()).split("\n")
             for line in lines:
-                _show(line)
+                echo(line)
             if finished:
                 break
             time.sleep(_POLL_S)
     if pending:
-        _show(pending)
+        echo(pending)
 
 
-def _show(line):
-    print(line, file=sys.stderr if line.startswith(_TO_STDERR) else sys.stdout, flush=True)
+class _Echo:
+    """Shows process 0's lines. Until its configuration header, process 0 prints what this process printed
+    already (it resolves the same command line): those lines are left to its log, but for errors."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, line):
+        self.started = self.started or line == CONFIGURATION_HEADER
+        if self.started or line.startswith(_TO_STDERR):
+            print(line, file=sys.stderr if line.startswith(_TO_STDERR) else sys.stdout, flush=True)

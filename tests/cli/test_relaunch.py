@@ -88,6 +88,8 @@ def interrupted(signum, frame):
     print("process 0 saved", end="", flush=True)
     sys.exit(130)
 signal.signal(signal.SIGINT, interrupted)
+print("CPU: the line the parent printed too", flush=True)
+print("-----------  Configuration Arguments -----------", flush=True)
 print("process 0 started", flush=True)
 time.sleep(20)
 '''
@@ -115,7 +117,7 @@ def test_process_0s_new_lines_are_shown_and_ctrl_c_goes_to_it(tmp_path, capsys):
                                    str(tmp_path / "launcher.log"))
     assert status == 130
     printed = capsys.readouterr()
-    assert printed.out == "process 0 started\nprocess 0 saved\n"
+    assert printed.out == "-----------  Configuration Arguments -----------\nprocess 0 started\nprocess 0 saved\n"
     assert printed.err == "error: not really, an error line\n"
     assert signal.getsignal(signal.SIGINT) is before  # this process's own handler is back
 
@@ -137,6 +139,7 @@ def test_two_cpu_processes_relaunch_through_paddle_distributed_launch(tiny_datas
                                        if name not in ("OMP_NUM_THREADS", "MKL_DEBUG_CPU_TYPE")})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "(yours)" not in result.stdout  # the CPU settings train.py chose are not passed on as the user's
+    assert result.stdout.count("CPU: ") == 1  # process 0's start-up lines repeat train.py's: left to its log
     logs = tmp_path / "out" / "launch_logs"
     assert (f"Training on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one); "
             f"every process's output goes to {logs}") in result.stdout
