@@ -3,6 +3,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import train
 
@@ -23,6 +25,13 @@ def run_train(tiny_dataset, out_dir, *extra, model="ResNet18", loss="tripletloss
             f"--total_iter_num={iters}", "--num_workers=0", "--display_iter_step=1", "--test_batch_size=16",
             f"--model_save_dir={out_dir}", "--cpu_processes=1", *extra]
     train.main(argv)
+
+
+def run_train_script(args, **kwargs):
+    """train.py as a process of its own, from the repository unless cwd= says otherwise: its CompletedProcess,
+    output captured as text."""
+    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
+                          check=False, cwd=kwargs.pop("cwd", REPO), **kwargs)
 
 
 def skip_validation_embedding(patch):

@@ -2,14 +2,13 @@
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 import numpy as np
 import pytest
-from train_runs import END_PASS, PROGRESS, REPO
+from train_runs import END_PASS, PROGRESS, run_train_script
 
 from cli import relaunch
 from utility.errors import UserError
@@ -122,14 +121,9 @@ def test_process_0s_new_lines_are_shown_and_ctrl_c_goes_to_it(tmp_path, capsys):
     assert signal.getsignal(signal.SIGINT) is before  # this process's own handler is back
 
 
-def _script(args, **kwargs):
-    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
-                          check=False, cwd=REPO, **kwargs)
-
-
 def test_two_cpu_processes_relaunch_through_paddle_distributed_launch(tiny_dataset, tmp_path):
     data_dir, train_list, val_list = tiny_dataset
-    result = _script([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
+    result = run_train_script([f"--data_dir={data_dir}", f"--train_list={train_list}", f"--val_list={val_list}",
                       "--model=ResNet18", "--image_shape=3,32,32", "--loss_name=emlloss", "--samples_each_class=3",
                       "--train_batch_size=12", "--total_iter_num=2", "--cpu_processes=2",
                       "--dac_clusters=2",  # divide and conquer: device 0 clusters, device 1 reads its assignment

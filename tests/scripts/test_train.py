@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from train_runs import END_PASS, PROGRESS, REPO, final_parameters, read_log, read_state, run_train
+from train_runs import (END_PASS, PROGRESS, REPO, final_parameters, read_log, read_state, run_train,
+                        run_train_script)
 
 import train
 from utility.errors import UserError
@@ -159,13 +160,8 @@ def test_bad_combinations_stop_before_work(tiny_dataset, tmp_path, extra, messag
     assert not os.path.exists(tmp_path / "log.jsonl")
 
 
-def _script(args, **kwargs):
-    return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *args], capture_output=True, text=True,
-                          cwd=kwargs.pop("cwd", REPO), **kwargs)
-
-
 def test_missing_list_is_one_clean_line(tmp_path):
-    result = _script(["--train_list=/nowhere/train.txt", "--val_list=/nowhere/val.txt", "--cpu_processes=1"],
+    result = run_train_script(["--train_list=/nowhere/train.txt", "--val_list=/nowhere/val.txt", "--cpu_processes=1"],
                      cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
