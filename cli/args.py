@@ -336,14 +336,19 @@ def _check(script, args):
             raise UserError("--threshold_plot draws the threshold: it needs --threshold True")
 
 
+def check_re_ranking_alone(args):
+    """UserError when --re_ranking and --query_expansion are both given (eval.py, search.py)."""
+    if args.re_ranking and args.query_expansion:
+        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+
+
 def _check_post_processing(args):
     expansions = [name for name in ("database_augmentation", "query_expansion") if getattr(args, name)]
     if expansions and args.query_list is not None and args.with_camera:
         raise UserError(f"--{expansions[0]} works on Recall@K and MAP@R, not on the re-identification metrics")
     if expansions and not args.feat_norm:
         raise UserError(f"--{expansions[0]} weighs neighbours by cosine similarity: it needs --feat_norm True")
-    if args.re_ranking and args.query_expansion:
-        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+    check_re_ranking_alone(args)
     if not (math.isfinite(args.uncertainty_weight) and args.uncertainty_weight >= 0):
         raise UserError(f"--uncertainty_weight must be a finite number, 0 or more, got {args.uncertainty_weight}")
     post_processing = [name for name in ("re_ranking", "database_augmentation", "query_expansion")

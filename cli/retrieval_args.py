@@ -2,7 +2,7 @@
 import argparse
 from dataclasses import fields
 
-from cli.args import engine_flag, k_alpha
+from cli.args import check_re_ranking_alone, engine_flag, k_alpha
 from evaluation.postprocess import Expansion
 from retrieval.gallery import DEFAULT_SHORTLIST, MIN_SHORTLIST, ReRanking
 from retrieval.indexing import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, GalleryImages
@@ -98,6 +98,5 @@ def parse_search_args(description, argv):
     if args.top_k < 1:
         raise UserError(f"--top_k must be at least 1, not {args.top_k}")
     args.re_ranking = None if args.re_ranking is None else ReRanking.parse(args.re_ranking)
-    if args.re_ranking and args.query_expansion:
-        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+    check_re_ranking_alone(args)
     return args
