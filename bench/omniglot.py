@@ -29,7 +29,6 @@ classes (written as new images under the data directory), which is known to help
 import argparse
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -196,7 +195,7 @@ def run_one(recipe, lists, data_dir, output_dir, extra, tag="", one_shot=True):
     start = time.time()
     _run(train_cmd, run_dir / "train.log")
     checkpoint = run_dir / model / "latest"
-    processes = _training_processes(run_dir / "train.log")
+    processes = _training_processes(run_dir / "log.jsonl")
     metrics = evaluate(checkpoint, data_dir, eval_list, run_dir, one_shot=one_shot)
     wall = time.time() - start
     plot_training(run_dir / "log.jsonl", run_dir / "curves.png")
@@ -227,11 +226,13 @@ def evaluate(checkpoint, data_dir, eval_list, run_dir, one_shot=False):
     return results
 
 
-def _training_processes(train_log):
-    """How many processes trained the run: train.py says so when it relaunches itself (cli/relaunch.py)."""
-    with open(train_log, errors="replace") as log:
-        found = re.search(r"^Training on (\d+) CPU processes", log.read(), re.MULTILINE)
-    return int(found.group(1)) if found else 1
+def _training_processes(log_jsonl):
+    """How many processes trained the run (train.py relaunches itself on several: cli/relaunch.py), as its
+    last progress record in log.jsonl says (1 for logs written before the records carried it)."""
+    from evaluation.plot import read_records
+
+    progress = [record for record in read_records(log_jsonl) if "img_per_s" in record]
+    return progress[-1].get("processes", 1) if progress else 1
 
 
 def _relative(path):

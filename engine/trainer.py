@@ -273,7 +273,7 @@ class Trainer:
         print(f"Pass {position.pass_id}, trainbatch {position.batch}, lr {lr:.6g}, {_figures(shown, stats)}"
               f"time {step_s:2.2f} sec, {img_per_s:.1f} img/s, eta {format_duration(eta)}", flush=True)
         self.log.write({"pass": position.pass_id, "iter": position.iteration, "lr": lr, **shown,
-                        "img_per_s": img_per_s, "reader_s": reader_s, "step_s": step_s})
+                        "img_per_s": img_per_s, "reader_s": reader_s, "step_s": step_s, "processes": self.world_size})
 
     def _evaluate(self, position):
         since_eval, self.since_eval = self.since_eval, []

@@ -218,8 +218,10 @@ def test_reevaluate_adds_what_a_record_lacks_after_checking_its_recall(tmp_path,
 
 
 def test_the_record_counts_the_processes_train_py_relaunched_itself_on(tmp_path):
-    log = tmp_path / "train.log"
-    log.write_text("CPU: x\nTraining on 2 CPU processes through paddle.distributed.launch (--cpu_processes 1 for one)\n")
+    log = tmp_path / "log.jsonl"
+    progress = {"pass": 0, "iter": 0, "img_per_s": 90.0}
+    evaluation = {"pass": 0, "iter": 0, "test_recall": 0.5}
+    log.write_text("".join(json.dumps(record) + "\n" for record in ({**progress, "processes": 2}, evaluation)))
     assert bench._training_processes(log) == 2
-    log.write_text("CPU: x\nPass 0, trainbatch 0\n")
+    log.write_text(json.dumps(progress) + "\n")  # a log of a version whose records did not say
     assert bench._training_processes(log) == 1

@@ -45,7 +45,8 @@ def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, request
     per_batch = [r for r in records if "loss_metric" in r]
     assert len(per_batch) == 2
     assert {"pass", "iter", "lr", "loss_metric", "loss_cls", "acc1", "acc5", "img_per_s", "reader_s",
-            "step_s"} <= set(per_batch[0])
+            "step_s", "processes"} <= set(per_batch[0])
+    assert per_batch[0]["processes"] == 1
     assert [r["iter"] for r in per_batch] == [0, 1]
     assert [r["test_recall"] for r in records if "test_recall" in r] == [pytest.approx(float(end[-1]), abs=1e-5)]
 
