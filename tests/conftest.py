@@ -54,6 +54,14 @@ def no_recall(monkeypatch):
     skip_validation_embedding(monkeypatch)
 
 
+@pytest.fixture(autouse=True)
+def no_curves(request, monkeypatch):
+    """train.py runs in this process draw no curves.png (~0.1 s of matplotlib at each evaluation, some hundred
+    times a suite) unless the test is marked `curves`; evaluation/plot.py is tested on its own."""
+    if request.node.get_closest_marker("curves") is None:
+        monkeypatch.setattr("engine.trainer.Trainer._plot", lambda self: None)
+
+
 def _built_once(tmp_path_factory, name, build):
     """A folder that build(folder) fills once per test run, shared by the pytest-xdist workers: the first
     worker to need it builds it in the run's common temporary folder while the others wait, then all read it

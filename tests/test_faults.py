@@ -669,6 +669,7 @@ def test_a_pretrained_file_holding_no_arrays_reads_sensibly(program, tmp_path):
 
 # --- a damaged log.jsonl or a failing plot never stops training (issue 27 item 2) ---------------
 
+@pytest.mark.curves
 @pytest.mark.usefixtures("no_recall")
 def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, trained, tmp_path, capsys):
     from train_runs import copy_run, run_train
@@ -686,6 +687,7 @@ def test_a_damaged_log_never_stops_a_resumed_run_or_its_saves(tiny_dataset, trai
     assert sum(1 for line in records if line.startswith('{"pass": 0, "iter": 9')) == 1  # alone on its line
 
 
+@pytest.mark.curves
 @pytest.mark.usefixtures("no_recall")
 def test_a_failing_plot_never_stops_training_or_a_save(tiny_dataset, tmp_path, monkeypatch, capsys):
     import evaluation.plot
