@@ -1,7 +1,7 @@
 """Retrieval quality on real data: train and evaluate on the project's Omniglot split.
 
     python bench/omniglot.py --quick                       # recipes/omniglot_quick.yaml, ~9 min on 2 CPU cores
-    python bench/omniglot.py --recipe recipes/omniglot_best.yaml --rotated_classes   # the best recipe, ~18 min on 2 cores
+    python bench/omniglot.py --recipe recipes/omniglot_best.yaml --rotated_classes   # the best recipe, ~20 min on 2 cores
     python bench/omniglot.py --losses softmax,emlloss      # the table: each loss with its recipe (default: all)
     python bench/omniglot.py --validation 40 --losses softmax -- --lr 0.2    # tuning, on training characters
 
