@@ -113,3 +113,19 @@ def test_an_onnx_model_runs_only_under_onnxruntime_and_is_not_converted_again(on
 def test_export_flags_are_checked_before_any_work(argv, message):
     with pytest.raises(UserError, match=message):
         parse_args("infer", argv)
+
+
+def test_onnxruntimes_per_tensor_fallback_warnings_are_collected_and_others_still_printed(caplog):
+    import logging
+
+    from engine.onnx_export import PerTensorFallbacks
+
+    with caplog.at_level(logging.WARNING), PerTensorFallbacks() as fallbacks:
+        logging.warning("Axis 1 is out-of-range for weight 'in2a_branch2a_scale' with rank 1")
+        logging.warning("Axis 1 is out-of-range for weight 'conv_w' with rank 3")  # not a 1-d weight: a fault
+        logging.warning("something else")
+    logging.warning("Axis 1 is out-of-range for weight 'after' with rank 1")  # closed: printed again
+    assert fallbacks.names == ["in2a_branch2a_scale"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "Axis 1 is out-of-range for weight 'conv_w' with rank 3", "something else",
+        "Axis 1 is out-of-range for weight 'after' with rank 1"]
