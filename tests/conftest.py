@@ -57,8 +57,9 @@ def no_recall(monkeypatch):
 @pytest.fixture(autouse=True)
 def no_curves(request, monkeypatch):
     """train.py runs in this process draw no curves.png (~0.1 s of matplotlib at each of their evaluations)
-    unless the test is marked `curves`; evaluation/plot.py is tested on its own."""
-    if request.node.get_closest_marker("curves") is None:
+    unless the test is marked `curves`; evaluation/plot.py is tested on its own. Only tests with the tiny data
+    set train in this process: the others do not import the trainer (and Paddle) for this."""
+    if "tiny_dataset" in request.fixturenames and request.node.get_closest_marker("curves") is None:
         monkeypatch.setattr("engine.trainer.Trainer._plot", lambda self: None)
 
 
