@@ -1,4 +1,6 @@
 """Checks every backbone must pass, for the tests of one backbone (tests/models/test_<backbone>.py)."""
+import contextlib
+
 import numpy as np
 import paddle
 from paddle_modes import static_mode
@@ -24,6 +26,15 @@ def exported_features(model, out_dir, size=32, batch=2, **network):
             executed, = exe.run(graph.program, feed={programs.IMAGE: images}, fetch_list=[graph.embedding])
             export(exe, graph.program, graph.image, graph.embedding, str(out_dir), config)
     return executed, Embedder(str(out_dir), use_gpu=False)(images)
+
+
+@contextlib.contextmanager
+def shapes_only(batch, size):
+    """A placeholder image batch [batch, 3, size, size] in a fresh static program: networks built and called on it
+    give their outputs' shapes, and no parameter is drawn or run (an eager ResNet-50 spends ~0.5 s drawing its
+    random weights). Read the shapes inside the block: the program, and the outputs with it, ends with it."""
+    with static_mode(), paddle.static.program_guard(paddle.static.Program(), paddle.static.Program()):
+        yield paddle.static.data("image", [batch, 3, size, size], "float32")
 
 
 def uninitialised_parameters(name, num_classes=0, embedding_size=0, **options):

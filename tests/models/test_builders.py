@@ -6,7 +6,7 @@ from paddle.utils import unique_name
 from models import MODELS, build_model
 from models.layers import SqueezeExcitation
 from utility.errors import UserError
-from backbone_checks import uninitialised_parameters
+from backbone_checks import shapes_only, uninitialised_parameters
 from paddle_modes import static_mode
 
 FEATURE_DIMS = {"ResNet18": 512, "ResNet34": 512, "ResNet50": 2048, "SE_ResNeXt50_32x4d": 2048,
@@ -75,26 +75,28 @@ def static_parameter_names(program):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_backbone_embedding_shape_on_32px_images(name):
-    model = build_model(name)
-    model.eval()
-    embedding, logits, inference_embedding, _ = model(paddle.to_tensor(images()))
-    assert embedding.shape == [2, FEATURE_DIMS[name]]
-    assert inference_embedding is embedding  # no neck: one feature for the loss and for retrieval
-    assert logits is None
+    with shapes_only(batch=2, size=32) as image:
+        model = build_model(name)
+        model.eval()
+        embedding, logits, inference_embedding, _ = model(image)
+        assert embedding.shape == [2, FEATURE_DIMS[name]]
+        assert inference_embedding is embedding  # no neck: one feature for the loss and for retrieval
+        assert logits is None
     assert model.embedding_dim == FEATURE_DIMS[name] and model.num_classes == 0
 
 
 @pytest.mark.parametrize("num_classes, embedding_size", [(0, 0), (0, 16), (7, 0), (7, 16)])
 def test_head_shapes(num_classes, embedding_size):
-    model = build_model("ResNet18", num_classes=num_classes, embedding_size=embedding_size)
-    model.eval()
-    embedding, logits, _, _ = model(paddle.to_tensor(images(batch=3)))
-    expected_dim = embedding_size or 512
-    assert model.embedding_dim == expected_dim and embedding.shape == [3, expected_dim]
-    if num_classes:
-        assert logits.shape == [3, num_classes]
-    else:
-        assert logits is None
+    with shapes_only(batch=3, size=32) as image:
+        model = build_model("ResNet18", num_classes=num_classes, embedding_size=embedding_size)
+        model.eval()
+        embedding, logits, _, _ = model(image)
+        expected_dim = embedding_size or 512
+        assert model.embedding_dim == expected_dim and embedding.shape == [3, expected_dim]
+        if num_classes:
+            assert logits.shape == [3, num_classes]
+        else:
+            assert logits is None
 
 
 def test_head_is_affine_projection_then_classifier():

@@ -4,7 +4,7 @@ import contextlib
 import numpy as np
 import paddle
 import pytest
-from backbone_checks import uninitialised_parameters
+from backbone_checks import shapes_only, uninitialised_parameters
 from paddle_modes import static_mode
 
 import losses
@@ -27,20 +27,21 @@ def images(batch=2, size=32, seed=0):
 TRUNKS = ["ResNet18", "ResNet50", "SE_ResNeXt50_32x4d"]
 
 
-def parameter_count(model, trainable=True):
-    return sum(int(np.prod(p.shape)) for p in model.parameters() if p.trainable == trainable)
+def parameter_count(parameters, trainable=True):
+    return sum(int(np.prod(p.shape)) for p in parameters if p.trainable == trainable)
 
 
 # ---- shapes, names, counts -------------------------------------------------------------------
 
 @pytest.mark.parametrize("num_classes, embedding_size", [(0, 0), (7, 0), (7, 16)])
 def test_bnneck_shapes(num_classes, embedding_size):
-    model = build_model("ResNet18", num_classes, embedding_size, neck="bnneck")
-    model.eval()
-    metric, logits, inference, _ = model(paddle.to_tensor(images(batch=3)))
-    dim = embedding_size or 512
-    assert metric.shape == inference.shape == [3, dim]
-    assert (logits is None) if num_classes == 0 else logits.shape == [3, num_classes]
+    with shapes_only(batch=3, size=32) as image:
+        model = build_model("ResNet18", num_classes, embedding_size, neck="bnneck")
+        model.eval()
+        metric, logits, inference, _ = model(image)
+        dim = embedding_size or 512
+        assert metric.shape == inference.shape == [3, dim]
+        assert (logits is None) if num_classes == 0 else logits.shape == [3, num_classes]
 
 
 def test_bnneck_parameter_names_and_bias_free_classifier():
@@ -56,17 +57,18 @@ def test_bnneck_parameter_names_and_bias_free_classifier():
 
 
 def test_bnneck_trainable_count_is_scale_minus_classifier_bias():
-    plain = parameter_count(build_model("ResNet18", 1000))
-    necked = parameter_count(build_model("ResNet18", 1000, neck="bnneck"))
+    plain = parameter_count(uninitialised_parameters("ResNet18", 1000))
+    necked = parameter_count(uninitialised_parameters("ResNet18", 1000, neck="bnneck"))
     assert necked == plain + 512 - 1000
 
 
 def test_defaults_are_the_plain_network():
     args = defaults("train")
     assert (args.neck, args.neck_feat, args.last_stride, args.stem) == ("none", "after", 2, "imagenet")
-    default = [(p.name, tuple(p.shape)) for p in build_model("ResNet18", 10, 16).parameters()]
-    explicit = [(p.name, tuple(p.shape)) for p in build_model("ResNet18", 10, 16, neck="none", neck_feat="after",
-                                                             last_stride=2, stem="imagenet").parameters()]
+    default = [(p.name, tuple(p.shape)) for p in uninitialised_parameters("ResNet18", 10, 16)]
+    explicit = [(p.name, tuple(p.shape)) for p in uninitialised_parameters("ResNet18", 10, 16, neck="none",
+                                                                          neck_feat="after", last_stride=2,
+                                                                          stem="imagenet")]
     assert default == explicit
     assert not any(name.startswith("neck_") for name, _ in default)
 
@@ -114,37 +116,22 @@ def test_every_model_is_a_trunk_tested_here_or_shares_one():
 
 # ---- last stride ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def default_model():
-    """default_model(name): build_model(name, 10) in eval mode, built once for the tests that compare a variant
-    (another last stride, the small stem) with it; read, never changed."""
-    built = {}
-
-    def get(name):
-        if name not in built:
-            built[name] = build_model(name, 10)
-            built[name].eval()
-        return built[name]
-
-    return get
-
-
-def final_feature_map(model, x):
+def final_feature_map(model, image):
     backbone = model.backbone
-    return backbone.blocks(backbone.max_pool(backbone.stem(paddle.to_tensor(x))))
+    return backbone.blocks(backbone.max_pool(backbone.stem(image)))
 
 
 @pytest.mark.parametrize("name", TRUNKS)
-def test_last_stride_1_doubles_the_final_map_with_the_same_parameters(name, default_model):
-    x = images(batch=1, size=64)
+def test_last_stride_1_doubles_the_final_map_with_the_same_parameters(name):
     shapes, parameters = {}, {}
     for stride in (1, 2):
-        model = build_model(name, 10, last_stride=1) if stride == 1 else default_model(name)
-        model.eval()
-        shapes[stride] = final_feature_map(model, x).shape
-        parameters[stride] = [(p.name, tuple(p.shape)) for p in model.parameters()]
-        metric, _, _, _ = model(paddle.to_tensor(x))
-        assert metric.shape == [1, model.backbone.feature_dim]
+        with shapes_only(batch=1, size=64) as image:
+            model = build_model(name, 10, last_stride=stride)
+            model.eval()
+            shapes[stride] = final_feature_map(model, image).shape
+            parameters[stride] = [(p.name, tuple(p.shape)) for p in model.parameters()]
+            metric, _, _, _ = model(image)
+            assert metric.shape == [1, model.backbone.feature_dim]
     channels = 2048 if "50" in name else 512
     assert shapes[2] == [1, channels, 2, 2] and shapes[1] == [1, channels, 4, 4]
     assert parameters[1] == parameters[2]
@@ -175,14 +162,14 @@ def test_last_stride_reaches_the_embedding_program():
 # ---- stem ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", TRUNKS)
-def test_small_stem_doubles_every_map_and_changes_only_the_first_convolution(name, default_model):
-    x = images(batch=1, size=32)
+def test_small_stem_doubles_every_map_and_changes_only_the_first_convolution(name):
     shapes, parameters = {}, {}
     for stem in ("imagenet", "small"):
-        model = default_model(name) if stem == "imagenet" else build_model(name, 10, stem="small")
-        model.eval()
-        shapes[stem] = final_feature_map(model, x).shape
-        parameters[stem] = {p.name: tuple(p.shape) for p in model.parameters()}
+        with shapes_only(batch=1, size=32) as image:
+            model = build_model(name, 10, stem=stem)
+            model.eval()
+            shapes[stem] = final_feature_map(model, image).shape
+            parameters[stem] = {p.name: tuple(p.shape) for p in model.parameters()}
     channels = 2048 if "50" in name else 512
     assert shapes["imagenet"] == [1, channels, 1, 1] and shapes["small"] == [1, channels, 2, 2]
     assert parameters["imagenet"].pop("conv1_weights") == (64, 3, 7, 7)
