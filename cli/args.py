@@ -339,7 +339,8 @@ def _check(script, args):
 def check_re_ranking_alone(args):
     """UserError when --re_ranking and --query_expansion are both given (eval.py, search.py)."""
     if args.re_ranking and args.query_expansion:
-        raise UserError("--re_ranking expands the queries itself: give it or --query_expansion, not both")
+        from evaluation.postprocess import expansions_clash
+        raise UserError(expansions_clash("--re_ranking", "--query_expansion"))
 
 
 def _check_post_processing(args):

@@ -55,6 +55,12 @@ class Expansion:
         return f"k={self.k} alpha={self.alpha:g}"
 
 
+def expansions_clash(re_ranking="k-reciprocal re-ranking", query_expansion="query expansion"):
+    """Why re-ranking and query expansion are not used together, naming them as the caller's user knows them
+    (flags, service fields)."""
+    return f"{re_ranking} expands the queries itself: give it or {query_expansion}, not both"
+
+
 @dataclass(frozen=True)
 class PostProcessing:
     database_augmentation: Optional[Expansion] = None
@@ -63,8 +69,7 @@ class PostProcessing:
 
     def __post_init__(self):
         if self.re_ranking and self.query_expansion:
-            raise ValueError("k-reciprocal re-ranking expands the queries itself: use it or query expansion, "
-                             "not both")
+            raise ValueError(expansions_clash())
 
     def __bool__(self):
         return bool(self.database_augmentation or self.query_expansion or self.re_ranking)

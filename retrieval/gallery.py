@@ -207,7 +207,8 @@ class Gallery:
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, not {top_k}")
         if query_expansion is not None and re_ranking is not None:
-            raise UserError("k-reciprocal re-ranking expands the queries itself: use it or query expansion, not both")
+            from evaluation.postprocess import expansions_clash
+            raise UserError(expansions_clash())
         if query_expansion is not None:
             features = self._expanded(state, features, query_expansion)
         depth = max(top_k, re_ranking.shortlist) if re_ranking is not None else top_k

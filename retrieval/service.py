@@ -101,7 +101,8 @@ def create_app(gallery, token=None, *, max_file_bytes=MAX_FILE_BYTES, max_image_
         """(per image its matches, per image its sigma^2 or None)."""
         expansion, reranking = _expansion(query_expansion), _re_ranking(re_ranking)
         if expansion and reranking:
-            raise HTTPException(400, "re_ranking expands the queries itself: give it or query_expansion, not both")
+            from evaluation.postprocess import expansions_clash
+            raise HTTPException(400, expansions_clash("re_ranking", "query_expansion"))
         features, sigma2 = await batcher.embed(images)
         results = await run_in_threadpool(gallery.search, features, top_k, threshold, expansion, reranking)
         return results, [None] * len(images) if sigma2 is None else sigma2.tolist()

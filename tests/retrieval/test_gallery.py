@@ -409,5 +409,5 @@ def test_re_ranking_settings_and_its_refusals(tmp_path):
             ReRanking.parse(bad)
     gallery = new_gallery(tmp_path)
     add_items(gallery, unit_rows(30, 0))
-    with pytest.raises(UserError, match="use it or query expansion, not both"):
+    with pytest.raises(UserError, match="give it or query expansion, not both"):
         gallery.search(unit_rows(1, 1), 3, query_expansion=Expansion(2, 1.0), re_ranking=ReRanking())
