@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from engine import dump
 from evaluation import metrics
 from evaluation.postprocess import PostProcessing, ranked_blocks
 from retrieval.gallery import Gallery, ReRanking
@@ -41,11 +42,11 @@ def load_average():
 
 
 def read_dump(folder):
-    features = np.load(os.path.join(folder, "features.npy")).astype(np.float32)
-    labels = np.load(os.path.join(folder, "labels.npy"))
-    with open(os.path.join(folder, "fingerprint.json")) as f:
-        fingerprint = json.load(f)["fingerprint"]
-    return features / np.linalg.norm(features, axis=1, keepdims=True), labels, fingerprint
+    """(unit-length features, labels, fingerprint) of infer.py's dump in `folder`."""
+    fingerprint = dump.dump_fingerprint(folder)
+    features, _, labels, _, _ = dump.read_dump(folder, folder, fingerprint, None)
+    features = features.astype(np.float32)
+    return features / np.linalg.norm(features, axis=1, keepdims=True), np.asarray(labels), fingerprint
 
 
 def fold_of_each(labels, folds):

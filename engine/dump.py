@@ -38,6 +38,15 @@ def write_dump(out_dir, features, labels, paths, fingerprint, uncertainty=None):
           f"{FEATURES}, {LABELS}, {PATHS}, {FINGERPRINT}{written}", flush=True)
 
 
+def dump_fingerprint(dump_dir):
+    """The fingerprint of the model that embedded a dump (fingerprint.json)."""
+    try:
+        with open(os.path.join(dump_dir, FINGERPRINT)) as f:
+            return json.load(f).get("fingerprint")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{dump_dir} is not a complete infer.py dump: cannot read its {FINGERPRINT}: {err}") from None
+
+
 def read_dump(dump_dir, data_dir, fingerprint, dim):
     """(features, paths, labels, data_dir, sigma^2 or None) of a dump, checked against the model that will use
     it (its fingerprint, and its embedding size unless dim is None: a model without an embedding layer records
@@ -47,18 +56,17 @@ def read_dump(dump_dir, data_dir, fingerprint, dim):
         labels = np.load(os.path.join(dump_dir, LABELS)).tolist()
         with open(os.path.join(dump_dir, PATHS), encoding="utf-8") as f:
             paths = f.read().splitlines()
-        with open(os.path.join(dump_dir, FINGERPRINT)) as f:
-            written = json.load(f)
     except (OSError, ValueError) as err:
         raise UserError(f"{dump_dir} is not a complete infer.py dump ({FEATURES}, {LABELS}, {PATHS}, "
                         f"{FINGERPRINT}): {err}") from None
+    embedded_by = dump_fingerprint(dump_dir)
     if features.ndim != 2 or not len(features) == len(labels) == len(paths):
         raise UserError(f"{dump_dir}: {FEATURES} {features.shape}, {len(labels)} labels and {len(paths)} paths "
                         f"do not match")
-    dump_fingerprint, dump_dim = written.get("fingerprint"), features.shape[1]
-    if (dim is not None and dump_dim != dim) or dump_fingerprint != fingerprint:
+    dump_dim = features.shape[1]
+    if (dim is not None and dump_dim != dim) or embedded_by != fingerprint:
         width = "" if dim is None else f" ({dim}-d)"
-        raise UserError(f"{dump_dir} was embedded by model fingerprint {dump_fingerprint} ({dump_dim}-d), the "
+        raise UserError(f"{dump_dir} was embedded by model fingerprint {embedded_by} ({dump_dim}-d), the "
                         f"index's model is {fingerprint}{width}: another model, embedding size or "
                         f"preprocessing; embed the gallery with the index's model")
     if not data_dir:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.dump import write_dump
+
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("bench_search_rerank", REPO / "bench" / "bench_search_rerank.py")
 bench = importlib.util.module_from_spec(_spec)
@@ -13,14 +15,12 @@ _spec.loader.exec_module(bench)
 CLASSES, PER_CLASS, DIM = 6, 8, 16
 
 
-def write_dump(folder):
+def write_synthetic_dump(folder):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(CLASSES), PER_CLASS)
     features = rng.normal(size=(CLASSES, DIM))[labels] + 0.8 * rng.normal(size=(len(labels), DIM))
     order = rng.permutation(len(labels))  # classes interleaved, as list files need not be sorted
-    np.save(folder / "features.npy", features[order].astype(np.float32))
-    np.save(folder / "labels.npy", labels[order])
-    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 16, "embedding_size": DIM}))
+    write_dump(str(folder), features[order], labels[order], [f"{i}.png" for i in order], "0" * 16)  # as infer.py
     return features[order] / np.linalg.norm(features[order], axis=1, keepdims=True), labels[order]
 
 
@@ -42,7 +42,7 @@ def plain_reference(features, labels, folds):
 
 
 def test_every_image_is_a_query_once_and_the_plain_figures_equal_a_loop_reference(tmp_path):
-    features, labels = write_dump(tmp_path)
+    features, labels = write_synthetic_dump(tmp_path)
     assert np.bincount(bench.fold_of_each(labels, 4)).tolist() == [12] * 4  # 2 images of each class per fold
     bench.main(["--features", str(tmp_path), "--folds", "4", "--shortlists", "21", "--full_pool",
                 "--out", str(tmp_path / "r.jsonl")])

@@ -1,8 +1,10 @@
 import os
 
 import numpy as np
+import pytest
 
-from engine.dump import read_dump, write_dump
+from engine.dump import dump_fingerprint, read_dump, write_dump
+from utility.errors import UserError
 
 
 def test_a_dump_reads_back_and_sigma_squared_comes_and_goes_with_the_model(tmp_path):
@@ -16,3 +18,15 @@ def test_a_dump_reads_back_and_sigma_squared_comes_and_goes_with_the_model(tmp_p
     write_dump(str(out), features, np.array([1, 2]), ["a/x.png", "a/y.png"], "beef")
     assert not (out / "uncertainty.npy").exists()
     assert read_dump(str(out), "data", "beef", 3)[3:] == ("data", None)
+
+
+def test_the_fingerprint_of_a_dump_is_read_back_and_a_missing_or_damaged_one_is_one_clear_error(tmp_path):
+    write_dump(str(tmp_path), np.ones((1, 2)), np.array([0]), ["x.png"], "f00d")
+    assert dump_fingerprint(str(tmp_path)) == "f00d"
+    for damage in ("[1, 2]", "{not json"):
+        (tmp_path / "fingerprint.json").write_text(damage)
+        with pytest.raises(UserError, match="not a complete infer.py dump: cannot read its fingerprint.json"):
+            read_dump(str(tmp_path), "", "f00d", 2)
+    (tmp_path / "fingerprint.json").unlink()
+    with pytest.raises(UserError, match="cannot read its fingerprint.json"):
+        dump_fingerprint(str(tmp_path))

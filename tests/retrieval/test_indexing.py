@@ -1,11 +1,10 @@
 """retrieval.indexing from Python: build, add, remove and info without the command line; the gallery sources."""
-import json
 import os
 
 import numpy as np
 import pytest
 
-from engine.dump import read_dump
+from engine.dump import dump_fingerprint, read_dump
 from retrieval.gallery import Gallery
 from retrieval.indexing import GalleryImages, add_images, build_index, folder_images, index_info, remove_items
 from utility.errors import UserError
@@ -72,8 +71,7 @@ def test_folder_images_label_by_subfolder(tiny_photos):
 
 
 def test_read_dump_checks_the_model_and_finds_the_data_dir(tiny_export, tmp_path):
-    with open(os.path.join(tiny_export["dump_dir"], "fingerprint.json")) as f:
-        fingerprint = json.load(f)["fingerprint"]
+    fingerprint = dump_fingerprint(tiny_export["dump_dir"])
     features, paths, labels, data_dir, sigma2 = read_dump(tiny_export["dump_dir"], "", fingerprint, 16)
     assert sigma2 is None  # the model predicts no uncertainty
     assert features.shape == (24, 16) and len(paths) == len(labels) == 24
@@ -97,7 +95,5 @@ def test_a_dump_of_a_model_without_embedding_layer_builds_an_index(tiny_export, 
     monkeypatch.setattr(indexing, "model_identity", without_embedding_size)
     stats = build_index(str(tmp_path / "g"), GalleryImages(features=tiny_export["dump_dir"]), tiny_export["model_dir"])
     assert (stats["items"], stats["dim"]) == (24, 16)
-    with open(os.path.join(tiny_export["dump_dir"], "fingerprint.json")) as f:
-        fingerprint = json.load(f)["fingerprint"]
     with pytest.raises(UserError, match=r"fingerprint .* \(16-d\).*is 0123456789abcdef: another model"):
         read_dump(tiny_export["dump_dir"], "", "0123456789abcdef", None)
