@@ -75,6 +75,7 @@ def _common(p):
     g.add_argument("--neck_feat", choices=NETWORK_CHOICES["neck_feat"], default="after", help="with --neck=bnneck: evaluate and export the feature after the batch norm or before it")
     g.add_argument("--last_stride", type=int, choices=NETWORK_CHOICES["last_stride"], default=2, help="stride of the last stage: 1 doubles the final feature map (same parameters)")
     g.add_argument("--stem", choices=NETWORK_CHOICES["stem"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps); MobileNetV3_large keeps its 3x3 stem and strides it by 1")
+    g.add_argument("--pooling", choices=NETWORK_CHOICES["pooling"], default="avg", help="the last feature map's global pooling: avg (the original), or gem, a generalized mean whose learned exponent leans towards the maximum, as image retrieval and re-identification systems pool")
     g.add_argument("--uncertainty", type=str2bool, default=False,
                    help="a head on the pooled feature predicts each image's log variance s (trained by "
                         "--loss_name uncertaintytriplet or uncertaintysoftmax); exports give sigma^2 as a second "

@@ -9,7 +9,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from utility.errors import UserError
 
 CHOICES = {"neck": ("none", "bnneck"), "neck_feat": ("after", "before"), "last_stride": (1, 2),
-           "stem": ("imagenet", "small"), "eval_resize": ("crop", "full")}
+           "stem": ("imagenet", "small"), "eval_resize": ("crop", "full"), "pooling": ("avg", "gem")}
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class NetworkSpec:
     ink_crop: bool          # cut line drawings to the square around their strokes first
     # Settings added after checkpoints were first written have a default: the value an older record means.
     uncertainty: bool = False  # a head predicts each image's log variance (models/head.py)
+    pooling: str = "avg"       # the trunk's global pooling: avg | gem (generalized mean, learned exponent)
 
     @classmethod
     def names(cls):

@@ -61,7 +61,7 @@ def build_network(network, num_classes):
     `num_classes` (none for 0)."""
     return models.build_model(network.model, num_classes, network.embedding_size, neck=network.neck,
                               neck_feat=network.neck_feat, last_stride=network.last_stride, stem=network.stem,
-                              uncertainty=network.uncertainty)
+                              uncertainty=network.uncertainty, pooling=network.pooling)
 
 
 def trains_classifier(config):

@@ -1,6 +1,6 @@
 """Network builders, chosen by name with --model.
 
-`build_model(name, num_classes, embedding_size, neck=, neck_feat=, last_stride=, stem=)` returns a
+`build_model(name, num_classes, embedding_size, neck=, neck_feat=, last_stride=, stem=, pooling=)` returns a
 paddle.nn.Layer mapping images [N, 3, H, W] (float32) to a NetworkOutput
 (metric_embedding, logits, inference_embedding). The same layer serves eager code and
 static programs; every parameter has a fixed name (see models/resnet.py, models/resnet_ibn.py,
@@ -9,7 +9,7 @@ models/se_resnet.py, models/se_resnext.py, models/mobilenet_v3.py and models/hea
 from paddle.utils import unique_name
 
 from models.head import NECK_FEATS, NECKS, EmbeddingNet, NetworkOutput
-from models.layers import STEMS
+from models.layers import POOLINGS, STEMS
 from models.mobilenet_v3 import mobilenet_v3_large
 from models.resnet import resnet18, resnet34, resnet50
 from models.resnet_ibn import resnet50_ibn_a
@@ -30,14 +30,16 @@ LAST_STRIDES = (1, 2)
 
 
 def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="after", last_stride=2,
-                stem="imagenet", uncertainty=False):
+                stem="imagenet", uncertainty=False, pooling="avg"):
     """Build backbone `name` with the embedding/neck/classifier head.
 
     Returns an EmbeddingNet whose forward gives NetworkOutput(metric_embedding, logits,
     inference_embedding); logits is None when num_classes == 0. neck="bnneck" adds the
     BNNeck (models/head.py); last_stride=1 keeps the resolution of the last stage; stem="small"
     starts with a 3x3 stride-1 convolution instead of 7x7 stride 2 (models/layers.py STEMS);
-    uncertainty=True adds the head predicting each image's log variance (NetworkOutput.log_variance).
+    uncertainty=True adds the head predicting each image's log variance (NetworkOutput.log_variance);
+    pooling="gem" pools the last feature map by a generalized mean with a learned exponent instead of
+    the average (models/layers.py GeneralizedMeanPool; one more parameter, `gem_p`).
     Attributes: .embedding_dim, .num_classes, .neck, .neck_feat.
     Raises UserError for an unknown name or option, or a negative size.
     """
@@ -47,12 +49,15 @@ def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="a
         raise UserError(f"num_classes and embedding_size must be 0 or more, "
                         f"got {num_classes} and {embedding_size}")
     for option, value, allowed in (("neck", neck, NECKS), ("neck_feat", neck_feat, NECK_FEATS),
-                                   ("last_stride", last_stride, LAST_STRIDES), ("stem", stem, STEMS)):
+                                   ("last_stride", last_stride, LAST_STRIDES), ("stem", stem, STEMS),
+                                   ("pooling", pooling, POOLINGS)):
         if value not in allowed:
             raise UserError(f"unknown {option} {value!r}; choose one of: {', '.join(map(str, allowed))}")
     # Eager Paddle refuses a parameter name already used in this process unless
     # the layers are created under a fresh unique_name namespace; this also lets
     # eager mode catch a duplicate name within one network.
     with unique_name.guard():
-        return EmbeddingNet(MODELS[name](last_stride=last_stride, stem=stem), num_classes=num_classes,
-                            embedding_size=embedding_size, neck=neck, neck_feat=neck_feat, uncertainty=uncertainty)
+        trunk = MODELS[name](last_stride=last_stride, stem=stem)
+        trunk.pool = POOLINGS[pooling]()
+        return EmbeddingNet(trunk, num_classes=num_classes, embedding_size=embedding_size, neck=neck,
+                            neck_feat=neck_feat, uncertainty=uncertainty)

@@ -79,6 +79,32 @@ class GlobalAvgPool(nn.Layer):
         return paddle.flatten(self.pool(x), start_axis=1)
 
 
+GEM_P = 3.0      # the usual start of the learned exponent (the GeM paper's)
+GEM_EPS = 1e-6
+
+
+class GeneralizedMeanPool(nn.Layer):
+    """Generalized mean over the spatial dimensions, (mean of x^p)^(1/p): [N, C, H, W] -> [N, C] (GeM,
+    Radenovic et al. 2018, the pooling of image retrieval and re-identification systems).
+
+    p = 1 is the average, larger p leans towards the maximum, so a small strong activation (a dot, a
+    short stroke, a logo) is not averaged away over the map. p is learned, one scalar `gem_p` starting
+    at GEM_P; activations are clipped at GEM_EPS first (they follow a ReLU, and 0^p has no gradient in p).
+    """
+
+    def __init__(self, p=None):
+        super().__init__()
+        self.p = self.create_parameter([1], attr=ParamAttr(name="gem_p"),
+                                       default_initializer=nn.initializer.Constant(GEM_P if p is None else p))
+
+    def forward(self, x):
+        pooled = paddle.clip(x, min=GEM_EPS).pow(self.p).mean(axis=[2, 3])
+        return pooled.pow(1.0 / self.p)
+
+
+POOLINGS = {"avg": GlobalAvgPool, "gem": GeneralizedMeanPool}  # --pooling: every trunk pools through its `.pool`
+
+
 class SqueezeExcitation(nn.Layer):
     """Rescale each channel by a gate computed from the globally pooled input (Hu et al. 2018).
 

@@ -34,17 +34,20 @@ def test_a_file_older_than_a_setting_gives_only_the_settings_it_has():
                                          ("image_shape", "abc"), ("image_shape", [3, 32]), ("embedding_size", -1),
                                          ("embedding_size", "16"), ("neck", "wide"), ("last_stride", 3),
                                          ("last_stride", True), ("ink_crop", "yes"), ("uncertainty", 1),
+                                         ("pooling", "max"),
                                          ("model", 5)])
 def test_a_wrong_setting_is_one_user_error_naming_where_and_which(name, value):
     with pytest.raises(UserError, match=rf"^in/preprocess\.json: {name} .* is not "):
         NetworkSpec.fields_of({name: value}, "in/preprocess.json: ")
 
 
-def test_a_record_older_than_the_uncertainty_head_reads_as_without_it():
-    record = NetworkSpec.from_config(defaults("infer", uncertainty=True)).to_record()
+def test_a_record_older_than_the_uncertainty_head_or_the_pooling_choice_reads_as_without_them():
+    record = NetworkSpec.from_config(defaults("infer", uncertainty=True, pooling="gem")).to_record()
     assert record["uncertainty"] is True and NetworkSpec.from_record(record, "f: ").uncertainty
-    del record["uncertainty"]
+    assert NetworkSpec.from_record(record, "f: ").pooling == "gem"
+    del record["uncertainty"], record["pooling"]
     assert NetworkSpec.from_record(record, "f: ").uncertainty is False
+    assert NetworkSpec.from_record(record, "f: ").pooling == "avg"
 
 
 def test_a_record_missing_a_setting_is_refused():
@@ -57,9 +60,9 @@ def test_a_record_missing_a_setting_is_refused():
 def test_the_allowed_values_are_those_the_model_builders_accept():
     import models
     from models.head import NECK_FEATS, NECKS
-    from models.layers import STEMS
+    from models.layers import POOLINGS, STEMS
 
     assert NetworkSpec.names() == ("model", "embedding_size", "image_shape", "neck", "neck_feat", "last_stride",
-                                   "stem", "eval_resize", "ink_crop", "uncertainty")
-    assert (CHOICES["neck"], CHOICES["neck_feat"], CHOICES["last_stride"], CHOICES["stem"]) == \
-        (NECKS, NECK_FEATS, models.LAST_STRIDES, tuple(STEMS))
+                                   "stem", "eval_resize", "ink_crop", "uncertainty", "pooling")
+    assert (CHOICES["neck"], CHOICES["neck_feat"], CHOICES["last_stride"], CHOICES["stem"], CHOICES["pooling"]) == \
+        (NECKS, NECK_FEATS, models.LAST_STRIDES, tuple(STEMS), tuple(POOLINGS))
