@@ -11,10 +11,10 @@ from engine.embedder import Embedder, export
 from models import build_model
 
 
-def exported_features(model, out_dir, size=32, batch=2, **network):
+def exported_features(model, out_dir, size=32, batch=2, engine=None, **network):
     """(Executor features, exported model's features) of `model`'s embedding program with its start-up weights:
-    the program is exported as infer.py --export_model does and run by the Paddle Inference predictor (oneDNN)
-    that eval.py, infer.py and the retrieval tools use."""
+    the program is exported as infer.py --export_model does and run by `engine` (None: the default engine of
+    eval.py, infer.py and the retrieval tools)."""
     config = defaults("eval", model=model, image_shape=(3, size, size), use_gpu=False, **network)
     images = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
     with static_mode():
@@ -25,7 +25,7 @@ def exported_features(model, out_dir, size=32, batch=2, **network):
             exe.run(graph.startup)
             executed, = exe.run(graph.program, feed={programs.IMAGE: images}, fetch_list=[graph.embedding])
             export(exe, graph.program, graph.image, graph.embedding, str(out_dir), config)
-    return executed, Embedder(str(out_dir), use_gpu=False)(images)
+    return executed, Embedder(str(out_dir), use_gpu=False, engine=engine)(images)
 
 
 @contextlib.contextmanager

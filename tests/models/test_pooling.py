@@ -63,8 +63,10 @@ def test_gem_adds_only_its_exponent_and_at_p_1_the_network_embeds_as_with_the_av
         build_model("ResNet18", pooling="max")
 
 
-def test_a_gem_network_exports_with_the_programs_features(tmp_path):
-    executed, exported = exported_features("ResNet18", tmp_path / "exported", pooling="gem", embedding_size=8)
+@pytest.mark.parametrize("engine", ["onnxruntime", "paddle"])
+def test_a_gem_network_exports_with_the_programs_features(tmp_path, engine):
+    executed, exported = exported_features("ResNet18", tmp_path / "exported", engine=engine, pooling="gem",
+                                           embedding_size=8)
     np.testing.assert_allclose(exported, executed, rtol=0, atol=1e-4 * np.abs(executed).max())
 
 
