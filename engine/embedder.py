@@ -59,6 +59,9 @@ def read_model_info(model):
 # What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
 FINGERPRINT_FIELDS = (*NetworkSpec.names(), "color", "mean", "std", "resize_ratio", "ink_threshold", "ink_fraction",
                       "layout")
+# Settings newer than the fingerprint enter it only away from their default, so that an export made before them
+# keeps the fingerprint its galleries and dumps carry: setting -> the value an export without it means.
+ADDED_AFTER_FINGERPRINTS = {"pooling": "avg"}
 
 
 def model_fingerprint(model_dir):
@@ -72,7 +75,11 @@ def model_fingerprint(model_dir):
     with open(os.path.join(model_dir, EXPORT_PREFIX + ".pdiparams"), "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    digest.update(json.dumps({name: info.get(name) for name in FINGERPRINT_FIELDS}, sort_keys=True).encode())
+    fields = {name: info.get(name) for name in FINGERPRINT_FIELDS}
+    for name, default in ADDED_AFTER_FINGERPRINTS.items():
+        if fields[name] in (None, default):  # an export older than the setting, or one at its default
+            del fields[name]
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 

@@ -58,6 +58,6 @@ def build_model(name, num_classes=0, embedding_size=0, neck="none", neck_feat="a
     # eager mode catch a duplicate name within one network.
     with unique_name.guard():
         trunk = MODELS[name](last_stride=last_stride, stem=stem)
-        trunk.pool = POOLINGS[pooling]()
+        trunk.pool = POOLINGS[pooling]()  # every trunk pools its last map through its `.pool` layer
         return EmbeddingNet(trunk, num_classes=num_classes, embedding_size=embedding_size, neck=neck,
                             neck_feat=neck_feat, uncertainty=uncertainty)

@@ -76,3 +76,27 @@ def test_training_learns_the_exponent_and_the_checkpoint_remembers_the_pooling(t
     learned = float(np.asarray(final_parameters(checkpoint)["gem_p"]).ravel()[0])
     assert learned != GEM_P and np.isfinite(learned)
     assert read_state(checkpoint)["network"]["pooling"] == "gem"
+
+
+def test_exports_from_before_the_pooling_setting_keep_their_fingerprint(tmp_path):
+    """Galleries and dumps carry their model's fingerprint: an export written before --pooling existed (no
+    "pooling" in preprocess.json) and the same export with "avg" must agree; "gem" is another model."""
+    import json
+
+    from cli.args import defaults
+    from engine.embedder import EXPORT_INFO, EXPORT_PREFIX, model_fingerprint, preprocess_description
+    from engine.network_spec import NetworkSpec
+
+    def fingerprint(**fields):
+        folder = tmp_path / "_".join(f"{k}{v}" for k, v in fields.items()) if fields else tmp_path / "old"
+        folder.mkdir()
+        for suffix in (".json", ".pdiparams"):
+            (folder / (EXPORT_PREFIX + suffix)).write_bytes(b"the same parameters")
+        info = {**NetworkSpec.from_config(defaults("infer")).to_record(), **preprocess_description("crop")}
+        del info["pooling"]
+        (folder / EXPORT_INFO).write_text(json.dumps({**info, **fields}))
+        return model_fingerprint(str(folder))
+
+    before_the_setting = fingerprint()
+    assert fingerprint(pooling="avg") == before_the_setting
+    assert fingerprint(pooling="gem") != before_the_setting
