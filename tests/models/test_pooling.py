@@ -1,4 +1,5 @@
 """--pooling gem (models/layers.py GeneralizedMeanPool): the formula, its learned exponent, every path it runs on."""
+import json
 import os
 
 import numpy as np
@@ -8,6 +9,9 @@ from paddle.utils import unique_name
 from backbone_checks import exported_features
 from train_runs import final_parameters, read_state, run_train
 
+from cli.args import defaults
+from engine.embedder import EXPORT_INFO, EXPORT_PREFIX, model_fingerprint, preprocess_description
+from engine.network_spec import NetworkSpec
 from models import build_model
 from models.layers import GEM_EPS, GEM_P, GeneralizedMeanPool
 from utility.errors import UserError
@@ -81,12 +85,6 @@ def test_training_learns_the_exponent_and_the_checkpoint_remembers_the_pooling(t
 def test_exports_from_before_the_pooling_setting_keep_their_fingerprint(tmp_path):
     """Galleries and dumps carry their model's fingerprint: an export written before --pooling existed (no
     "pooling" in preprocess.json) and the same export with "avg" must agree; "gem" is another model."""
-    import json
-
-    from cli.args import defaults
-    from engine.embedder import EXPORT_INFO, EXPORT_PREFIX, model_fingerprint, preprocess_description
-    from engine.network_spec import NetworkSpec
-
     def fingerprint(**fields):
         folder = tmp_path / "_".join(f"{k}{v}" for k, v in fields.items()) if fields else tmp_path / "old"
         folder.mkdir()
