@@ -59,9 +59,9 @@ def read_model_info(model):
 # What makes two exports embed alike, besides the parameters: the network's settings and the preprocessing.
 FINGERPRINT_FIELDS = (*NetworkSpec.names(), "color", "mean", "std", "resize_ratio", "ink_threshold", "ink_fraction",
                       "layout")
-# Settings newer than the fingerprint enter it only away from their default, so that an export made before them
-# keeps the fingerprint its galleries and dumps carry: setting -> the value an export without it means.
-ADDED_AFTER_FINGERPRINTS = {"pooling": "avg"}
+# Network settings newer than the fingerprint enter it only away from their default (NetworkSpec.default), so that
+# an export made before them keeps the fingerprint its galleries and dumps carry.
+ADDED_AFTER_FINGERPRINTS = ("pooling",)
 
 
 def model_fingerprint(model_dir):
@@ -76,8 +76,8 @@ def model_fingerprint(model_dir):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     fields = {name: info.get(name) for name in FINGERPRINT_FIELDS}
-    for name, default in ADDED_AFTER_FINGERPRINTS.items():
-        if fields[name] in (None, default):  # an export older than the setting, or one at its default
+    for name in ADDED_AFTER_FINGERPRINTS:
+        if fields[name] in (None, NetworkSpec.default(name)):  # an export older than the setting, or at its default
             del fields[name]
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]

@@ -32,6 +32,11 @@ class NetworkSpec:
         return tuple(field.name for field in fields(cls))
 
     @classmethod
+    def default(cls, name):
+        """What a record without setting `name` means (a setting added after records were first written)."""
+        return next(field.default for field in fields(cls) if field.name == name and field.default is not MISSING)
+
+    @classmethod
     def from_config(cls, config):
         """The spec of a configuration (a resolved Config, or anything with these attributes; one without a
         setting that has a default gets the default)."""
