@@ -3,6 +3,7 @@
 Training length is counted in iterations only: --num_epochs N is N passes' worth of batches,
 evaluated and saved after every pass. Checkpoints are named by the iteration they were saved at.
 """
+import glob
 import itertools
 import json
 import math
@@ -68,15 +69,17 @@ class Schedule:
 
 def claim_save_dir(config, resuming):
     """A new run does not write over another run's checkpoints and log, unless --overwrite=True."""
-    model_dir = os.path.join(config.model_save_dir, config.model)
     if resuming or config.overwrite:
         return
-    earlier = [path for path in (os.path.join(model_dir, checkpoint.LATEST),
-                                 os.path.join(config.model_save_dir, LOG_FILE)) if os.path.lexists(path)]
-    if earlier:
-        raise UserError(f"{config.model_save_dir} holds another run ({', '.join(earlier)}): resume it with "
-                        f"--checkpoint={os.path.join(model_dir, checkpoint.LATEST)}, choose a new "
-                        "--model_save_dir, or pass --overwrite=True to replace it")
+    latest = sorted(glob.glob(os.path.join(glob.escape(config.model_save_dir), "*", checkpoint.LATEST)))
+    log = os.path.join(config.model_save_dir, LOG_FILE)
+    earlier = latest + [log] * os.path.lexists(log)
+    if not earlier:
+        return
+    own_latest = os.path.join(config.model_save_dir, config.model, checkpoint.LATEST)
+    resume = f"resume it with --checkpoint={own_latest}, " if own_latest in latest else ""
+    raise UserError(f"{config.model_save_dir} holds another run ({', '.join(earlier)}): {resume}choose a new "
+                    "--model_save_dir, or pass --overwrite=True to replace it")
 
 
 class RunLog:

@@ -18,10 +18,22 @@ def test_a_new_run_does_not_write_over_another(tmp_path):
     config = defaults("train", model_save_dir=str(tmp_path), model="ResNet18")
     claim_save_dir(config, resuming=False)  # empty: fine
     (tmp_path / LOG_FILE).write_text("{}\n")
-    with pytest.raises(UserError, match=r"holds another run .*--checkpoint=.*ResNet18/latest.*--overwrite=True"):
-        claim_save_dir(config, resuming=False)
+    with pytest.raises(UserError, match=r"holds another run .*log.jsonl\): choose a new --model_save_dir, or pass "
+                                        r"--overwrite=True"):
+        claim_save_dir(config, resuming=False)  # a log but no checkpoint: nothing to resume
     claim_save_dir(config, resuming=True)
     claim_save_dir(defaults("train", model_save_dir=str(tmp_path), overwrite=True), resuming=False)
+
+
+@pytest.mark.parametrize("earlier_model, resumable", [("ResNet18", True), ("ResNet50", False)])
+def test_resuming_is_offered_only_for_a_checkpoint_of_the_same_network(tmp_path, earlier_model, resumable):
+    (tmp_path / earlier_model).mkdir()
+    os.symlink("150", tmp_path / earlier_model / "latest")
+    with pytest.raises(UserError) as refused:
+        claim_save_dir(defaults("train", model_save_dir=str(tmp_path), model="ResNet18"), resuming=False)
+    message = str(refused.value)
+    assert f"{earlier_model}/latest" in message and "--overwrite=True" in message
+    assert ("--checkpoint=" in message) == resumable
 
 
 def test_the_log_is_strict_json(tmp_path):
