@@ -28,6 +28,10 @@ def str2bool(text):
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+# A boolean flag takes True/False as the original's did, or stands alone for True (`--skip_bad_images`).
+BOOLEAN = {"type": str2bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+
+
 def int_list(text):
     try:
         return [int(part) for part in str(text).split(",") if part.strip()]
@@ -76,7 +80,7 @@ def _common(p):
     g.add_argument("--last_stride", type=int, choices=NETWORK_CHOICES["last_stride"], default=2, help="stride of the last stage: 1 doubles the final feature map (same parameters)")
     g.add_argument("--stem", choices=NETWORK_CHOICES["stem"], default="imagenet", help="first convolution: imagenet = 7x7 stride 2 (the original); small = 3x3 stride 1, for inputs of 32-64 px (4x the compute, finer maps); MobileNetV3_large keeps its 3x3 stem and strides it by 1")
     g.add_argument("--pooling", choices=NETWORK_CHOICES["pooling"], default="avg", help="the last feature map's global pooling: avg (the original), or gem, a generalized mean whose learned exponent leans towards the maximum, as image retrieval and re-identification systems pool")
-    g.add_argument("--uncertainty", type=str2bool, default=False,
+    g.add_argument("--uncertainty", **BOOLEAN, default=False,
                    help="a head on the pooled feature predicts each image's log variance s (trained by "
                         "--loss_name uncertaintytriplet or uncertaintysoftmax); exports give sigma^2 as a second "
                         "output, infer.py writes it to uncertainty.npy, eval.py scores its uncertain queries")
@@ -84,7 +88,7 @@ def _common(p):
     g.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="root that list paths are relative to")
     g.add_argument("--train_list", default=DEFAULT_TRAIN_LIST, help="training list: 'relative/path.jpg LABEL' per line")
     g.add_argument("--val_list", default=DEFAULT_VAL_LIST, help="evaluation list, same format")
-    g.add_argument("--with_camera", type=str2bool, default=False,
+    g.add_argument("--with_camera", **BOOLEAN, default=False,
                    help="lists have a camera column: 'relative/path.jpg LABEL CAMERA' (re-identification)")
     g.add_argument("--num_workers", type=int, default=2, help="image decoding worker processes (0 decodes in the main process)")
     g.add_argument("--max_image_pixels", type=int, default=MAX_PIXELS,
@@ -94,14 +98,14 @@ def _common(p):
                    help="evaluation preprocessing: 'crop' resizes the short side to 256/224 of the input size and "
                         "takes the centre crop (ImageNet protocol); 'full' resizes the whole image to the input "
                         "size, nothing cut off (drawings, characters)")
-    g.add_argument("--ink_crop", type=str2bool, default=False,
+    g.add_argument("--ink_crop", **BOOLEAN, default=False,
                    help="line drawings (dark strokes on light paper): before training's crops and evaluation's "
                         "resize, cut each image to the square around its strokes, so that every drawing fills "
                         "the input whatever its size and place on the page")
     g.add_argument("--pretrained_model", default=None,
                    help="parameters to load: a checkpoint or a folder of weights, or an ImageNet ResNet file of "
                         "torchvision (.pth), timm (.safetensors) or PaddleClas (.pdparams)")
-    g.add_argument("--use_gpu", type=str2bool, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
+    g.add_argument("--use_gpu", **BOOLEAN, default=None, help="run on GPU 0; default: whether Paddle was built with CUDA")
     g.add_argument("--seed", type=int, default=0, help="random seed for parameters, sampling and augmentation")
 
     _loss(p)
@@ -118,7 +122,7 @@ def _loss(p):
     g.add_argument("--samples_each_class", type=int, default=2, help="K: images of each class in a P x K batch")
     g.add_argument("--triplet_mining", choices=["none", "hard"], default="none", help="kept for old command lines: 'hard' with tripletloss means --loss_name=batchhardtripletloss")
     for flag in losses.FLAGS:
-        g.add_argument(f"--{flag.name}", type=str2bool if flag.kind is bool else flag.kind, default=flag.default,
+        g.add_argument(f"--{flag.name}", **(BOOLEAN if flag.kind is bool else {"type": flag.kind}), default=flag.default,
                        help=flag.help)
 
 
@@ -142,23 +146,23 @@ def _train(p):
     g.add_argument("--weight_decay", type=float, default=1e-4, help="L2 decay on all parameters")
     g.add_argument("--alpha", type=float, default=0.0, help="weight of the softmax branch: loss = metric + alpha * softmax")
     g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the softmax branch")
-    g.add_argument("--color_jitter", type=str2bool, default=False, help="augment: random brightness, contrast, saturation")
-    g.add_argument("--rotate", type=str2bool, default=False, help="augment: small random rotation (+-10 degrees, or +-D with --rotation_degrees D)")
+    g.add_argument("--color_jitter", **BOOLEAN, default=False, help="augment: random brightness, contrast, saturation")
+    g.add_argument("--rotate", **BOOLEAN, default=False, help="augment: small random rotation (+-10 degrees, or +-D with --rotation_degrees D)")
     g.add_argument("--rotation_degrees", type=float, default=0.0, help="augment: random rotation by up to +-D degrees (0 = off, or +-10 with --rotate True)")
     g.add_argument("--crop_area", type=float_pair, default=(0.08, 1.0), help="augment: MIN,MAX fraction of the image area the random-resized crop covers (1,1 = whole image)")
     g.add_argument("--crop_aspect", type=float_pair, default=(3 / 4, 4 / 3), help="augment: MIN,MAX aspect ratio of the random-resized crop (1,1 = never stretch)")
-    g.add_argument("--hflip", type=str2bool, default=True, help="augment: random horizontal flip (turn off for characters and text)")
-    g.add_argument("--random_erasing", type=str2bool, default=False, help="augment: erase a random rectangle")
+    g.add_argument("--hflip", **BOOLEAN, default=True, help="augment: random horizontal flip (turn off for characters and text)")
+    g.add_argument("--random_erasing", **BOOLEAN, default=False, help="augment: erase a random rectangle")
     g.add_argument("--dac_clusters", type=int, default=0, help="divide and conquer: K learners on K clusters of the data (0 = off)")
     g.add_argument("--dac_period", type=int, default=2, help="divide and conquer: re-cluster every N passes")
     g.add_argument("--dac_full_from", type=int, default=None, help="divide and conquer: from this pass on, train the whole embedding on all data")
     g.add_argument("--xbm_size", type=int, default=0, help="cross-batch memory: the pair loss also compares each anchor with this device's last N embeddings (0 = off)")
     g.add_argument("--xbm_start_iter", type=int, default=0, help="cross-batch memory: fill and use it from this iteration on")
-    g.add_argument("--gather_embeddings", type=str2bool, default=False, help="several devices: the pair loss also compares each anchor with the other devices' batch rows")
+    g.add_argument("--gather_embeddings", **BOOLEAN, default=False, help="several devices: the pair loss also compares each anchor with the other devices' batch rows")
     g.add_argument("--checkpoint", default=None, help="resume from this checkpoint directory (or its 'latest' pointer)")
     g.add_argument("--model_save_dir", default="output", help="checkpoints go to MODEL_SAVE_DIR/MODEL/N")
     g.add_argument("--nan_policy", choices=["stop", "skip_batch"], default="stop", help="a non-finite loss stops training (stop), or its step is undone and counted (skip_batch: keeps a copy of the parameters each step)")
-    g.add_argument("--overwrite", type=str2bool, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
+    g.add_argument("--overwrite", **BOOLEAN, default=False, help="start a new run in a --model_save_dir that holds another run's checkpoints")
     g.add_argument("--save_iter_step", type=int, default=1000, help="save every N iterations (with --total_iter_num)")
     g.add_argument("--keep_checkpoints", type=int, default=5, help="keep the last N checkpoints, and always the ones 'latest' and 'best' (best validation Recall@1) name; older ones are deleted (0 = keep all)")
     g.add_argument("--test_iter_step", type=int, default=1000, help="evaluate Recall@1 every N iterations (with --total_iter_num)")
@@ -168,11 +172,11 @@ def _train(p):
 def _eval(p):
     g = p.add_argument_group("evaluation (eval.py)")
     g.add_argument("--recall_k", type=int_list, default=[1, 2, 4, 8], help="K values of Recall@K")
-    g.add_argument("--feat_norm", type=str2bool, default=True, help="L2-normalise embeddings before searching")
-    g.add_argument("--nmi", type=str2bool, default=True, help="also compute NMI (k-means; minutes at 60k images)")
+    g.add_argument("--feat_norm", **BOOLEAN, default=True, help="L2-normalise embeddings before searching")
+    g.add_argument("--nmi", **BOOLEAN, default=True, help="also compute NMI (k-means; minutes at 60k images)")
     g.add_argument("--query_list", default=None, help="separate query list (with --gallery_list)")
     g.add_argument("--gallery_list", default=None, help="separate gallery list (with --query_list)")
-    g.add_argument("--re_ranking", type=str2bool, default=False,
+    g.add_argument("--re_ranking", **BOOLEAN, default=False,
                    help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) before mAP/CMC (re-identification) "
                         "or before Recall@K and MAP@R")
     g.add_argument("--database_augmentation", type=k_alpha, default=None,
@@ -192,13 +196,13 @@ def _eval(p):
     g.add_argument("--queries_per_class", type=int, default=0,
                    help="few-shot: queries per class and episode (0 = every image not in the support; 1 = Lake's "
                         "one-shot protocol)")
-    g.add_argument("--within_alphabet", type=str2bool, default=False,
+    g.add_argument("--within_alphabet", **BOOLEAN, default=False,
                    help="few-shot: the classes of an episode come from one alphabet, the folder --group_level "
                         "levels above the images (alphabets with fewer than --ways classes are left out)")
     g.add_argument("--group_level", type=int, default=2,
                    help="few-shot: an image's alphabet is the folder this many levels above it in the list path "
                         "(1 = the folder holding it; 2 = Omniglot's set/ALPHABET/character/drawing.png)")
-    g.add_argument("--threshold", type=str2bool, default=False,
+    g.add_argument("--threshold", **BOOLEAN, default=False,
                    help="also find the distance threshold that best separates same-class from different-class pairs")
     g.add_argument("--threshold_plot", default=None,
                    help="draw the same/different-class distance histograms and the threshold to this PNG")
@@ -211,7 +215,7 @@ def _infer(p):
     g = p.add_argument_group("inference (infer.py)")
     g.add_argument("--infer_list", default=None, help="list to embed (labels optional); default --val_list")
     g.add_argument("--output_dir", default="infer_output", help="where features.npy, labels.npy, paths.txt go")
-    g.add_argument("--print_features", type=str2bool, default=False, help="print the original's Test-{i}-feature lines")
+    g.add_argument("--print_features", **BOOLEAN, default=False, help="print the original's Test-{i}-feature lines")
     g.add_argument("--export_model", default=None, help="also save a Paddle inference model (image -> embedding) here")
     g.add_argument("--export_onnx", default=None,
                    help="also write the model as ONNX to this file (paddle2onnx), its preprocessing beside it "
@@ -243,7 +247,7 @@ def _engine(p):
 
 
 def _skip_bad(p):
-    p.add_argument("--skip_bad_images", type=str2bool, default=False,
+    p.add_argument("--skip_bad_images", **BOOLEAN, default=False,
                    help="leave out unreadable images (reported) instead of stopping")
 
 

@@ -2,7 +2,7 @@
 import argparse
 from dataclasses import fields
 
-from cli.args import check_re_ranking_alone, engine_flag, k_alpha
+from cli.args import BOOLEAN, check_re_ranking_alone, engine_flag, k_alpha
 from evaluation.postprocess import Expansion
 from retrieval.gallery import DEFAULT_SHORTLIST, MIN_SHORTLIST, ReRanking
 from retrieval.indexing import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, GalleryImages
@@ -29,7 +29,7 @@ def index_parser(description):
         sub.add_argument("--data_dir", default="", help="folder the list's (or the dump's) paths are relative to")
         sub.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images embedded at a time")
         sub.add_argument("--num_workers", type=int, default=DEFAULT_NUM_WORKERS, help="image-decoding processes")
-        sub.add_argument("--skip_bad_images", action="store_true", help="leave unreadable images out (warned)")
+        sub.add_argument("--skip_bad_images", **BOOLEAN, default=False, help="leave unreadable images out (warned)")
         engine_flag(sub)
     model = build_parser.add_argument_group("the model (one of)")
     model.add_argument("--model_dir", help="an exported model (infer.py --export_model)")

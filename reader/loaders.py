@@ -185,6 +185,7 @@ class TestLoader(_Workers):
         super().__init__(job, num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
+        self._reported = set()  # a loader re-run at each evaluation warns of an unreadable path once
         # `rows`: only these rows of the list (one device's share), in this order; default all.
         rows = np.arange(len(image_list.paths), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self.num_rows = len(rows)
@@ -197,7 +198,9 @@ class TestLoader(_Workers):
                 if bad_paths and not self.skip_bad:
                     raise UserError(_bad_images_message(bad_paths))
                 for path, reason in bad_paths:
-                    print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
+                    if path not in self._reported:
+                        self._reported.add(path)
+                        print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
                 if readable.any():
                     yield images[readable], rows[readable]
         finally:
@@ -207,7 +210,7 @@ class TestLoader(_Workers):
 def _bad_images_message(bad_paths):
     listed = "; ".join(f"{path} ({reason})" for path, reason in bad_paths)
     return (f"cannot read {len(bad_paths)} image(s): {listed} "
-            f"(eval.py and infer.py: --skip_bad_images True leaves them out)")
+            "(--skip_bad_images leaves them out)")
 
 
 class TestBatchJob:

@@ -18,6 +18,19 @@ def test_booleans_accept_true_false(text, value):
     assert parse_args("eval", [f"--feat_norm={text}"]).feat_norm is value
 
 
+def test_a_boolean_flag_alone_means_true_in_every_script():
+    from cli.retrieval_args import parse_index_args
+
+    assert parse_args("eval", ["--skip_bad_images"]).skip_bad_images is True
+    assert parse_args("eval", ["--skip_bad_images", "False", "--re_ranking"]).re_ranking is True
+    assert parse_args("train", ["--ink_crop", "--lr=0.1"]).ink_crop is True
+    assert parse_args("train", ["--ink_crop=False"]).ink_crop is False
+    build = ["build", "--index_dir", "g", "--gallery_dir", "p", "--model_dir", "m"]
+    assert parse_index_args("index", build + ["--skip_bad_images"])[0].skip_bad_images is True
+    assert parse_index_args("index", build + ["--skip_bad_images", "True"])[0].skip_bad_images is True
+    assert parse_index_args("index", build)[0].skip_bad_images is False
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--num_epochs=2", "--total_iter_num=5"], "not both"),
     (["--train_batch_size=0"], "--train_batch_size must be positive"),

@@ -152,6 +152,15 @@ def test_test_loader_bad_images(dataset, num_workers, capfd):
     assert not mp.active_children()
 
 
+def test_a_loader_run_at_each_evaluation_warns_of_a_bad_image_once(dataset, capfd):
+    with open(dataset.paths[3], "wb") as handle:
+        handle.write(b"")
+    with reader.TestLoader(dataset, image_shape=SHAPE, batch_size=5, num_workers=0, skip_bad=True) as loader:
+        for _ in range(3):  # as train.py's evaluations after each pass
+            assert sum(len(rows) for _, rows in loader.batches()) == 21
+    assert capfd.readouterr().err.count(dataset.paths[3]) == 1
+
+
 def test_loaders_work_under_paddle_static_mode(dataset):
     script = textwrap.dedent(f"""
         import numpy as np, paddle
