@@ -202,6 +202,10 @@ def _eval(p):
     g.add_argument("--group_level", type=int, default=2,
                    help="few-shot: an image's alphabet is the folder this many levels above it in the list path "
                         "(1 = the folder holding it; 2 = Omniglot's set/ALPHABET/character/drawing.png)")
+    g.add_argument("--paired_drawers", **BOOLEAN, default=False,
+                   help="few-shot: every support image of an episode by one drawer and every query by another, as "
+                        "in Lake's Omniglot runs (with --queries_per_class); the drawer is the number after the last "
+                        "underscore of the file name (Omniglot's 0596_01.png)")
     g.add_argument("--threshold", **BOOLEAN, default=False,
                    help="also find the distance threshold that best separates same-class from different-class pairs")
     g.add_argument("--threshold_plot", default=None,
@@ -366,7 +370,7 @@ def _check_post_processing(args):
 
 def _check_few_shot(args):
     """The few-shot flags, checked by evaluation.fewshot.FewShotTask (the same checks as for Python callers)."""
-    typed = {"ways", "shots", "queries_per_class", "within_alphabet", "group_level"} & args.explicit
+    typed = {"ways", "shots", "queries_per_class", "within_alphabet", "group_level", "paired_drawers"} & args.explicit
     if not args.episodes:
         if typed:
             raise UserError(f"--{sorted(typed)[0]} sets the few-shot episodes: give --episodes N too")

@@ -52,6 +52,7 @@ def evaluate_checkpoint(config):
                                          "query_cameras": query.cameras}
     evaluation = Evaluation(gallery.features, gallery.labels, gallery_cameras=gallery.cameras,
                             settings=_settings(config, reid), gallery_groups=_alphabets(config, gallery.paths),
+                            gallery_drawers=_drawers(config, gallery.paths),
                             gallery_offsets=_uncertainty_offsets(config, gallery), **separate)
     names = REID_METRICS if reid else ("recall_at_k", "map_at_r", "r_precision", *["nmi"] * config.nmi,
                                        "confused_pairs", *["few_shot"] * bool(config.episodes))
@@ -115,7 +116,7 @@ def few_shot_task(config):
     if not config.episodes:
         return None
     return fewshot.FewShotTask(config.episodes, config.ways, config.shots, config.queries_per_class or None,
-                               config.within_alphabet, config.seed)
+                               config.within_alphabet, config.seed, config.paired_drawers)
 
 
 def _alphabets(config, paths):
@@ -129,12 +130,23 @@ def _alphabets(config, paths):
         raise UserError(f"--group_level {config.group_level}: {err}") from None
 
 
+def _drawers(config, paths):
+    """--paired_drawers: the drawer of each image, from its file name."""
+    if not (config.episodes and config.paired_drawers):
+        return None
+    try:
+        return fewshot.file_name_drawers(paths)
+    except ValueError as err:
+        raise UserError(f"--paired_drawers: {err}") from None
+
+
 def _check_episodes(config, image_list):
     """Before any image is embedded: the evaluation list holds the classes (and alphabets) the episodes need."""
     if not config.episodes:
         return
     try:
-        fewshot.plan_episodes(image_list.labels, few_shot_task(config), _alphabets(config, image_list.paths))
+        fewshot.check_episodes(image_list.labels, few_shot_task(config), _alphabets(config, image_list.paths),
+                               _drawers(config, image_list.paths))
     except ValueError as err:
         raise UserError(f"--episodes on {image_list.source}: {err}") from None
 

@@ -60,7 +60,8 @@ class Evaluation:
     """The evaluated embeddings and settings; the shared work is done on first use, once."""
 
     def __init__(self, gallery, gallery_labels, query=None, query_labels=None, gallery_cameras=None,
-                 query_cameras=None, settings=Settings(), gallery_groups=None, gallery_offsets=None):
+                 query_cameras=None, settings=Settings(), gallery_groups=None, gallery_offsets=None,
+                 gallery_drawers=None):
         self.gallery = as_matrix(gallery, "features")
         self.gallery_labels = _labels(gallery_labels, self.gallery, "features")
         self.leave_one_out = query is None
@@ -70,6 +71,7 @@ class Evaluation:
         check_same_width(self.query, self.gallery)
         self.gallery_cameras, self.query_cameras = gallery_cameras, query_cameras
         self.gallery_groups = gallery_groups  # per gallery row, for within-group few-shot episodes
+        self.gallery_drawers = gallery_drawers  # per gallery row, for paired-drawer few-shot episodes
         self.settings = settings
         # Per gallery row, added to its squared distance to every query before ranking (e.g. K sigma^2 of an
         # uncertainty weight: a term of the query alone would change no ranking). Not with post-processing.
@@ -178,7 +180,8 @@ def few_shot(evaluation):
     if evaluation.settings.few_shot is None:
         raise ValueError("few_shot needs the episodes' task: Settings(few_shot=FewShotTask(...))")
     return fewshot.few_shot_error(evaluation.gallery, evaluation.gallery_labels, evaluation.settings.few_shot,
-                                  evaluation.gallery_groups, evaluation.settings.feat_norm)
+                                  evaluation.gallery_groups, evaluation.settings.feat_norm,
+                                  evaluation.gallery_drawers)
 
 
 def reid_map(evaluation):

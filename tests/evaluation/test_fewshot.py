@@ -6,13 +6,14 @@ import pytest
 
 from embedding_references import clustered
 from evaluation.evaluator import Evaluator
-from evaluation.fewshot import FewShotTask, draw_episode, few_shot_error, folder_groups, plan_episodes
+from evaluation.fewshot import (FewShotTask, check_episodes, draw_episode, few_shot_error, file_name_drawers,
+                                folder_groups, plan_episodes)
 
 
-def reference_errors(features, labels, task, groups, feat_norm):
+def reference_errors(features, labels, task, groups, feat_norm, drawers=None):
     """Each episode's error with Python loops: nearest support image (K = 1) or class mean (K > 1)."""
     rng = np.random.default_rng(task.seed)
-    plan = plan_episodes(labels, task, groups)
+    plan = plan_episodes(labels, task, groups, drawers)
     vectors = [np.asarray(row, np.float64) for row in features]
     if feat_norm:
         vectors = [v / np.linalg.norm(v) for v in vectors]
@@ -107,6 +108,89 @@ def test_within_group_episodes_stay_in_one_group():
     assert found["few_shot_groups_left_out"] == ["a"]
 
 
+def paired_drawer_set():
+    """Two groups of 5 classes; drawers 1-4 drew every class, drawer 5 only classes 0-2, and drawer 1 drew
+    class 3 twice (rows 20 and 21: the first counts); class 9 is two drawings by drawer 1: one drawer, too
+    few for any episode."""
+    labels, drawers = [], []
+    for label in range(10):
+        by = [1, 1] if label == 9 else [1, 2, 3, 4] + [5] * (label < 3) + [1] * (label == 3)
+        labels += [label] * len(by)
+        drawers += by
+    labels, drawers = np.array(labels), np.array(drawers)
+    groups = np.where(labels < 5, "a", "b")
+    return labels, drawers, groups
+
+
+@pytest.mark.parametrize("shots, queries", [(1, 1), (2, 1), (1, 2)])
+def test_paired_drawers_give_supports_and_queries_by_drawers_shared_across_classes(shots, queries):
+    labels, drawers, groups = paired_drawer_set()
+    task = FewShotTask(1, ways=3, shots=shots, queries_per_class=queries, within_groups=True, paired_drawers=True)
+    plan = plan_episodes(labels, task, groups, drawers)
+    assert plan.classes_left_out == 1 and 9 not in plan.rows_of_class
+    assert plan.rows_by_drawer[3][1] == np.flatnonzero((labels == 3) & (drawers == 1))[0]
+    rng = np.random.default_rng(3)
+    seen_drawers = set()
+    for _ in range(60):
+        support, asked = draw_episode(plan, task, rng)
+        asked = np.array(asked)
+        assert support.shape == (3, shots) and asked.shape == (3, queries)
+        assert len(set(groups[support[:, 0]].tolist())) == 1
+        classes = labels[support[:, 0]]
+        assert len(set(classes.tolist())) == 3
+        assert (labels[support] == classes[:, None]).all() and (labels[asked] == classes[:, None]).all()
+        # every class by the same drawers, in the same roles; no drawer on both sides
+        support_drawers, query_drawers = drawers[support], drawers[asked]
+        assert (support_drawers == support_drawers[0]).all() and (query_drawers == query_drawers[0]).all()
+        assert not set(support_drawers[0].tolist()) & set(query_drawers[0].tolist())
+        episode_drawers = set(support_drawers[0].tolist()) | set(query_drawers[0].tolist())
+        if 5 in episode_drawers:
+            assert set(classes.tolist()) == {0, 1, 2}  # the only classes drawer 5 drew
+        seen_drawers |= episode_drawers
+    assert seen_drawers == {1, 2, 3, 4, 5}
+
+
+def test_paired_drawer_errors_match_the_loop_reference():
+    labels, drawers, groups = paired_drawer_set()
+    features, _ = clustered(np.random.default_rng(6), 10, 1, 6, spread=1.0)
+    features = features[labels] + np.random.default_rng(7).normal(0, 1.5, (len(labels), 6))
+    task = FewShotTask(40, 3, 1, 1, within_groups=True, seed=2, paired_drawers=True)
+    found = few_shot_error(features, labels, task, groups=groups, drawers=drawers)
+    expected = reference_errors(features, labels, task, groups, True, drawers)
+    assert 0 < expected.mean() < 1
+    assert found["few_shot_error"] == pytest.approx(expected.mean(), abs=1e-12)
+    assert found["few_shot_task"] == ("3-way 1-shot, within one group, support and queries by different drawers, "
+                                      "queries per class: 1, 40 episodes, seed 2")
+    unpaired = FewShotTask(40, 3, 1, 1, within_groups=True, seed=2)
+    assert few_shot_error(features, labels, unpaired, groups=groups, drawers=drawers) == \
+        few_shot_error(features, labels, unpaired, groups=groups)  # drawers change nothing unless paired
+
+
+def test_drawers_no_ways_classes_share_are_found_before_any_embedding():
+    # 4 classes, each by 2 drawers of its own: every class has enough drawers, no two share them.
+    labels = np.repeat(np.arange(4), 2)
+    drawers = np.arange(8)
+    task = FewShotTask(5, ways=2, shots=1, queries_per_class=1, paired_drawers=True)
+    plan_episodes(labels, task, drawers=drawers)  # the plan alone cannot tell
+    with pytest.raises(ValueError, match="100 draws of 2 drawers in a row found no 2 classes"):
+        check_episodes(labels, task, drawers=drawers)
+    check_episodes(labels, task, drawers=np.tile([1, 2], 4))  # shared drawers: fine
+
+
+def test_paired_drawers_need_a_number_of_queries():
+    with pytest.raises(ValueError, match="paired drawers need a number of queries per class"):
+        FewShotTask(1, ways=2, paired_drawers=True)
+
+
+def test_drawers_from_file_names():
+    paths = ["set/Sanskrit/character02/0709_17.png", "/d/x_y_03.JPEG"]
+    assert file_name_drawers(paths).tolist() == [17, 3]
+    with pytest.raises(ValueError, match="c1/4.png: no drawer number"):
+        file_name_drawers(["c1/4.png"])
+    with pytest.raises(ValueError, match="no drawer number"):
+        file_name_drawers(["c_1/4.png"])  # the folder's underscore is not the file's
+
+
 def test_reproducible_with_a_seed():
     features, labels = noisy(1)
     def error(seed):
@@ -132,6 +216,7 @@ def test_folder_groups():
     (FewShotTask(1, ways=5), None, "5-way episodes need 5 classes with at least 2 images each; the list has 4"),
     (FewShotTask(1, ways=3, within_groups=True), list("aabb"), "need a group with 3 classes"),
     (FewShotTask(1, ways=2, within_groups=True), None, "need the group of every image"),
+    (FewShotTask(1, ways=2, queries_per_class=1, paired_drawers=True), None, "need the drawer of every image"),
 ])
 def test_errors(task, groups, message):
     labels = np.array([0, 1, 2, 3])

@@ -257,3 +257,28 @@ def test_few_shot_episodes_and_post_processing_end_to_end(trained, tmp_path, cap
     out = capsys.readouterr().out
     assert f"Few-shot error: {record['few_shot_error']:.4f} +- " in out
     assert "(Recall@K, MAP@R and R-precision after database augmentation" in out
+
+
+def test_paired_drawer_episodes_end_to_end(trained, tmp_path):
+    # The held-out images copied as alphabet/cLABEL/LABEL_DRAWER.png: one alphabet, 4 classes by 6 drawers.
+    import shutil
+
+    lines = []
+    with open(trained["val_list"]) as f:
+        for line in f:
+            path, label = line.split()
+            drawer = int(os.path.splitext(os.path.basename(path))[0]) + 1
+            copy = f"alphabet/c{label}/{label}_{drawer:02d}.png"
+            os.makedirs(tmp_path / os.path.dirname(copy), exist_ok=True)
+            shutil.copy(os.path.join(trained["data_dir"], path), tmp_path / copy)
+            lines.append(f"{copy} {label}\n")
+    (tmp_path / "val.txt").write_text("".join(lines))
+    flags = data_flags(trained) + [f"--val_list={tmp_path / 'val.txt'}", f"--data_dir={tmp_path}", "--episodes=20",
+                                   "--ways=3", "--queries_per_class=1", "--within_alphabet=True", "--paired_drawers"]
+    with pytest.raises(UserError, match="--paired_drawers: .*c101/0.png: no drawer number"):  # before embedding
+        eval_script.main(data_flags(trained) + ["--episodes=20", "--ways=3", "--queries_per_class=1",
+                                                "--paired_drawers"])
+    eval_script.main(flags + [f"--metrics_out={tmp_path / 'm.jsonl'}"])
+    record = json.loads((tmp_path / "m.jsonl").read_text())
+    assert record["few_shot_task"].startswith("3-way 1-shot, within one group, support and queries by different")
+    assert 0 <= record["few_shot_error"] <= 1  # its computation: tests/evaluation/test_fewshot.py
