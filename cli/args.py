@@ -9,6 +9,7 @@ import math
 import sys
 
 from engine.network_spec import CHOICES as NETWORK_CHOICES
+from engine.optimizers import OPTIMIZERS
 from reader.decode import MAX_PIXELS
 from utility.errors import UserError
 
@@ -142,8 +143,12 @@ def _train(p):
     g.add_argument("--lr_strategy", choices=["piecewise_decay", "cosine"], default="piecewise_decay")
     g.add_argument("--lr_steps", type=int_list, default=[15000, 25000], help="piecewise_decay: iterations where lr is multiplied by 0.1")
     g.add_argument("--warmup_iter", type=int, default=0, help="linear warm-up from 0 over this many iterations")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight_decay", type=float, default=1e-4, help="L2 decay on all parameters")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
+                   help="momentum: SGD with --momentum (the original's); adam: Adam, --weight_decay added to the "
+                        "gradient (reid-strong-baseline's); adamw: Adam with decoupled --weight_decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="--optimizer momentum: its momentum")
+    g.add_argument("--weight_decay", type=float, default=1e-4,
+                   help="L2 decay on all parameters (adamw: the decoupled decay's coefficient)")
     g.add_argument("--alpha", type=float, default=0.0, help="weight of the softmax branch: loss = metric + alpha * softmax")
     g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the softmax branch")
     g.add_argument("--color_jitter", **BOOLEAN, default=False, help="augment: random brightness, contrast, saturation")
@@ -421,6 +426,10 @@ def _check_training_numbers(args):
         raise UserError(f"--momentum must be in [0, 1), got {args.momentum}")
     if not 0 <= args.label_smoothing < 1:
         raise UserError(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.center_loss_weight and args.optimizer != "momentum":  # losses/centerloss.py: the centres' rate
+        raise UserError(f"--center_loss_weight steps the class centres at 1/weight times the learning rate, which "
+                        f"gives SGD the unweighted gradient; --optimizer {args.optimizer} would move them by about "
+                        f"{args.lr / args.center_loss_weight:g} a step whatever the gradient: use --optimizer momentum")
     if args.warmup_iter < 0:
         raise UserError(f"--warmup_iter must be 0 or more, got {args.warmup_iter}")
     if any(step < 0 for step in args.lr_steps):

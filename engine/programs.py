@@ -19,6 +19,7 @@ import losses
 import models
 from engine.extensions import LossInputs
 from engine.network_spec import NetworkSpec
+from engine.optimizers import make_optimizer
 from utility.errors import UserError
 
 IMAGE = "image"
@@ -81,7 +82,7 @@ def check_uncertainty(config, spec):
 
 
 def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, extensions=()):
-    """Network + metric loss (+ softmax branch) + Momentum/L2, as one train program and its test clone.
+    """Network + metric loss (+ softmax branch) + optimizer, as one train program and its test clone.
 
     `extensions` (engine/extensions.py) add their inputs and shape the metric loss's inputs, in order.
     """
@@ -120,8 +121,7 @@ def build_train_graph(config, num_classes, total_iters, world_size=1, rank=0, ex
                 objective = objective + auxiliary_loss(embedding, label)
 
         scheduler = make_lr_scheduler(config, total_iters)
-        optimizer = paddle.optimizer.Momentum(scheduler, momentum=config.momentum,
-                                              weight_decay=paddle.regularizer.L2Decay(config.weight_decay))
+        optimizer = make_optimizer(config, scheduler)
         if world_size > 1:
             _minimize_data_parallel(optimizer, objective, world_size)
         else:

@@ -150,6 +150,7 @@ def _restore_or_finetune(config, graph, resume_dir, resume_state, extensions, le
 
     if resume_state:
         _check_nothing_dropped(resume_dir, resume_state, extensions)
+        _check_same_optimizer(config, resume_dir, resume_state)
         checkpoint.restore(graph.main, resume_dir)
         graph.scheduler.set_state_dict(resume_state.scheduler)
         for extension in extensions:
@@ -162,6 +163,14 @@ def _restore_or_finetune(config, graph, resume_dir, resume_state, extensions, le
         checkpoint.load_matching(graph.main, config.pretrained_model, log=lambda line: _print(leader, line),
                                  model=config.model)
     return Position()
+
+
+def _check_same_optimizer(config, resume_dir, resume_state):
+    """A resume continues with the optimizer that saved the checkpoint (before --optimizer: momentum)."""
+    saved = resume_state.args.get("optimizer", "momentum")
+    if saved != config.optimizer:
+        raise UserError(f"{resume_dir} was trained with --optimizer={saved}: resume with it, or start from its "
+                        f"parameters with --pretrained_model")
 
 
 def _check_nothing_dropped(resume_dir, resume_state, extensions):

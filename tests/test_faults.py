@@ -797,7 +797,7 @@ def test_resuming_a_checkpoint_without_optimizer_state_is_refused(tiny_dataset, 
     copy_run(trained["save_dir"], tmp_path)
     os.remove(tmp_path / "ResNet18" / "2" / "optimizer.safetensors")
     with pytest.raises(UserError, match=r"holds no optimizer state for .*_velocity_.*: a resume would restart the "
-                                        r"momentum"):
+                                        r"optimizer's momentum"):
         run_train(tiny_dataset, tmp_path, f"--checkpoint={tmp_path / 'ResNet18' / 'latest'}", "--embedding_size=16",
                   iters=3)
 

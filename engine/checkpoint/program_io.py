@@ -1,6 +1,7 @@
 """Copying arrays between a static program's scope and checkpoint folders."""
 from engine.checkpoint import foreign, storage
 from engine.checkpoint.storage import few_names
+from engine.optimizers import is_optimizer_state, is_parameter_slot
 from utility.errors import UserError
 
 
@@ -43,11 +44,11 @@ def restore(program, directory):
     """Load parameters and optimizer state of a checkpoint into `program`, to resume training."""
     expected, state = _fitting_state(program, directory, with_optimizer=True)
     slots = [v.name for v in program.list_vars() if v.persistable and v.name not in expected]
-    fresh = sorted(name for name in slots if "_velocity_" in name and name not in state)
-    if fresh:  # resuming would silently restart the momentum
+    fresh = sorted(name for name in slots if is_parameter_slot(name) and name not in state)
+    if fresh:  # resuming would silently restart the momentum (or Adam's moments)
         raise UserError(f"{directory} holds no optimizer state for {few_names(fresh)}: a resume would restart "
-                        "the momentum; resume from a complete checkpoint, or start from its parameters with "
-                        "--pretrained_model")
+                        "the optimizer's momentum; resume from a complete checkpoint with the --optimizer it was "
+                        "trained with, or start from its parameters with --pretrained_model")
     _set(program, {name: state[name] for name in list(expected) + slots if name in state}, directory)
 
 
@@ -113,7 +114,7 @@ def load_matching(program, directory, log=print, model=None):
             else:
                 other_shape.append(f"{name} {tuple(state[name].shape)} -> {shape}")
     not_in_file = sorted(set(expected) - set(state))
-    unused = sorted(n for n in state if n not in expected and not _is_optimizer_slot(n))
+    unused = sorted(n for n in state if n not in expected and not is_optimizer_state(n))
     if not state:
         raise UserError(f"{directory} holds no parameter arrays: is it a model's parameter file?")
     if not kept:
@@ -139,6 +140,3 @@ def _trained_model(directory):
     args = (storage.read_state(directory) or {}).get("args")
     return args.get("model") if isinstance(args, dict) else None
 
-
-def _is_optimizer_slot(name):
-    return "_velocity_" in name or name.startswith("learning_rate")

@@ -45,6 +45,8 @@ def test_a_boolean_flag_alone_means_true_in_every_script():
     (["--momentum=1.5"], "--momentum must be in"),
     (["--label_smoothing=1"], "--label_smoothing must be in"),
     (["--alpha=-1"], "--alpha must be"),
+    (["--optimizer=sgd"], "invalid choice: 'sgd'"),
+    (["--center_loss_weight=0.0005", "--optimizer=adam", "--lr=0.00035"], r"would move them by about 0.7 a step"),
 ])
 def test_bad_train_flags_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):

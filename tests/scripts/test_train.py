@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from train_runs import (END_PASS, PROGRESS, REPO, final_parameters, read_log, read_state, run_train,
                         run_train_script)
 
@@ -15,12 +16,13 @@ import train
 from utility.errors import UserError
 
 # One loss per batch layout (each loss's static training step is tested in tests/losses/): shuffled
-# triplets, P x K (--samples_each_class), npairs' fixed 2 images per class, a classifier alone.
+# triplets, P x K (--samples_each_class), npairs' fixed 2 images per class, a classifier alone; and each
+# optimizer (its steps are tested in tests/engine/test_optimizers.py).
 LOSS_CASES = [
     ("tripletloss", []),
     ("quadrupletloss", ["--samples_each_class=3"]),
-    ("npairsloss", []),
-    ("softmax", ["--label_smoothing=0.1"]),
+    ("npairsloss", ["--optimizer=adam"]),
+    ("softmax", ["--label_smoothing=0.1", "--optimizer=adamw"]),
 ]
 
 
@@ -57,6 +59,12 @@ def test_each_loss_trains_logs_and_saves(tiny_dataset, tmp_path, capsys, request
     assert state["position"] == {"iteration": 2, "pass_id": 0, "batch": 2}
     assert state["classes"] == list(range(1, 9))
     assert state["args"]["loss_name"] == loss
+    optimizer = next((flag.split("=")[1] for flag in extra if flag.startswith("--optimizer=")), "momentum")
+    assert state["args"]["optimizer"] == optimizer
+    with safe_open(os.path.join(saved, "2", "optimizer.safetensors"), "np") as slots:
+        kept = "".join(slots.keys())
+    assert ("_moment1_" in kept and "_beta2_pow_acc_" in kept) == (optimizer != "momentum")
+    assert ("_velocity_" in kept) == (optimizer == "momentum")
 
 
 @pytest.mark.usefixtures("no_recall")
