@@ -80,7 +80,9 @@ def test_documented_train_command_fits_together(fake_cub, page, argv):
     import reader
     from cli.config import check_model_and_loss, resolve
 
-    config = resolve("train", _without_places(argv))
+    # The fake lists replace the data a command (or its recipe) names; they have no camera column.
+    fake_data = ["--train_list=data/CUB200_train.txt", "--val_list=data/CUB200_val.txt", "--with_camera=False"]
+    config = resolve("train", _without_places(argv) + fake_data)
     check_model_and_loss(config)
     spec = losses.get(config.loss_name)
     train_list = reader.read_image_list(config.train_list, config.data_dir)
