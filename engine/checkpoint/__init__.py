@@ -2,7 +2,7 @@
 
 A checkpoint is a directory `<model_save_dir>/<model>/<N>/` holding
   model.safetensors       the parameters (batch-norm statistics included)
-  optimizer.safetensors   the optimizer's persistable state (momentum velocities); absent when empty
+  optimizer.safetensors   the optimizer's persistable state (momentum velocities, Adam's moments); absent when empty
   state.json              the run state (run_state.RunState): position, LR scheduler, class ids,
                           the network (NetworkSpec), the arguments, and the extensions' records
 and `<model_save_dir>/<model>/latest` is a symbolic link to the newest one, `best` to the one of the best
