@@ -287,13 +287,14 @@ def checkpoint_embedder(config):
                                  uncertainty=graph.uncertainty)
 
 
-def embed_list(embedder, loader, show_progress=True, with_uncertainty=False):
+def embed_list(embedder, loader, show_progress=True, with_uncertainty=False, allow_empty=False):
     """Embed every image of `loader` (a reader.TestLoader) with `embedder(images) -> features`.
 
     Returns (features float32 [n, D], row_indices int64 [n]) in list order; rows are left
     out only for unreadable images when the loader skips them. A NaN or infinite embedding is a UserError
     naming the model: nothing scores or writes it. `with_uncertainty` (an Embedder whose model predicts
-    it): (features, row_indices, sigma^2 float32 [n]).
+    it): (features, row_indices, sigma^2 float32 [n]). When every image was skipped as unreadable: a
+    UserError, or with `allow_empty` zero rows (of width 0).
     """
     image_list = loader.image_list
     progress = Progress(loader.num_rows, "embedding") if show_progress else None
@@ -311,7 +312,10 @@ def embed_list(embedder, loader, show_progress=True, with_uncertainty=False):
     if progress:
         progress.close()
     if not features:
-        raise UserError(f"no image of {image_list.source} could be embedded")
+        if not allow_empty:
+            raise UserError(f"no image of {image_list.source} could be embedded")
+        empty = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+        return (*empty, np.zeros(0, np.float32)) if with_uncertainty else empty
     features = np.concatenate(features)
     bad = int((~np.isfinite(features).all(axis=1)).sum())
     if bad:

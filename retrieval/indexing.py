@@ -176,8 +176,11 @@ def list_paths(list_file, data_dir):
     return reader.read_image_list(list_file, data_dir, require_labels=False, check_files=False).paths
 
 
-def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
-    """(features [n, D], paths, labels, data_dir, sigma^2 [n] or None) of the images, less known_paths."""
+def _embeddings(images, model_dir, fingerprint, info, known_paths=None):
+    """(features [n, D], paths, labels, data_dir, sigma^2 [n] or None) of the images, less the gallery's
+    known_paths when adding to one (None: building)."""
+    adding = known_paths is not None
+    known_paths = known_paths or frozenset()
     images.source()
     if images.features:
         from engine.dump import read_dump
@@ -194,20 +197,22 @@ def _embeddings(images, model_dir, fingerprint, info, known_paths=frozenset()):
         data_dir = images.data_dir
         paths, labels = list_images(images.gallery_list, data_dir)
     new = [i for i, path in enumerate(paths) if os.path.abspath(path) not in known_paths]
-    if known_paths:
+    if adding:
         print(f"{len(new)} new images ({len(paths) - len(new)} already in the gallery)", flush=True)
     paths, labels = [paths[i] for i in new], [labels[i] for i in new]
     if not paths:
         return np.zeros((0, info["embedding_size"]), np.float32), [], [], data_dir or ".", None
+    # New images that are all unreadable (and skipped) add nothing to a gallery; a new gallery needs one.
     features, rows, sigma2 = embed_files(paths, model_dir, images.batch_size, images.num_workers,
-                                         images.skip_bad_images, images.engine)
+                                         images.skip_bad_images, images.engine, allow_empty=adding)
     return features, [paths[i] for i in rows], [labels[i] for i in rows], data_dir or ".", sigma2
 
 
 def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEFAULT_NUM_WORKERS, skip_bad=False,
-                engine=None):
+                engine=None, allow_empty=False):
     """L2-normalised embeddings of image files by an exported model, with its preprocessing; (features, kept rows,
-    sigma^2 [kept] or None when the model predicts no uncertainty)."""
+    sigma^2 [kept] or None when the model predicts no uncertainty). `allow_empty`: no readable image gives zero
+    rows instead of an error."""
     import reader
     from engine.embedder import Embedder, embed_list, read_export_info
     from retrieval.query import normalized
@@ -219,5 +224,6 @@ def embed_files(paths, model_dir, batch_size=DEFAULT_BATCH_SIZE, num_workers=DEF
                                eval_resize=info.get("eval_resize", "crop"), ink_crop=bool(info.get("ink_crop")))
     with loader:  # its workers start before the predictor's threads
         embedder = Embedder(model_dir, engine=engine)
-        features, rows, *sigma2 = embed_list(embedder, loader, with_uncertainty=embedder.predicts_uncertainty)
+        features, rows, *sigma2 = embed_list(embedder, loader, with_uncertainty=embedder.predicts_uncertainty,
+                                             allow_empty=allow_empty)
     return normalized(features, model_dir), rows.tolist(), (sigma2[0] if sigma2 else None)

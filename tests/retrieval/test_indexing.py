@@ -38,6 +38,28 @@ def test_build_add_remove_from_python(tiny_export, tmp_path, capsys):
     assert index_info(index_dir)["items"] == 22
 
 
+def test_new_images_that_are_all_unreadable_add_nothing_when_skipped(tiny_export, tmp_path, capsys):
+    with open(tiny_export["val_list"]) as f:
+        lines = f.readlines()
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "first.txt").write_text("".join(lines[:6]))
+    (tmp_path / "more.txt").write_text("".join(lines[:6]) + f"{tmp_path / 'broken.png'} 101\n")
+    index_dir = str(tmp_path / "gallery")
+    build_index(index_dir, GalleryImages(gallery_list=str(tmp_path / "first.txt"), data_dir=tiny_export["data_dir"],
+                                         num_workers=0), tiny_export["model_dir"])
+    more = {"gallery_list": str(tmp_path / "more.txt"), "data_dir": tiny_export["data_dir"], "num_workers": 0}
+    with pytest.raises(UserError, match="cannot read 1 image"):
+        add_images(index_dir, GalleryImages(**more))
+    assert add_images(index_dir, GalleryImages(**more, skip_bad_images=True)) == ([], 6)
+    assert "skipping unreadable image" in capsys.readouterr().err
+    only_broken = tmp_path / "only_broken.txt"
+    only_broken.write_text(f"{tmp_path / 'broken.png'} 101\n")
+    with pytest.raises(UserError, match="no image of the gallery could be embedded"):  # a new index needs one
+        build_index(str(tmp_path / "other"), GalleryImages(gallery_list=str(only_broken), data_dir="",
+                                                           num_workers=0, skip_bad_images=True),
+                    tiny_export["model_dir"])
+
+
 def test_one_source_and_one_model(tiny_export, tmp_path):
     with pytest.raises(UserError, match="one of --gallery_dir, --gallery_list or --features"):
         build_index(str(tmp_path / "g"), GalleryImages(), tiny_export["model_dir"])
