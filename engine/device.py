@@ -17,6 +17,18 @@ def use_gpu(requested):
     return bool(requested)
 
 
+def cuda_wheel_installed():
+    """Whether Paddle's CUDA wheel (paddlepaddle-gpu) is installed, from the package metadata: what the default
+    engine of a search needs to know, without importing Paddle (a second) on a CPU machine."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution("paddlepaddle-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def gpu_id():
     """This process's GPU: paddle.distributed.launch gives each process its own in FLAGS_selected_gpus."""
     return int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])

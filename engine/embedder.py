@@ -150,12 +150,15 @@ ENGINES = ("paddle", "onnxruntime")  # --engine (cli/args.py); why not OpenVINO:
 
 def default_engine(model, use_gpu=None):
     """The engine when none is chosen: onnxruntime on the CPU (measured the faster of the two with equal
-    features: docs/speed.md) and for ONNX files; Paddle Inference on a GPU."""
+    features: docs/speed.md) and for ONNX files; Paddle Inference on a GPU. Without Paddle's CUDA wheel the
+    answer is the CPU's, and Paddle is not imported to find it out."""
     from engine import onnx_export
 
-    if onnx_export.is_onnx_model(model) or not device.use_gpu(use_gpu):
+    if onnx_export.is_onnx_model(model) or use_gpu is False:
         return "onnxruntime"
-    return "paddle"
+    if use_gpu is None and not device.cuda_wheel_installed():
+        return "onnxruntime"
+    return "paddle" if device.use_gpu(use_gpu) else "onnxruntime"
 
 
 class Embedder:
@@ -163,8 +166,9 @@ class Embedder:
     preprocessing), .fingerprint (equal fingerprints, equal embeddings: the engine does not change it).
 
     `model` is an exported model folder (infer.py --export_model), run by Paddle Inference with oneDNN
-    (engine "paddle") or converted to ONNX in memory and run by onnxruntime ("onnxruntime"; engine None:
-    default_engine); or an ONNX file written by infer.py --export_onnx (float32 or int8), which onnxruntime runs.
+    (engine "paddle") or as ONNX by onnxruntime ("onnxruntime"; engine None: default_engine), from the ONNX copy
+    kept in the folder (index folders keep one) or converted in memory; or an ONNX file written by infer.py
+    --export_onnx (float32 or int8), which onnxruntime runs.
     """
 
     def __init__(self, model, use_gpu=None, engine=None):
@@ -186,7 +190,7 @@ class Embedder:
         self.info = read_export_info(model)
         self.fingerprint = model_fingerprint(model)
         if engine == "onnxruntime":
-            self.run = onnx_export.OnnxRunner(onnx_export.convert(model), inference_threads())
+            self.run = onnx_export.OnnxRunner(onnx_export.onnx_of_export(model, self.fingerprint), inference_threads())
             return
         self.run = PaddlePredictor(paddle_config(model, use_gpu), f"the exported model in {model}")
 

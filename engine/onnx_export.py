@@ -59,6 +59,32 @@ def convert(model_dir):
     return model
 
 
+BESIDE_EXPORT = "inference.onnx"  # an export folder's own ONNX copy (index folders keep one: retrieval/indexing.py)
+
+
+def onnx_of_export(model_dir, fingerprint):
+    """The ONNX model of an exported model folder (a path or bytes): the copy kept in the folder (keep_beside_export)
+    when it was made from these very parameters, else converted now (paddle2onnx, which imports Paddle: ~1 s)."""
+    path = os.path.join(model_dir, BESIDE_EXPORT)
+    if is_onnx_model(path):
+        try:
+            if read_onnx_info(path)["fingerprint"] == fingerprint:
+                return path
+        except UserError:
+            pass  # a damaged copy: converted instead, as without one
+    return convert(model_dir)
+
+
+def keep_beside_export(model_dir):
+    """Write the export's ONNX model into its folder, so that onnx_of_export need not convert it again; False (and
+    nothing written) when paddle2onnx cannot convert this model, whose embedders then run on Paddle Inference."""
+    try:
+        export_onnx(model_dir, os.path.join(model_dir, BESIDE_EXPORT))
+    except UserError:
+        return False
+    return True
+
+
 def export_onnx(model_dir, onnx_path):
     """Write the float32 ONNX model of the exported model `model_dir` to onnx_path, its description beside it."""
     from engine.embedder import model_fingerprint, read_export_info

@@ -4,7 +4,8 @@ An index folder (written by `python index.py build`) holds everything search nee
 
     gallery.json          settings (backend, index type, dimension, data folder, model fingerprint)
                           and the number of the current version
-    model/                the exported embedding model (engine.embedder's format)
+    model/                the exported embedding model (engine.embedder's format), with its ONNX copy
+                          (inference.onnx, engine.onnx_export.keep_beside_export) that onnxruntime loads
     versions/<number>/    one complete version: items.jsonl (id, path, label, metadata, and sigma2 when the
                           model predicts uncertainty: eval.py's sigma^2 of the image) and the
                           backend's files (faiss: index.faiss, tombstones.npy)

@@ -48,9 +48,25 @@ def test_the_default_engine_is_onnxruntime_on_the_cpu_and_for_onnx_files_paddle_
     (tmp_path / "model.onnx").write_bytes(b"")
     assert default_engine(str(tmp_path), use_gpu=False) == "onnxruntime"
     assert default_engine(str(tmp_path / "model.onnx"), use_gpu=False) == "onnxruntime"
+    from engine import device
+
     monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(device, "cuda_wheel_installed", lambda: False)  # a CPU wheel: Paddle is not asked
+    assert default_engine(str(tmp_path)) == "onnxruntime"
+    monkeypatch.setattr(device, "cuda_wheel_installed", lambda: True)
     assert default_engine(str(tmp_path)) == default_engine(str(tmp_path), use_gpu=True) == "paddle"
     assert default_engine(str(tmp_path / "model.onnx"), use_gpu=True) == "onnxruntime"
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: False)  # the wheel's name, but no CUDA in it
+    assert default_engine(str(tmp_path)) == "onnxruntime"
+
+
+def test_the_cuda_wheel_is_found_by_its_package_name():
+    from importlib import metadata
+
+    from engine.device import cuda_wheel_installed
+
+    names = {dist.metadata["Name"].lower() for dist in metadata.distributions()}
+    assert cuda_wheel_installed() == ("paddlepaddle-gpu" in names)
 
 
 def test_an_onnx_file_needs_onnxruntime_and_onnxruntime_the_cpu(tmp_path):

@@ -30,7 +30,8 @@ def test_newcomer_flow_checkpoint_and_photo_folder(tiny_checkpoint, tiny_photos,
     assert record["query"] == photo and [m["rank"] for m in record["matches"]] == [1, 2, 3, 4, 5]
     assert os.path.getsize(tmp_path / "r.png") > 0
     gallery = Gallery.open(gallery_dir)
-    assert sorted(os.listdir(gallery.model_dir)) == ["inference.json", "inference.pdiparams", "preprocess.json"]
+    assert sorted(os.listdir(gallery.model_dir)) == ["inference.json", "inference.onnx", "inference.pdiparams",
+                                                    "inference.preprocess.json", "preprocess.json"]
     assert gallery.data_dir == os.path.abspath(tiny_photos)
 
 

@@ -60,6 +60,47 @@ def test_new_images_that_are_all_unreadable_add_nothing_when_skipped(tiny_export
                     tiny_export["model_dir"])
 
 
+def test_an_index_keeps_its_onnx_model_and_searches_without_importing_paddle(tiny_export, tmp_path):
+    import subprocess
+    import sys
+
+    from engine import onnx_export
+    from engine.device import cuda_wheel_installed
+    from engine.embedder import Embedder, model_fingerprint
+
+    index_dir = tmp_path / "gallery"
+    build_index(str(index_dir), GalleryImages(gallery_list=tiny_export["val_list"], data_dir=tiny_export["data_dir"],
+                                              num_workers=0), tiny_export["model_dir"])
+    model_dir = str(index_dir / "model")
+    kept = os.path.join(model_dir, onnx_export.BESIDE_EXPORT)
+    assert onnx_export.read_onnx_info(kept)["fingerprint"] == model_fingerprint(model_dir)
+    assert onnx_export.onnx_of_export(model_dir, model_fingerprint(model_dir)) == kept
+    images = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype("float32")
+    np.save(tmp_path / "images.npy", images)
+    script = ("import sys, numpy as np; from engine.embedder import Embedder; "
+              f"features = Embedder({model_dir!r})(np.load({str(tmp_path / 'images.npy')!r})); "
+              f"np.save({str(tmp_path / 'kept.npy')!r}, features); print('paddle' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr
+    if not cuda_wheel_installed():  # on the CPU the kept ONNX model needs no Paddle
+        assert done.stdout.strip().splitlines()[-1] == "False"
+    converted = Embedder(tiny_export["model_dir"], engine="onnxruntime")(images)  # no kept copy there
+    np.testing.assert_array_equal(np.load(tmp_path / "kept.npy"), converted)
+    # A kept model of other parameters is not used: the export is converted again.
+    info_path = onnx_export.description_path(kept)
+    with open(info_path) as f:
+        stale = f.read().replace(model_fingerprint(model_dir), "0123456789abcdef")
+    with open(info_path, "w") as f:
+        f.write(stale)
+    assert isinstance(onnx_export.onnx_of_export(model_dir, model_fingerprint(model_dir)), bytes)
+    # An index without the copy (built before indexes kept one) gets it at its next add.
+    os.remove(kept)
+    add_images(str(index_dir), GalleryImages(gallery_list=tiny_export["val_list"], data_dir=tiny_export["data_dir"],
+                                             num_workers=0))
+    assert onnx_export.onnx_of_export(model_dir, model_fingerprint(model_dir)) == kept
+
+
 def test_one_source_and_one_model(tiny_export, tmp_path):
     with pytest.raises(UserError, match="one of --gallery_dir, --gallery_list or --features"):
         build_index(str(tmp_path / "g"), GalleryImages(), tiny_export["model_dir"])
