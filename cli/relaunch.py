@@ -28,6 +28,9 @@ from utility.errors import UserError
 MAX_PROCESSES = 8
 LAUNCH_LOGS = "launch_logs"  # the launcher's folder in --model_save_dir: workerlog.N of each process
 _TO_STDERR = ("error: ", "interrupted")  # process 0's lines that a one-process run prints on stderr
+# Paddle's init_parallel_env lists every flag away from its default (FLAGS_enable_pir_in_executor, set by Paddle
+# itself) between two rules of "=": left to process 0's log, as a one-process run never prints it.
+_PADDLE_FLAGS_BLOCK = "======================= Modified FLAGS detected"
 _POLL_S = 0.2
 
 
@@ -179,12 +182,19 @@ def _echo_until_exit(launcher, path, start):
 
 class _Echo:
     """Shows process 0's lines. Until its configuration header, process 0 prints what this process printed
-    already (it resolves the same command line): those lines are left to its log, but for errors."""
+    already (it resolves the same command line): those lines are left to its log, but for errors; so is
+    Paddle's block of modified flags."""
 
     def __init__(self):
         self.started = False
+        self.in_flags_block = False
 
     def __call__(self, line):
         self.started = self.started or line == CONFIGURATION_HEADER
-        if self.started or line.startswith(_TO_STDERR):
-            print(line, file=sys.stderr if line.startswith(_TO_STDERR) else sys.stdout, flush=True)
+        if line.startswith(_PADDLE_FLAGS_BLOCK) or self.in_flags_block:
+            self.in_flags_block = not (self.in_flags_block and line and set(line) == {"="})
+            return
+        if line.startswith(_TO_STDERR):
+            print(line, file=sys.stderr, flush=True)
+        elif self.started:  # warnings go where a one-process run prints them
+            print(line, file=sys.stderr if line.startswith("warning: ") else sys.stdout, flush=True)

@@ -88,7 +88,12 @@ def interrupted(signum, frame):
     sys.exit(130)
 signal.signal(signal.SIGINT, interrupted)
 print("CPU: the line the parent printed too", flush=True)
+print("warning: a setting the parent warned of too", file=sys.stderr, flush=True)
 print("-----------  Configuration Arguments -----------", flush=True)
+print("======================= Modified FLAGS detected =======================", file=sys.stderr, flush=True)
+print("FLAGS(name='FLAGS_enable_pir_in_executor', current_value=True, default_value=False)", file=sys.stderr)
+print("=======================================================================", file=sys.stderr, flush=True)
+print("warning: skipping unreadable image x.jpg", file=sys.stderr, flush=True)
 print("process 0 started", flush=True)
 time.sleep(20)
 '''
@@ -117,7 +122,7 @@ def test_process_0s_new_lines_are_shown_and_ctrl_c_goes_to_it(tmp_path, capsys):
     assert status == 130
     printed = capsys.readouterr()
     assert printed.out == "-----------  Configuration Arguments -----------\nprocess 0 started\nprocess 0 saved\n"
-    assert printed.err == "error: not really, an error line\n"
+    assert printed.err == "warning: skipping unreadable image x.jpg\nerror: not really, an error line\n"
     assert signal.getsignal(signal.SIGINT) is before  # this process's own handler is back
 
 
