@@ -31,7 +31,6 @@ from blocks of the pool x pool distances, the vectors V are sparse
 block of queries at a time, for evaluation.reid.reid_scores(distance_fn=...).
 """
 import numpy as np
-from scipy import sparse
 
 from evaluation.distances import (as_matrix, check_same_width, l2_normalized, nearest_neighbors,
                                   squared_distance_fn)
@@ -170,6 +169,8 @@ def _weighted_vectors(pool, expanded, scale):
         weights[start:start + _PAIR_CHUNK] = np.einsum("ij,ij->i", difference, difference)
     weights = np.exp(-weights / scale[rows])
     weights /= np.bincount(rows, weights=weights, minlength=len(pool))[rows]
+    from scipy import sparse  # here: search.py and serve.py start without it unless they re-rank
+
     return sparse.csr_matrix((weights, (rows, cols)), shape=(len(pool), len(pool)))
 
 
@@ -177,6 +178,8 @@ def _query_expansion(vectors, nearest):
     """Each row replaced by the mean of the rows of its k2 nearest images (itself included)."""
     if nearest.shape[1] == 1:
         return vectors
+    from scipy import sparse
+
     count = len(nearest)
     averaging = sparse.csr_matrix((np.full(nearest.size, 1.0 / nearest.shape[1]),
                                    (np.repeat(np.arange(count), nearest.shape[1]), nearest.ravel())),
