@@ -191,8 +191,11 @@ class _Echo:
 
     def __call__(self, line):
         self.started = self.started or line == CONFIGURATION_HEADER
-        if line.startswith(_PADDLE_FLAGS_BLOCK) or self.in_flags_block:
-            self.in_flags_block = not (self.in_flags_block and line and set(line) == {"="})
+        if line.startswith(_PADDLE_FLAGS_BLOCK):
+            self.in_flags_block = True
+            return
+        if self.in_flags_block:
+            self.in_flags_block = set(line) != {"="}  # until its closing rule
             return
         if line.startswith(_TO_STDERR):
             print(line, file=sys.stderr, flush=True)
