@@ -14,6 +14,23 @@ from retrieval.gallery import Gallery
 from utility.errors import UserError
 
 
+def test_a_gallery_straight_from_imagenet_weights_without_training(tiny_photos, tmp_path, capsys):
+    from imagenet_files import pooled_features, random_resnet, torchvision_state, write_pth
+
+    from engine.embedder import Embedder
+
+    net = random_resnet(np.random.default_rng(0))
+    weights = write_pth(tmp_path / "resnet18.pth", torchvision_state(net))
+    gallery_dir = str(tmp_path / "gallery")
+    index.main(["build", "--pretrained_model", str(weights), "--gallery_dir", tiny_photos, "--index_dir", gallery_dir,
+                "--num_workers", "0", "--model=ResNet18", "--image_shape=3,32,32"])
+    assert "Built " + gallery_dir + ": 24 items, 512-d, faiss Flat" in capsys.readouterr().out
+    images = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = pooled_features(net, images)  # the weights' own features, in numpy
+    got = Embedder(os.path.join(gallery_dir, "model"))(images)
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-4
+
+
 def test_newcomer_flow_checkpoint_and_photo_folder(tiny_checkpoint, tiny_photos, tmp_path, capsys):
     gallery_dir = str(tmp_path / "gallery")
     index.main(["build", "--pretrained_model", tiny_checkpoint["checkpoint"], "--gallery_dir", tiny_photos,
