@@ -52,6 +52,14 @@ class _Workers:
     def __init__(self, job, num_workers, max_batch):
         self._job = job
         self._pool = WorkerPool(job, num_workers, max_batch, job.image_shape) if num_workers > 0 else None
+        self._reported = set()  # unreadable paths already warned of: a loader re-run each epoch or evaluation
+
+    def _warn_once(self, bad_paths, warning):
+        """Print `warning` (a format of {path} and {reason}) once per unreadable path over the loader's life."""
+        for path, reason in bad_paths:
+            if path not in self._reported:
+                self._reported.add(path)
+                print("warning: " + warning.format(path=path, reason=reason), file=sys.stderr, flush=True)
 
     def _run(self, batches):
         """A runner yielding the job's output for each batch, in order; close() it when done."""
@@ -80,7 +88,6 @@ class TrainLoader(_Workers):
         self.device_batch = device_batch
         self._sampler = sampler
         self._rank = rank
-        self._reported = set()
 
     @property
     def sampler(self):
@@ -106,17 +113,11 @@ class TrainLoader(_Workers):
         runner = self._run(self.device_items(epoch, b) for b in range(start_batch, self.batches_per_epoch))
         try:
             for images, (class_ids, bad_paths) in runner:
-                self._report(bad_paths)
+                self._warn_once(bad_paths, "cannot read image {path} ({reason}); training on another image of "
+                                           "its class instead")
                 yield images, class_ids
         finally:
             runner.close()  # an epoch left early: wait for its batches in flight
-
-    def _report(self, bad_paths):
-        for path, reason in bad_paths:
-            if path not in self._reported:
-                self._reported.add(path)
-                print(f"warning: cannot read image {path} ({reason}); "
-                      f"training on another image of its class instead", file=sys.stderr, flush=True)
 
 
 class TrainBatchJob:
@@ -185,7 +186,6 @@ class TestLoader(_Workers):
         super().__init__(job, num_workers, batch_size)
         self.image_list = image_list
         self.skip_bad = skip_bad
-        self._reported = set()  # a loader re-run at each evaluation warns of an unreadable path once
         # `rows`: only these rows of the list (one device's share), in this order; default all.
         rows = np.arange(len(image_list.paths), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self.num_rows = len(rows)
@@ -197,10 +197,7 @@ class TestLoader(_Workers):
             for (images, (readable, bad_paths)), rows in zip(runner, self._batches):
                 if bad_paths and not self.skip_bad:
                     raise UserError(_bad_images_message(bad_paths))
-                for path, reason in bad_paths:
-                    if path not in self._reported:
-                        self._reported.add(path)
-                        print(f"warning: skipping unreadable image {path} ({reason})", file=sys.stderr, flush=True)
+                self._warn_once(bad_paths, "skipping unreadable image {path} ({reason})")
                 if readable.any():
                     yield images[readable], rows[readable]
         finally:
