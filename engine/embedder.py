@@ -154,9 +154,7 @@ def default_engine(model, use_gpu=None):
     answer is the CPU's, and Paddle is not imported to find it out."""
     from engine import onnx_export
 
-    if onnx_export.is_onnx_model(model) or use_gpu is False:
-        return "onnxruntime"
-    if use_gpu is None and not device.cuda_wheel_installed():
+    if onnx_export.is_onnx_model(model) or use_gpu is False or (use_gpu is None and not device.cuda_wheel_installed()):
         return "onnxruntime"
     return "paddle" if device.use_gpu(use_gpu) else "onnxruntime"
 

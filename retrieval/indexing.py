@@ -68,10 +68,7 @@ def build_index(index_dir, images, model_dir=None, *, write_model=None, backend=
             _copy_model(model_dir, model_copy)
         else:
             write_model(model_copy)
-        # Kept beside the export: search.py, serve.py and index.py add then load it without Paddle (~1 s less).
-        from engine.onnx_export import keep_beside_export
-
-        keep_beside_export(model_copy)
+        _keep_onnx_copy(model_copy)
         fingerprint, info = model_identity(model_copy)
         features, paths, labels, data_dir, sigma2 = _embeddings(images, model_copy, fingerprint, info)
         gallery = Gallery.create(building, dim=features.shape[1], fingerprint=fingerprint, model_info=info,
@@ -129,7 +126,7 @@ def add_images(index_dir, images):
         if fingerprint != gallery.fingerprint:
             raise UserError(f"the model in {gallery.model_dir} (fingerprint {fingerprint}) is not the one the index "
                             f"was built with ({gallery.fingerprint}): the index folder was changed by hand")
-        _keep_onnx_of_older_index(gallery.model_dir)
+        _keep_onnx_copy(gallery.model_dir)  # an index built before indexes kept one gets it here
         features, paths, labels, _, sigma2 = _embeddings(images, gallery.model_dir, fingerprint, info, known)
         ids = gallery.add(features, paths, labels, sigma2=sigma2) if paths else []
         return ids, len(gallery)
@@ -137,8 +134,9 @@ def add_images(index_dir, images):
         gallery.close()
 
 
-def _keep_onnx_of_older_index(model_dir):
-    """An index built before indexes kept their model's ONNX copy gets it at its next add."""
+def _keep_onnx_copy(model_dir):
+    """Write the index model's ONNX copy unless it has one: search.py, serve.py and index.py add then load it
+    without Paddle (about a second less than converting the export each time)."""
     from engine.onnx_export import BESIDE_EXPORT, keep_beside_export
 
     if not os.path.exists(os.path.join(model_dir, BESIDE_EXPORT)):
