@@ -9,6 +9,7 @@ import math
 import sys
 
 from engine.network_spec import CHOICES as NETWORK_CHOICES
+from engine.optimizers import DEFAULT as DEFAULT_OPTIMIZER
 from engine.optimizers import OPTIMIZERS
 from reader.decode import MAX_PIXELS
 from utility.errors import UserError
@@ -143,7 +144,7 @@ def _train(p):
     g.add_argument("--lr_strategy", choices=["piecewise_decay", "cosine"], default="piecewise_decay")
     g.add_argument("--lr_steps", type=int_list, default=[15000, 25000], help="piecewise_decay: iterations where lr is multiplied by 0.1")
     g.add_argument("--warmup_iter", type=int, default=0, help="linear warm-up from 0 over this many iterations")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULT_OPTIMIZER,
                    help="momentum: SGD with --momentum (the original's); adam: Adam, --weight_decay added to the "
                         "gradient (reid-strong-baseline's); adamw: Adam with decoupled --weight_decay")
     g.add_argument("--momentum", type=float, default=0.9, help="--optimizer momentum: its momentum")

@@ -7,6 +7,7 @@
   parameter by lr x --weight_decay x its value, outside the moment estimates.
 """
 OPTIMIZERS = ("momentum", "adam", "adamw")
+DEFAULT = "momentum"  # --optimizer, and what a checkpoint saved before the flag existed was trained with
 
 # Name parts of the persistable state the optimizers add per parameter (Paddle's names: w_velocity_0,
 # w_moment1_0, w_beta1_pow_acc_0, ...): a resume without them would restart them.

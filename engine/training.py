@@ -7,7 +7,7 @@ its threads.
 import os
 
 import reader
-from engine import checkpoint
+from engine import checkpoint, optimizers
 from utility.errors import UserError
 
 
@@ -166,8 +166,8 @@ def _restore_or_finetune(config, graph, resume_dir, resume_state, extensions, le
 
 
 def _check_same_optimizer(config, resume_dir, resume_state):
-    """A resume continues with the optimizer that saved the checkpoint (before --optimizer: momentum)."""
-    saved = resume_state.args.get("optimizer", "momentum")
+    """A resume continues with the optimizer that saved the checkpoint."""
+    saved = resume_state.args.get("optimizer", optimizers.DEFAULT)
     if saved != config.optimizer:
         raise UserError(f"{resume_dir} was trained with --optimizer={saved}: resume with it, or start from its "
                         f"parameters with --pretrained_model")
