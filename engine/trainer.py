@@ -73,7 +73,7 @@ def claim_save_dir(config, resuming):
         return
     latest = sorted(glob.glob(os.path.join(glob.escape(config.model_save_dir), "*", checkpoint.LATEST)))
     log = os.path.join(config.model_save_dir, LOG_FILE)
-    earlier = latest + [log] * os.path.lexists(log)
+    earlier = latest + ([log] if os.path.lexists(log) else [])
     if not earlier:
         return
     own_latest = os.path.join(config.model_save_dir, config.model, checkpoint.LATEST)
